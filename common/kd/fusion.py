@@ -1,0 +1,159 @@
+"""Per-sample teacher weighting rules and probability fusion (paper Sec. 3.3).
+
+A weighting is a callable ``(teacher_probs (J,B,K,H,W), mask (B,H,W) long | None) ->
+weights (B,J)`` whose rows sum to 1: one weight per teacher *per input*, as the paper intends.
+Pass probabilities at temperature 1 (``softmax(logits)``) to judge teacher quality.
+
+The paper's rule ``w_j = L_j / sum_k L_k`` (``L`` = Dice loss) gives MORE weight to WORSE
+teachers; it is kept as ``"paper"`` for reproduction only. The default,
+``"inverse_dice_loss"``, weights teachers by ``1 / (L_j + eps)`` (or ``softmax(-L_j / tau)``).
+Rules that need labels raise ``ValueError`` when ``mask`` is None; ``"entropy"`` is label-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from common.kd.losses import soft_dice_loss_per_sample
+from common.registry import Registry
+
+Weighting = Callable[[Tensor, Tensor | None], Tensor]
+Mode = Literal["inverse", "softmax"]
+
+WEIGHTINGS: Registry[Weighting] = Registry("teacher weighting")
+register_weighting = WEIGHTINGS.register
+
+DEFAULT_WEIGHTING = "inverse_dice_loss"
+
+
+def build_weighting(name: str = DEFAULT_WEIGHTING, **kw: object) -> Weighting:
+    """Instantiate the registered weighting ``name``; unknown names list the valid ones."""
+    return WEIGHTINGS.build(name, **kw)
+
+
+def fuse_probs(teacher_probs: Tensor, weights: Tensor) -> Tensor:
+    """``teacher_probs (J,B,K,H,W)``, ``weights (B,J)`` -> ``sum_j w_bj p_j`` ``(B,K,H,W)``."""
+    return torch.einsum("jbkhw,bj->bkhw", teacher_probs, weights.to(teacher_probs.dtype))
+
+
+def renormalise(weights: Tensor, available: Tensor) -> Tensor:
+    """Zero the weights of unavailable teachers and renormalise each row to sum 1.
+
+    ``weights (B,J)``; ``available`` bool ``(B,J)`` or ``(J,)``. A row whose remaining mass is
+    zero falls back to equal weights over its available teachers; a row with no available
+    teacher raises ``ValueError``.
+    """
+    avail = available.to(torch.bool).expand_as(weights).to(weights.dtype)
+    if (avail.sum(dim=1) == 0).any():
+        raise ValueError("a sample has no available teacher; cannot renormalise")
+    w = weights * avail
+    mass = w.sum(dim=1, keepdim=True)
+    w = torch.where(mass > 0, w, avail)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def dice_losses(teacher_probs: Tensor, mask: Tensor | None) -> Tensor:
+    """Per-sample soft Dice loss of each teacher: ``(J,B,K,H,W)``, ``(B,H,W)`` -> ``(B,J)``."""
+    if mask is None:
+        raise ValueError("this teacher weighting needs ground-truth masks (mask is None); "
+                         "use 'entropy' or 'equal' for unlabeled proxy data")
+    return torch.stack([soft_dice_loss_per_sample(p, mask) for p in teacher_probs], dim=1)
+
+
+def mean_entropy(teacher_probs: Tensor) -> Tensor:
+    """Mean pixel entropy of each teacher (nats): ``(J,B,K,H,W)`` -> ``(B,J)``."""
+    ent = -torch.xlogy(teacher_probs, teacher_probs).sum(dim=2)  # (J,B,H,W)
+    return ent.flatten(2).mean(dim=2).transpose(0, 1)
+
+
+def _lower_is_better(scores: Tensor, mode: Mode, tau: float, eps: float) -> Tensor:
+    """Costs ``(B,J)`` -> weights ``(B,J)``: ``1/(s+eps)`` normalised, or ``softmax(-s/tau)``."""
+    if mode == "inverse":
+        inv = 1.0 / (scores + eps)
+        return inv / inv.sum(dim=1, keepdim=True)
+    if mode == "softmax":
+        return torch.softmax(-scores / tau, dim=1)
+    raise ValueError(f"mode must be 'inverse' or 'softmax', got {mode!r}")
+
+
+@register_weighting("equal")
+class EqualWeighting:
+    """FedDF/FedMD-style averaging: ``1/J`` for every teacher and sample."""
+
+    def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+        j, b = teacher_probs.shape[:2]
+        return torch.full((b, j), 1.0 / j, device=teacher_probs.device)
+
+
+@register_weighting("fixed")
+class FixedWeighting:
+    """Constant per-teacher weights (normalised to sum 1), e.g. from validation scores."""
+
+    def __init__(self, weights: Sequence[float]) -> None:
+        w = torch.as_tensor(list(weights), dtype=torch.float32)
+        if w.ndim != 1 or w.numel() == 0 or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"fixed weights must be non-negative with positive sum, got {weights}")
+        self.weights = w / w.sum()
+
+    def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+        j, b = teacher_probs.shape[:2]
+        if self.weights.numel() != j:
+            raise ValueError(f"{self.weights.numel()} fixed weights given for {j} teachers")
+        return self.weights.to(teacher_probs.device).expand(b, j).clone()
+
+
+@register_weighting("select_best")
+class SelectBestWeighting:
+    """One-hot on the teacher with the lowest per-sample Dice loss (ties -> first teacher)."""
+
+    def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+        losses = dice_losses(teacher_probs, mask)
+        best = torch.argmin(losses, dim=1)
+        return torch.nn.functional.one_hot(best, losses.shape[1]).to(teacher_probs.dtype)
+
+
+@register_weighting("paper")
+class PaperWeighting:
+    """Paper's literal ``w_j = L_j / sum_k L_k``: higher loss -> HIGHER weight (a flaw).
+
+    Kept only to reproduce the paper. All-zero losses fall back to equal weights.
+    """
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        self.eps = eps
+
+    def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+        losses = dice_losses(teacher_probs, mask) + self.eps
+        return losses / losses.sum(dim=1, keepdim=True)
+
+
+@register_weighting("inverse_dice_loss")
+class InverseDiceLossWeighting:
+    """DEFAULT. ``mode="inverse"``: ``w_j ∝ 1/(L_j + eps)``; ``"softmax"``: ``softmax(-L_j/τ)``."""
+
+    def __init__(self, mode: Mode = "inverse", tau: float = 0.1, eps: float = 1e-6) -> None:
+        _lower_is_better(torch.zeros(1, 1), mode, tau, eps)  # validates mode
+        self.mode, self.tau, self.eps = mode, tau, eps
+
+    def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+        return _lower_is_better(dice_losses(teacher_probs, mask), self.mode, self.tau, self.eps)
+
+
+@register_weighting("entropy")
+class EntropyWeighting:
+    """Label-free: ``w_j ∝ 1/(H_j + eps)`` or ``softmax(-H_j/tau)``, H_j = mean pixel entropy.
+
+    Prefers confident teachers; works with ``mask=None`` (unlabeled proxy data). Note that
+    confidence is not correctness: a confidently wrong teacher is preferred too.
+    """
+
+    def __init__(self, mode: Mode = "inverse", tau: float = 0.1, eps: float = 1e-6) -> None:
+        _lower_is_better(torch.zeros(1, 1), mode, tau, eps)
+        self.mode, self.tau, self.eps = mode, tau, eps
+
+    def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+        return _lower_is_better(mean_entropy(teacher_probs), self.mode, self.tau, self.eps)

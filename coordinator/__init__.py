@@ -1,0 +1,1 @@
+"""Coordinator: holds the proxy set, queries site teachers and distils the student."""

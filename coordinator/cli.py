@@ -1,0 +1,88 @@
+"""``coordinator`` command line: what researchers run.
+
+Subcommands: ``models`` (Table 2: params and FLOPs), ``make-proxy`` (synthetic public proxy
+set), ``distill --local`` (the whole Tables 3-5 experiment on one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from common.models.complexity import format_table, model_table
+
+    names = args.names.split(",") if args.names else None
+    print(format_table(model_table(names, size=args.size)))
+    return 0
+
+
+def _cmd_make_proxy(args: argparse.Namespace) -> int:
+    from common.data.phantom import make_proxy
+
+    out = make_proxy(args.out, n_cases=args.cases, seed=args.seed,
+                     shape=(args.depth, args.size, args.size))
+    print(f"wrote proxy phantom set ({args.cases} cases, all site styles) to {out}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from common.config import load_config
+    from coordinator.distill.config import ExperimentConfig, paper_preset
+    from coordinator.distill.experiment import run_experiment
+
+    cfg = load_config(args.config, ExperimentConfig).resolve_paths(args.config.parent.resolve())
+    if args.paper:
+        cfg = paper_preset(cfg)
+    if args.out is not None:
+        cfg = cfg.model_copy(update={"out": args.out.resolve()})
+    if args.epochs is not None:
+        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(
+            update={"epochs": args.epochs})})
+    if not args.local:
+        print("coordinator: error: the federated transport is not available yet; "
+              "use --local to run the sites' teachers in-process", file=sys.stderr)
+        return 2
+    run_experiment(cfg)
+    print(f"results: {cfg.out / 'results.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``coordinator`` argument parser."""
+    parser = argparse.ArgumentParser(prog="coordinator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="params and FLOPs per model (paper Table 2)")
+    p.add_argument("--size", type=int, default=384)
+    p.add_argument("--names", help="comma-separated model names (default: all)")
+    p.set_defaults(func=_cmd_models)
+    p = sub.add_parser("make-proxy", help="write a synthetic proxy set mixing all site styles")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cases", type=int, default=9)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--depth", type=int, default=24)
+    p.add_argument("--size", type=int, default=96)
+    p.set_defaults(func=_cmd_make_proxy)
+    p = sub.add_parser("distill", help="train students by multi-teacher distillation")
+    p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
+    p.add_argument("--local", action="store_true", help="query teachers in-process")
+    p.add_argument("--paper", action="store_true", help="paper sizes (384px, 100 epochs)")
+    p.add_argument("--out", type=Path, help="override the config's output folder")
+    p.add_argument("--epochs", type=int, help="override student epochs")
+    p.set_defaults(func=_cmd_distill)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; known input errors become one clear line and exit code 2."""
+    from common.cli_errors import run_guarded
+
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.func(args), "coordinator")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

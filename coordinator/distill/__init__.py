@@ -1,0 +1,1 @@
+"""The distillation engine, shared by ``coordinator distill --local`` and the federated run."""

@@ -1,0 +1,196 @@
+"""Train one student (no KD, single teacher or fused multi-teacher) and score it per site."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.data.augment import build_augment
+from common.data.slices import Volume
+from common.evaluate import evaluate_volumes, save_case_overlays
+from common.io import atomic_write_json
+from common.kd.fusion import build_weighting
+from common.kd.losses import KDLoss
+from common.kd.targets import TeacherTargets
+from common.metrics import summarise
+from common.models import build_model
+from common.models.base import SegModel, SegOutput
+from common.models.checkpoint import model_state
+from common.training import (
+    Checkpointer,
+    CsvLog,
+    autocast,
+    iterate_progress,
+    plot_curves,
+    seed_everything,
+    select_device,
+)
+from coordinator.distill.config import ExperimentConfig, WeightingSpec
+from coordinator.distill.dataset import DistillDataset, batch_targets
+from coordinator.distill.proxy import ProxySet
+
+
+@dataclass
+class StudentRun:
+    """One row of the results table: which teachers teach, fused how."""
+
+    name: str
+    teachers: list[int] = field(default_factory=list)  # indices into the site list; [] = no KD
+    weighting: WeightingSpec | None = None
+
+
+@dataclass
+class DistillData:
+    """Everything a student run needs: proxy slices, all teachers' outputs, site test sets."""
+
+    proxy: ProxySet
+    targets: TeacherTargets | None  # (J, N, ...) for all sites, or None
+    site_names: list[str]
+    site_tests: dict[str, list[Volume]]
+
+
+class _Step:
+    """Loss computation for one batch of a run (baseline, mono- or multi-teacher)."""
+
+    def __init__(self, run: StudentRun, cfg: ExperimentConfig, device: torch.device) -> None:
+        k = cfg.kd
+        self.run, self.device = run, device
+        self.loss = KDLoss(alpha=k.alpha, beta=k.beta, temperature=k.temperature,
+                           kl_direction=k.kl_direction, at_form=k.at_form, p=k.at_p,
+                           dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight)
+        spec = run.weighting or WeightingSpec(name="equal")
+        self.weighting = build_weighting(spec.name, **spec.kwargs)
+
+    def __call__(self, out: SegOutput, batch: dict[str, Any]) -> tuple[dict, torch.Tensor | None]:
+        y = batch["mask"].to(self.device)
+        if not self.run.teachers:
+            return self.loss(out, y, None, None), None
+        t = batch_targets(batch, self.device)
+        with torch.no_grad():
+            probs = torch.softmax(t.logits.float(), dim=2)  # (J,B,K,H,W) at T=1
+            w = self.weighting(probs, y)
+        return self.loss(out, y, t, w), w
+
+
+def _float_out(out: SegOutput) -> SegOutput:
+    return SegOutput(out.logits.float(), tuple(f.float() for f in out.features))
+
+
+def _build(cfg: ExperimentConfig, device: torch.device) -> tuple[SegModel, Any, Any]:
+    s = cfg.student
+    model = build_model(s.model, in_channels=1, num_classes=2).to(device)
+    if s.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=s.max_lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.CyclicLR(
+        opt, base_lr=s.base_lr, max_lr=s.max_lr, step_size_up=s.step_size_up,
+        cycle_momentum=False)
+    return model, opt, sched
+
+
+def _loader(run: StudentRun, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
+    t = data.targets
+    if run.teachers and t is not None:
+        from common.kd.batching import select_teachers
+
+        t = select_teachers(t, run.teachers)
+    ds = DistillDataset(data.proxy, t if run.teachers else None,
+                        build_augment(cfg.student.augment, seed=cfg.seed),
+                        renormalise_at=cfg.kd.at_form == "zagoruyko")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(ds, batch_size=cfg.student.batch_size, shuffle=True, generator=gen,
+                      drop_last=len(ds) > cfg.student.batch_size)
+
+
+def _epoch(model: SegModel, loader: DataLoader, step: _Step, parts: tuple, cfg: ExperimentConfig,
+           desc: str) -> dict[str, float]:
+    """One epoch; returns mean loss terms and mean teacher weights (``w0``, ``w1``...)."""
+    opt, sched = parts
+    dev, s = step.device, cfg.student
+    fwd = torch.compile(model.seg_forward) if s.compile else model.seg_forward
+    sums: dict[str, float] = {}
+    n = 0
+    model.train()
+    for batch in iterate_progress(loader, desc):
+        x = batch["image"].to(dev, non_blocking=True)
+        if s.channels_last and dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dev, s.amp):
+            out = fwd(x)
+        terms, w = step(_float_out(out), batch)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        sched.step()
+        n += 1
+        vals = {k: float(v.detach()) for k, v in terms.items()}
+        if w is not None:
+            vals.update({f"w{j}": float(w[:, j].mean()) for j in range(w.shape[1])})
+        sums = {k: sums.get(k, 0.0) + v for k, v in vals.items()}
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _site_scores(model: SegModel, data: DistillData, dev: torch.device, out: Path) -> dict:
+    """Per-site 3D Dice/VOE/HD95 summaries on the sites' held-out volumes, plus overlays."""
+    res = {}
+    for site, vols in data.site_tests.items():
+        scores, preds = evaluate_volumes(model, vols, dev)
+        save_case_overlays(vols, preds, out / "overlays" / site, max_cases=2)
+        res[site] = summarise(scores)
+    return res
+
+
+def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path) -> dict:
+    """Train ``run`` for ``cfg.student.epochs`` (resuming from ``out/last.pt``), then score it."""
+    done = out / "result.json"
+    if done.exists():
+        import json
+
+        return dict(json.loads(done.read_text()))
+    dev = select_device(cfg.student.device)
+    seed_everything(cfg.seed)
+    model, opt, sched = _build(cfg, dev)
+    step, ckpt = _Step(run, cfg, dev), Checkpointer(out)
+    names = [data.site_names[j] for j in run.teachers]
+    fields = ["epoch", "total", "seg", "mid", "kl", "seconds"]
+    fields += [f"w{j}" for j in range(len(names))]
+    log = CsvLog(out / "metrics.csv", fields)
+    start = _resume(ckpt, model, opt, sched)
+    log.truncate_after(start - 1) if log.path.exists() else None
+    loader = _loader(run, data, cfg)
+    t_train = 0.0
+    for epoch in range(start, cfg.student.epochs):
+        t0 = time.perf_counter()
+        row = _epoch(model, loader, step, (opt, sched), cfg, f"{run.name} ep{epoch}")
+        t_train += time.perf_counter() - t0
+        log.append({"epoch": epoch, **{k: f"{v:.5f}" for k, v in row.items()},
+                    "seconds": f"{time.perf_counter() - t0:.2f}"})
+        ckpt.save("last.pt", {**model_state(model, cfg.student.model, _KW), "epoch": epoch,
+                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+    plot_curves(log.read(), ["total", "seg"], out / "curves.png", f"student {run.name}")
+    sites = _site_scores(model, data, dev, out)
+    result = {"run": run.name, "teachers": names,
+              "weighting": run.weighting.label if run.weighting else None,
+              "sites": sites, "train_seconds": t_train,
+              "mean_dice": sum(s["dice_mean"] for s in sites.values()) / max(len(sites), 1)}
+    atomic_write_json(done, result)
+    return result
+
+
+_KW = {"in_channels": 1, "num_classes": 2}
+
+
+def _resume(ckpt: Checkpointer, model: SegModel, opt: Any, sched: Any) -> int:
+    state = ckpt.load("last.pt")
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    print(f"[distill] resuming {ckpt.folder.name} after epoch {state['epoch']}")
+    return int(state["epoch"]) + 1

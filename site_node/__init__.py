@@ -1,0 +1,1 @@
+"""Hospital-side node: local teacher training, teacher queries and federated evaluation."""

@@ -1,0 +1,99 @@
+"""Model zoo contract tests (CPU, 64x64, batch 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.models import MODELS, SegModel, build_model, count_params
+from common.models.roles import STUDENTS, TEACHERS, TEST_TEACHERS
+from common.registry import RegistryError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core box, 2 spinning threads run ~6x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+# (reference parameter count, relative tolerance) for in_channels=1, num_classes=2
+REFERENCE_PARAMS: dict[str, tuple[int, float]] = {
+    "enet": (353_761, 0.10),
+    "espnet": (183_725, 0.10),
+    "mobilenetv2": (2_228_996, 0.10),
+    "deeplabv3plus_r50": (26_700_000, 0.02),
+    "fpn_resnext101_32x8d": (89_300_000, 0.02),
+    "fcn_resnet101": (51_900_000, 0.02),
+    # default build drops the encoder layers smp keeps but never runs (see test below)
+    "pspnet_r50": (2_236_226, 0.02),
+    "tiny_unet": (100_000, 0.50),
+}
+
+
+def _assert_params_close(name: str, n: int) -> None:
+    ref, tol = REFERENCE_PARAMS[name]
+    assert abs(n - ref) <= tol * ref, f"{name}: {n} params, reference {ref} (+-{tol:.0%})"
+
+
+def test_registry_holds_all_roles() -> None:
+    assert set(STUDENTS) | set(TEACHERS) | set(TEST_TEACHERS) <= set(MODELS.names())
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(RegistryError) as err:
+        build_model("nope")
+    msg = str(err.value)
+    assert "nope" in msg
+    assert all(name in msg for name in MODELS.names())
+
+
+def _check_output(model: SegModel, x: torch.Tensor) -> torch.Tensor:
+    """Forward + shape/NaN checks; returns a loss touching logits and both tapped maps."""
+    out = model.seg_forward(x)
+    assert out.logits.shape == (2, 2, 64, 64)
+    assert len(out.features) >= 2
+    assert out.features[0].shape[-2:] == (32, 32)
+    assert max(out.features[-1].shape[-2:]) < 16
+    for t in (out.logits, *out.features):
+        assert torch.isfinite(t).all()
+    target = torch.randint(0, 2, (2, 64, 64))
+    feat = sum(f.pow(2).mean() for f in out.features)
+    return F.cross_entropy(out.logits, target) + 1e-3 * feat
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_contract(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=1, num_classes=2)
+    assert isinstance(model, SegModel)
+    _assert_params_close(name, count_params(model))
+    x = torch.randn(2, 1, 64, 64)
+    model.train()
+    _check_output(model, x).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
+    assert not zero, f"parameters with all-zero gradient: {zero[:5]}"
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.seg_forward(x).logits)
+
+
+def test_stock_pspnet_matches_paper_count() -> None:
+    """smp's PSPNet keeps layer3/layer4 (never run at depth 3): 24.3M as in the paper."""
+    with torch.device("meta"):
+        stock = build_model("pspnet_r50", prune_unused=False)
+    assert abs(count_params(stock) - 24_300_000) <= 0.02 * 24_300_000
+
+
+def test_in_channels_and_classes_are_honoured() -> None:
+    x = torch.randn(1, 3, 64, 64)
+    for name in (*STUDENTS, *TEST_TEACHERS):
+        model = build_model(name, in_channels=3, num_classes=4).eval()
+        with torch.no_grad():
+            assert model(x).shape == (1, 4, 64, 64), name
