@@ -51,6 +51,25 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from coordinator.simulate import main_simulate
+
+    return main_simulate(args)
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="federated run: SuperLink + N SuperNodes on 127.0.0.1")
+    p.add_argument("--sites", type=int, required=True, help="first N sites of the config")
+    p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
+    p.add_argument("--workdir", type=Path, required=True, help="logs, Flower state, FLWR_HOME")
+    p.add_argument("--min-sites", dest="min_sites", type=int, default=0)
+    p.add_argument("--round-timeout", dest="round_timeout", type=float, default=300.0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
+    p.add_argument("--no-train", dest="no_train", action="store_true",
+                   help="skip the train round (sites are then named node<id>)")
+    p.set_defaults(func=_cmd_simulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``coordinator`` argument parser."""
     parser = argparse.ArgumentParser(prog="coordinator", description=__doc__)
@@ -73,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="override the config's output folder")
     p.add_argument("--epochs", type=int, help="override student epochs")
     p.set_defaults(func=_cmd_distill)
+    _add_simulate(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_SHAPE = (12, 64, 64)
+TINY_SHAPE = (16, 64, 64)
 
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -15,11 +15,11 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three tiny prostate phantom sites (styles A, B, C), 8 cases each, plus a proxy set."""
+    """Three tiny prostate phantom sites (styles A, B, C), 12 cases each, plus a proxy set."""
     from common.data.phantom import make_phantom, make_proxy
 
     root = tmp_path_factory.mktemp("sites")
-    sites = {f"site_{s.lower()}": make_phantom(root / f"site_{s.lower()}", "prostate", s, 8,
+    sites = {f"site_{s.lower()}": make_phantom(root / f"site_{s.lower()}", "prostate", s, 12,
                                                seed=10 + i, shape=TINY_SHAPE)
              for i, s in enumerate("ABC")}
     sites["proxy"] = make_proxy(root / "proxy", n_cases=6, seed=500, shape=TINY_SHAPE)
@@ -30,8 +30,9 @@ def tiny_teacher_config(**kw: object):  # type: ignore[no-untyped-def]
     """A fast TeacherTrainConfig for CPU tests."""
     from site_node.train_config import OptimConfig, TeacherTrainConfig
 
-    base = dict(model="tiny_unet", size=32, epochs=1, batch_size=8, patience=3, device="cpu",
-                optim=OptimConfig(max_lr=0.01, base_lr=1e-4, step_size_up=20))
+    base = dict(model="tiny_unet", size=64, epochs=1, batch_size=8, patience=20, device="cpu",
+                skip_empty_fraction=0.6,
+                optim=OptimConfig(max_lr=0.005, base_lr=1e-5, step_size_up=100))
     base.update(kw)
     return TeacherTrainConfig.model_validate(base)
 
@@ -39,13 +40,13 @@ def tiny_teacher_config(**kw: object):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def tiny_teachers(tiny_sites: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                   ) -> dict[str, Path]:
-    """A tiny_unet teacher per site, trained a few epochs at 32px (run folders)."""
+    """A tiny_unet teacher per site, trained 3 epochs at 64px (run folders; mechanics only)."""
     from site_node.train import run_training
 
     root = tmp_path_factory.mktemp("teachers")
     out = {}
     for name in ("site_a", "site_b", "site_c"):
-        cfg = tiny_teacher_config(epochs=6)
+        cfg = tiny_teacher_config(epochs=3)
         run_training(tiny_sites[name], cfg, root / name)
         out[name] = root / name
     return out

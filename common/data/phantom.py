@@ -45,7 +45,7 @@ STYLES: dict[str, SiteStyle] = {
         spacing_z=3.0, spacing_xy=0.6, bias=0.20, noise=0.05, gap=0.30, gamma=1.0, blur=0.5
     ),
     "B": SiteStyle(
-        spacing_z=1.5, spacing_xy=0.8, bias=0.50, noise=0.10, gap=0.35, gamma=0.7, blur=0.0
+        spacing_z=1.5, spacing_xy=0.8, bias=0.35, noise=0.06, gap=-0.40, gamma=0.7, blur=0.0
     ),
     "C": SiteStyle(
         spacing_z=4.0, spacing_xy=0.5, bias=0.06, noise=0.025, gap=0.45, gamma=1.6, blur=0.8
@@ -189,14 +189,18 @@ def _ct_case(
     rng: np.random.Generator,
     vox: tuple[float, ...],
 ) -> np.ndarray:
-    """Spleen-like CT in HU: air outside, fat ring, tissue 30..60, organ ~ 45 + 100 * gap."""
+    """Spleen-like CT in HU: air outside, fat ring, tissue 30..60, organ ~ 45 + 100 * |gap|.
+
+    CT is calibrated in HU, so a style's contrast sign (an MRI weighting effect) is ignored.
+    """
     shape: Shape = organ.shape  # type: ignore[assignment]
+    gap = abs(st.gap)
     hu = 45.0 + 10.0 * _smooth_noise(rng, shape, tuple(2.0 / v for v in vox))
     for blob in _blobs(grid, rng, 4):
-        hu = np.where(blob, 45.0 + 100 * st.gap * rng.uniform(0.5, 1.1), hu)
+        hu = np.where(blob, 45.0 + 100 * gap * rng.uniform(0.5, 1.1), hu)
     fat = ndimage.binary_dilation(organ, iterations=2) & ~organ & (rng.random(shape) < 0.8)
     hu = np.where(ndimage.gaussian_filter(fat.astype(np.float32), 0.6) > 0.3, -90.0, hu)
-    organ_hu = 45.0 + 100 * st.gap + 8.0 * _smooth_noise(rng, shape, tuple(1.0 / v for v in vox))
+    organ_hu = 45.0 + 100 * gap + 8.0 * _smooth_noise(rng, shape, tuple(1.0 / v for v in vox))
     soft = ndimage.gaussian_filter(organ.astype(np.float32), 0.7)
     hu = (1 - soft) * hu + soft * organ_hu
     outer, inner = _body(grid, rng, 44.0), _body(grid, rng, 38.0)

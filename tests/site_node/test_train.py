@@ -19,13 +19,13 @@ def test_one_epoch_writes_loadable_checkpoint_and_card(tiny_sites: dict, tmp_pat
     out = tmp_path / "run"
     card = run_training(tiny_sites["site_a"], tiny_teacher_config(epochs=1), out)
     model, ckpt = load_model(out / "best.pt")
-    x = torch.randn(2, 1, 32, 32)
-    assert model(x).shape == (2, 2, 32, 32)
+    x = torch.randn(2, 1, 64, 64)
+    assert model(x).shape == (2, 2, 64, 64)
     assert ckpt["model_name"] == "tiny_unet"
     saved = json.loads((out / "teacher.json").read_text())
     assert saved["architecture"] == "tiny_unet" and saved == card
     fp = saved["data_fingerprint"]
-    assert fp["cases"]["train"] + fp["cases"]["val"] + fp["cases"]["test"] == 8
+    assert fp["cases"]["train"] + fp["cases"]["val"] + fp["cases"]["test"] == 12
     assert 0.0 <= saved["val_dice"] <= 1.0
     assert (out / "curves.png").stat().st_size > 1000
     assert len((out / "metrics.csv").read_text().strip().splitlines()) == 2  # header + 1 epoch
@@ -46,20 +46,24 @@ def test_resume_continues_from_last_checkpoint(tiny_sites: dict, tmp_path: Path)
     assert changed
 
 
-def test_teacher_loses_dice_on_other_site_style(tiny_teachers: dict, tiny_sites: dict) -> None:
-    """Site shift: the A-trained teacher is measurably worse on styles B and C."""
+def test_teacher_loses_dice_on_other_site_style(tiny_sites: dict, tmp_path: Path) -> None:
+    """Site shift: a teacher trained on style A is measurably worse on styles B and C."""
+    from common.data.layout import discover_dataset
+    from common.data.slices import load_volumes
+    from common.data.split import load_split
     from common.evaluate import evaluate_volumes, mean_dice
-    from coordinator.distill.config import SiteSpec
-    from coordinator.distill.experiment import load_site_test
 
-    model, _ = load_model(tiny_teachers["site_a"] / "best.pt")
+    run_training(tiny_sites["site_a"], tiny_teacher_config(epochs=15), tmp_path / "a")
+    model, _ = load_model(tmp_path / "a" / "best.pt")
+    held_out = load_split(tmp_path / "a" / "split.json").test
     dev = torch.device("cpu")
-    dice = {}
-    for name in ("site_a", "site_b", "site_c"):
-        spec = SiteSpec(name=name, data=tiny_sites[name], teacher_dir=tiny_teachers[name])
-        dice[name] = mean_dice(evaluate_volumes(model, load_site_test(spec, 32), dev)[0])
+    dice = {"site_a": mean_dice(evaluate_volumes(
+        model, load_volumes(discover_dataset(tiny_sites["site_a"]), held_out, 64), dev)[0])}
+    for name in ("site_b", "site_c"):
+        vols = load_volumes(discover_dataset(tiny_sites[name]), None, 64)
+        dice[name] = mean_dice(evaluate_volumes(model, vols, dev)[0])
     assert dice["site_a"] > 0.6, dice
-    assert dice["site_a"] - max(dice["site_b"], dice["site_c"]) > 0.05, dice
+    assert dice["site_a"] - max(dice["site_b"], dice["site_c"]) > 0.1, dice
 
 
 def test_cli_reports_corrupt_nifti_with_its_path(tiny_sites: dict, tmp_path: Path,
@@ -69,7 +73,7 @@ def test_cli_reports_corrupt_nifti_with_its_path(tiny_sites: dict, tmp_path: Pat
     victim = sorted((data / "imagesTr").glob("*.nii.gz"))[0]
     victim.write_bytes(b"\x1f\x8b not really a gzip stream")
     code = site_main(["train", "--data", str(data), "--out", str(tmp_path / "o"),
-                      "--model", "tiny_unet", "--epochs", "1", "--size", "32", "--device", "cpu"])
+                      "--model", "tiny_unet", "--epochs", "1", "--size", "64", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2
     assert str(victim) in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,351 @@
+"""Wire schema of the federated transport (Flower Message API), validated on both sides.
+
+Every message is a Flower ``RecordDict`` with a fixed set of record keys (:class:`Key`):
+
+=================  ==========================================  ==============================
+message type       request records                             reply records
+=================  ==========================================  ==============================
+``train``          config: TrainConfig                         site: SiteInfo, metrics:
+                                                               TrainReply (NO arrays: a site
+                                                               never sends weights)
+``query.teacher_   config: QueryConfig, arrays: images float32 site: SiteInfo, config:
+outputs``          (N,1,S,S), masks uint8 (N,S,S)              QueryEcho, arrays: logits fp16
+                                                               (N,2,S,S), at_early fp16
+                                                               (N,S/2,S/2), at_deep fp16
+                                                               (N,S/8,S/8), rc_early/rc_deep
+                                                               float32 (N,)
+``evaluate``       config: EvalConfig, student: state_dict     site: SiteInfo, metrics:
+                                                               EvalReply
+=================  ==========================================  ==============================
+
+Any unexpected record or array key, wrong record type, dtype, shape, non-finite value or
+invalid config field raises :class:`ProtocolError` with one line naming the peer and the key.
+``flwr`` and ``torch`` are imported inside functions so that importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from common.config import StrictModel
+
+if TYPE_CHECKING:
+    import torch
+    from flwr.app import ArrayRecord, RecordDict
+
+    from common.kd.targets import TeacherTargets
+
+NUM_CLASSES = 2
+M = TypeVar("M", bound=BaseModel)
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the wire schema; the message names the peer and the key."""
+
+
+class MsgType(StrEnum):
+    """Flower message types used by fedmtkd."""
+
+    TRAIN = "train"
+    QUERY = "query.teacher_outputs"
+    EVALUATE = "evaluate"
+
+
+class Key(StrEnum):
+    """Record keys (top level of a RecordDict) and array keys (inside an ArrayRecord)."""
+
+    CONFIG = "config"
+    SITE = "site"
+    METRICS = "metrics"
+    ARRAYS = "arrays"
+    STUDENT = "student"
+    IMAGES = "images"
+    MASKS = "masks"
+    LOGITS = "logits"
+    AT_EARLY = "at_early"
+    AT_DEEP = "at_deep"
+    RC_EARLY = "rc_early"
+    RC_DEEP = "rc_deep"
+
+
+# ----------------------------------------------------------------------------- payload models
+class TrainConfig(StrictModel):
+    """``train`` request: reuse the site's teacher unless ``force_retrain``; optional overrides."""
+
+    run_id: str = ""
+    force_retrain: bool = False
+    model: str = ""  # "" = the site's default architecture
+    epochs: int = 0  # 0 = the site's default
+    size: int = 0  # 0 = the site's default
+
+
+class SiteInfo(StrictModel):
+    """Who answers: the site's name (``site-name`` node config)."""
+
+    site_name: str
+
+
+class TrainReply(StrictModel):
+    """``train`` reply metrics: the teacher's validation 3D Dice and its number of cases."""
+
+    val_dice: float
+    case_count: int
+
+
+class QueryConfig(StrictModel):
+    """``query.teacher_outputs`` request: one chunk of proxy slices and how to compute maps."""
+
+    run_id: str
+    chunk: int
+    n_chunks: int
+    size: int
+    at_form: Literal["zagoruyko", "paper"] = "zagoruyko"
+    p: int = 2
+    batch_size: int = 16
+    slice_hashes: list[str]
+
+
+class QueryEcho(StrictModel):
+    """``query.teacher_outputs`` reply header: which chunk this answers."""
+
+    run_id: str
+    chunk: int
+    n: int
+
+
+class EvalConfig(StrictModel):
+    """``evaluate`` request: the student's architecture (weights travel as an ArrayRecord)."""
+
+    run_id: str
+    run_name: str
+    model_name: str
+    size: int
+
+
+class EvalReply(StrictModel):
+    """``evaluate`` reply: 3D metric summaries over the site's private test cases."""
+
+    dice_mean: float
+    dice_std: float
+    voe_mean: float
+    voe_std: float
+    hd95_mean: float
+    hd95_std: float
+    hd95_undefined: float
+    n: float
+
+
+# ----------------------------------------------------------------------------- tensor schemas
+def query_schema(n: int, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Request arrays of a query with ``n`` slices of side ``size``: key -> (dtype, shape)."""
+    return {str(Key.IMAGES): ("float32", (n, 1, size, size)),
+            str(Key.MASKS): ("uint8", (n, size, size))}
+
+
+def reply_schema(n: int, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Reply arrays of a teacher answer for ``n`` slices of side ``size``."""
+    return {
+        str(Key.LOGITS): ("float16", (n, NUM_CLASSES, size, size)),
+        str(Key.AT_EARLY): ("float16", (n, size // 2, size // 2)),
+        str(Key.AT_DEEP): ("float16", (n, size // 8, size // 8)),
+        str(Key.RC_EARLY): ("float32", (n,)),
+        str(Key.RC_DEEP): ("float32", (n,)),
+    }
+
+
+def slice_hash(image: np.ndarray) -> str:
+    """sha256 of one slice's float32 bytes (C order); same as ``coordinator.distill.proxy``."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- validation
+def check_records(rd: RecordDict, expected: dict[str, str], who: str) -> None:
+    """``rd`` must hold exactly the record keys of ``expected`` (key -> record class name)."""
+    expected = {str(k): v for k, v in expected.items()}
+    keys = set(rd.keys())
+    if keys != set(expected):
+        extra, missing = sorted(keys - set(expected)), sorted(set(expected) - keys)
+        raise ProtocolError(f"{who}: record keys {sorted(keys)}: unexpected {extra}, "
+                            f"missing {missing}")
+    for key, cls in expected.items():
+        if type(rd[key]).__name__ != cls:
+            raise ProtocolError(f"{who}: record {key!r} is {type(rd[key]).__name__}, "
+                                f"expected {cls}")
+
+
+def decode_model(record: Any, model: type[M], who: str, key: str) -> M:
+    """Validate a ConfigRecord / MetricRecord as ``model`` (unknown fields refused)."""
+    try:
+        return model.model_validate(dict(record))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ProtocolError(f"{who}: record {str(key)!r}: field {loc}: {err['msg']}") from None
+
+
+def decode_arrays(rec: ArrayRecord, schema: dict[str, tuple[str, tuple[int, ...]]], who: str,
+                  finite: bool = True) -> dict[str, np.ndarray]:
+    """Arrays of ``rec`` checked against ``schema`` (exact keys, dtype, shape, finiteness)."""
+    keys = set(rec.keys())
+    if keys != set(schema):
+        raise ProtocolError(f"{who}: array keys {sorted(keys)}: unexpected "
+                            f"{sorted(keys - set(schema))}, missing {sorted(set(schema) - keys)}")
+    out = {}
+    for key, (dtype, shape) in schema.items():
+        arr = rec[key].numpy() if rec[key].stype == "numpy.ndarray" else None
+        if arr is None or str(arr.dtype) != dtype or rec[key].dtype != dtype:
+            got = rec[key].dtype if arr is None else arr.dtype
+            raise ProtocolError(f"{who}: array {key!r}: dtype {got}, expected {dtype}")
+        if tuple(arr.shape) != shape:
+            raise ProtocolError(f"{who}: array {key!r}: shape {tuple(arr.shape)}, expected {shape}")
+        if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ProtocolError(f"{who}: array {key!r}: non-finite values")
+        out[key] = arr
+    return out
+
+
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _site_record(site: str) -> Any:
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord(SiteInfo(site_name=site).model_dump())
+
+
+# ----------------------------------------------------------------------------- train
+def encode_train(cfg: TrainConfig) -> RecordDict:
+    """``train`` request."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    return RecordDict({Key.CONFIG: ConfigRecord(cfg.model_dump())})
+
+
+def decode_train(rd: RecordDict, who: str = "coordinator") -> TrainConfig:
+    """Site side: validate a ``train`` request."""
+    check_records(rd, {Key.CONFIG: "ConfigRecord"}, who)
+    return decode_model(rd[Key.CONFIG], TrainConfig, who, Key.CONFIG)
+
+
+def encode_train_reply(site: str, reply: TrainReply) -> RecordDict:
+    """``train`` reply: metrics only."""
+    from flwr.app import MetricRecord, RecordDict
+
+    return RecordDict({Key.SITE: _site_record(site),
+                       Key.METRICS: MetricRecord(reply.model_dump())})
+
+
+def decode_train_reply(rd: RecordDict, who: str) -> tuple[str, TrainReply]:
+    """Coordinator side: ``(site name, TrainReply)``; any array (weights) is refused."""
+    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who)
+    site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
+    return site, decode_model(rd[Key.METRICS], TrainReply, f"{who} ({site})", Key.METRICS)
+
+
+# ----------------------------------------------------------------------------- query
+def encode_query(images: np.ndarray, masks: np.ndarray, cfg: QueryConfig) -> RecordDict:
+    """``query.teacher_outputs`` request for proxy ``images (N,1,S,S)``, ``masks (N,S,S)``."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    arrays: dict[str, np.ndarray] = {Key.IMAGES: images.astype(np.float32),
+                                     Key.MASKS: masks.astype(np.uint8)}
+    decode_arrays(_array_record(arrays), query_schema(len(images), cfg.size), "encode_query")
+    return RecordDict({Key.CONFIG: ConfigRecord(cfg.model_dump()),
+                       Key.ARRAYS: _array_record(arrays)})
+
+
+def decode_query(rd: RecordDict, who: str = "coordinator"
+                 ) -> tuple[QueryConfig, np.ndarray, np.ndarray]:
+    """Site side: ``(config, images (N,1,S,S) float32, masks (N,S,S) uint8)``, hashes checked."""
+    check_records(rd, {Key.CONFIG: "ConfigRecord", Key.ARRAYS: "ArrayRecord"}, who)
+    cfg = decode_model(rd[Key.CONFIG], QueryConfig, who, Key.CONFIG)
+    n = len(cfg.slice_hashes)
+    arrays = decode_arrays(cast("ArrayRecord", rd[Key.ARRAYS]), query_schema(n, cfg.size), who)
+    images = arrays[Key.IMAGES]
+    if [slice_hash(im) for im in images] != cfg.slice_hashes:
+        raise ProtocolError(f"{who}: array 'images': content does not match slice_hashes")
+    return cfg, images, arrays[Key.MASKS]
+
+
+def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets) -> RecordDict:
+    """Site side: one teacher's (J = 1) targets as fp16 maps and fp32 scalars."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    if t.num_teachers != 1:
+        raise ProtocolError(f"{site}: a site answers for exactly one teacher, got {t.num_teachers}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, (dtype, _) in reply_schema(t.batch_size, cfg.size).items():
+        arrays[key] = getattr(t, key)[0].detach().cpu().numpy().astype(dtype)
+    echo = QueryEcho(run_id=cfg.run_id, chunk=cfg.chunk, n=t.batch_size)
+    return RecordDict({Key.SITE: _site_record(site), Key.CONFIG: ConfigRecord(echo.model_dump()),
+                       Key.ARRAYS: _array_record(arrays)})
+
+
+def decode_teacher_reply(rd: RecordDict, n: int, size: int, who: str,
+                         chunk: int | None = None) -> tuple[str, TeacherTargets]:
+    """Coordinator side: ``(site name, TeacherTargets with J = 1, float32)`` for ``n`` slices."""
+    import torch
+
+    from common.kd.targets import TeacherTargets
+
+    recs: dict[str, str] = {Key.SITE: "ConfigRecord", Key.CONFIG: "ConfigRecord",
+                            Key.ARRAYS: "ArrayRecord"}
+    check_records(rd, recs, who)
+    site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
+    who = f"{who} ({site})"
+    echo = decode_model(rd[Key.CONFIG], QueryEcho, who, Key.CONFIG)
+    if echo.n != n or (chunk is not None and echo.chunk != chunk):
+        raise ProtocolError(f"{who}: record 'config': answers chunk {echo.chunk} with "
+                            f"{echo.n} slices, expected chunk {chunk} with {n}")
+    arrays = decode_arrays(cast("ArrayRecord", rd[Key.ARRAYS]), reply_schema(n, size), who)
+    fields = {k: torch.from_numpy(v.astype(np.float32))[None] for k, v in arrays.items()}
+    return site, TeacherTargets(**fields)
+
+
+# ----------------------------------------------------------------------------- evaluate
+def encode_eval(cfg: EvalConfig, state: dict[str, torch.Tensor]) -> RecordDict:
+    """``evaluate`` request carrying the student's ``state_dict``."""
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return RecordDict({Key.CONFIG: ConfigRecord(cfg.model_dump()),
+                       Key.STUDENT: ArrayRecord(state)})
+
+
+def decode_eval(rd: RecordDict, who: str = "coordinator"
+                ) -> tuple[EvalConfig, dict[str, torch.Tensor]]:
+    """Site side: ``(config, state_dict)``; load it with ``strict=True`` to check the keys."""
+    check_records(rd, {Key.CONFIG: "ConfigRecord", Key.STUDENT: "ArrayRecord"}, who)
+    cfg = decode_model(rd[Key.CONFIG], EvalConfig, who, Key.CONFIG)
+    state = {}
+    for key, arr in cast("ArrayRecord", rd[Key.STUDENT]).items():
+        a = arr.numpy() if arr.stype == "numpy.ndarray" else None
+        if a is None or a.dtype.kind not in "fiu":
+            raise ProtocolError(f"{who}: student array {key!r}: unsupported dtype {arr.dtype}")
+        import torch
+
+        state[key] = torch.from_numpy(a.copy())
+    return cfg, state
+
+
+def encode_eval_reply(site: str, reply: EvalReply) -> RecordDict:
+    """``evaluate`` reply: metric summaries only."""
+    from flwr.app import MetricRecord, RecordDict
+
+    return RecordDict({Key.SITE: _site_record(site),
+                       Key.METRICS: MetricRecord(reply.model_dump())})
+
+
+def decode_eval_reply(rd: RecordDict, who: str) -> tuple[str, EvalReply]:
+    """Coordinator side: ``(site name, EvalReply)``."""
+    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who)
+    site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
+    return site, decode_model(rd[Key.METRICS], EvalReply, f"{who} ({site})", Key.METRICS)
