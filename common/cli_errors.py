@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is already a clear one-liner naming the file or site."""
+    from common.audit import AuditError
     from common.config import ConfigError
     from common.data.errors import DataError
     from common.models.checkpoint import CheckpointError
     from common.registry import RegistryError
 
-    return (ConfigError, DataError, CheckpointError, RegistryError)
+    return (AuditError, ConfigError, DataError, CheckpointError, RegistryError)
 
 
 def run_guarded(fn: Callable[[], int], prog: str) -> int:

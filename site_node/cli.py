@@ -1,6 +1,7 @@
 """``site-node`` command line: what hospital IT runs.
 
-Subcommands: ``make-phantom`` (synthetic data), ``train`` (local teacher). Errors in the input
+Subcommands: ``make-phantom`` (synthetic data), ``train`` (local teacher), ``audit`` (verify
+the signed exchange log), ``policy show`` (the egress allowlist). Errors in the input
 data are printed as one line naming the file, with exit status 2.
 """
 
@@ -40,6 +41,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_policy_show(args: argparse.Namespace) -> int:
+    from common.config import load_config
+    from site_node.policy import EgressPolicy, default_policy, format_policy
+
+    policy = load_config(args.policy, EgressPolicy) if args.policy else default_policy()
+    print(format_policy(policy))
+    return 0
+
+
+def _add_audit_and_policy(sub: argparse._SubParsersAction) -> None:
+    from common.audit_cli import add_audit_args, run_audit
+
+    p = sub.add_parser("audit", help="verify this site's signed exchange log and summarise it")
+    add_audit_args(p)
+    p.set_defaults(func=run_audit)
+    p = sub.add_parser("policy", help="inspect the egress policy")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("--policy", type=Path, help="policy TOML/YAML (default: built-in policy)")
+    p.set_defaults(func=_cmd_policy_show)
+
+
 def _add_make_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-phantom", help="write a synthetic multi-site phantom dataset")
     p.add_argument("--site-style", choices=["A", "B", "C"], required=True)
@@ -73,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_phantom(sub)
     _add_train(sub)
+    _add_audit_and_policy(sub)
     return parser
 
 

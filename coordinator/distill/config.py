@@ -47,7 +47,6 @@ class StudentTrainConfig(StrictModel):
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-    eval_every: int = 5
     teacher_batch_size: int = 16
     augment: AugmentConfig = AugmentConfig()
 

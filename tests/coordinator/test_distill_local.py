@@ -22,7 +22,7 @@ from coordinator.distill.config import (
 
 def _cfg(sites: dict, teachers: dict, out: Path, **student: object) -> ExperimentConfig:
     s = StudentTrainConfig(model="enet", size=32, epochs=2, batch_size=16, device="cpu",
-                           eval_every=100, step_size_up=20, max_lr=0.005)
+                           step_size_up=20, max_lr=0.005)
     return ExperimentConfig(
         name="tiny", out=out, proxy=sites["proxy"],
         sites=[SiteSpec(name=n, data=sites[n], teacher_dir=teachers[n])

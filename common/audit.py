@@ -1,0 +1,399 @@
+"""Tamper-evident, signed log of what crossed a site's (or the coordinator's) boundary.
+
+One JSON line per message: digests of its arrays (name, shape, dtype, bytes, sha256 of the
+C-order bytes), its small scalar config/metrics, the egress decision. Entries are hash-chained::
+
+    entry_hash = sha256(canonical_json(entry without entry_hash and signature))
+
+where the hashed body includes ``prev_hash`` (the previous line's ``entry_hash``; 64 zeros for
+line 1) and ``signer``. ``signature`` is Ed25519 over the ASCII hex ``entry_hash``. Editing,
+removing, inserting or reordering lines therefore breaks the chain at a definite line; only
+truncating the tail is invisible to the chain alone, which is why :func:`verify_log` accepts an
+``expected_head`` (the last ``entry_hash`` known from a receipt held by the peer).
+
+Receipts (:func:`make_receipt`, all-string, so they fit a Flower ``ConfigRecord``) carry the
+signed body minus the array digests, which the coordinator recomputes from the arrays it received
+before checking hash and signature (:func:`verify_receipt`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import html
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from common.config import StrictModel
+from common.io import atomic_write_bytes
+
+GENESIS = "0" * 64
+Scalar = str | int | float | bool | None
+#: Array names a site may send, per message type (the teacher outputs of ``common.protocol``).
+TEACHER_OUTPUTS: dict[str, frozenset[str]] = {
+    "train": frozenset(),
+    "query.teacher_outputs": frozenset({"logits", "at_early", "at_deep", "rc_early", "rc_deep"}),
+    "evaluate": frozenset(),
+}
+CLEAN_STATEMENT = ("No array other than teacher outputs on coordinator-provided proxy data "
+                   "left this site")
+
+
+class AuditError(ValueError):
+    """An audit log or key file is unusable (corrupt tail, wrong key type, loose file mode)."""
+
+
+class ArrayDigest(StrictModel):
+    """What identifies one array on the wire without revealing it."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    nbytes: int
+    sha256: str
+
+
+class AuditEntry(StrictModel):
+    """One line of the log (see the module docstring for what is hashed and signed)."""
+
+    seq: int
+    time: str
+    run_id: str
+    peer: str
+    direction: Literal["in", "out"]
+    msg_type: str
+    arrays: list[ArrayDigest]
+    config: dict[str, Scalar]
+    decision: Literal["sent", "refused", "received"]
+    reason: str | None
+    prev_hash: str
+    signer: str
+    entry_hash: str = ""
+    signature: str = ""
+
+
+class VerifyReport(StrictModel):
+    """Result of :func:`verify_log`: ``ok`` or the first bad line (1-based) and why."""
+
+    ok: bool
+    n_entries: int
+    head_hash: str
+    signatures_checked: bool
+    first_bad_line: int | None = None
+    reason: str | None = None
+
+
+# ----------------------------------------------------------------------------- hashing
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes: sorted keys, no spaces, ASCII, NaN refused."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def digest_array(name: str, arr: np.ndarray) -> ArrayDigest:
+    """Digest of one array: little-endian C-order bytes, as ``numpy.save`` would carry them."""
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return ArrayDigest(name=name, shape=list(a.shape), dtype=str(a.dtype), nbytes=int(a.nbytes),
+                       sha256=hashlib.sha256(a.tobytes()).hexdigest())
+
+
+def digest_arrays(arrays: Mapping[str, np.ndarray]) -> list[ArrayDigest]:
+    """Digests of ``arrays``, sorted by name (the order of the record does not matter)."""
+    return [digest_array(k, arrays[k]) for k in sorted(arrays)]
+
+
+def entry_hash_of(entry: AuditEntry) -> str:
+    """sha256 hex of the canonical body (everything but ``entry_hash`` and ``signature``)."""
+    body = entry.model_dump(exclude={"entry_hash", "signature"})
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+# ----------------------------------------------------------------------------- keys
+def fingerprint(pub: Ed25519PublicKey) -> str:
+    """``ed25519:<sha256 hex of the raw 32-byte public key>``."""
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()
+
+
+def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """New Ed25519 key as ``<name>.key`` (PKCS8 PEM, mode 0600) and ``<name>.pub``; no overwrite."""
+    directory.mkdir(parents=True, exist_ok=True)
+    priv_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    atomic_write_bytes(pub_path, key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv_path, pub_path
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Load a PEM Ed25519 private key; refused when group/other may read it."""
+    if path.stat().st_mode & 0o077:
+        raise AuditError(f"{path}: private key is readable by others (chmod 600 it)")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise AuditError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Load a PEM Ed25519 public key."""
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise AuditError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def _signature_ok(pub: Ed25519PublicKey, entry_hash: str, signature: str) -> bool:
+    try:
+        pub.verify(bytes.fromhex(signature), entry_hash.encode("ascii"))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- the log
+def _last_line(path: Path) -> bytes:
+    """The last non-empty line of ``path`` (read backwards; b"" for an empty file)."""
+    with path.open("rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        pos, buf = end, b""
+        while pos > 0 and buf.rstrip(b"\n").count(b"\n") == 0:
+            step = min(4096, pos)
+            pos -= step
+            fh.seek(pos)
+            buf = fh.read(step) + buf
+    return buf.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+
+
+class AuditLog:
+    """Append-only JSONL log; ``append`` continues the chain of an existing file."""
+
+    def __init__(self, path: Path, key: Ed25519PrivateKey | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.signer = fingerprint(key.public_key()) if key is not None else ""
+
+    def _tail(self) -> tuple[int, str]:
+        if self.path.stat().st_size == 0:
+            return 0, GENESIS
+        try:
+            last = AuditEntry.model_validate_json(_last_line(self.path))
+        except ValidationError as exc:
+            raise AuditError(f"{self.path}: last line is not a valid entry; run verify") from exc
+        return last.seq, last.entry_hash
+
+    def append(self, *, run_id: str, peer: str, direction: Literal["in", "out"], msg_type: str,
+               arrays: Mapping[str, np.ndarray] | None = None,
+               config: Mapping[str, Scalar] | None = None,
+               decision: Literal["sent", "refused", "received"] = "sent",
+               reason: str | None = None) -> AuditEntry:
+        """Digest ``arrays``, chain, sign and durably append one entry (file-locked)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            seq, prev = self._tail()
+            entry = AuditEntry(seq=seq + 1, time=datetime.now(UTC).isoformat(), run_id=run_id,
+                               peer=peer, direction=direction, msg_type=str(msg_type),
+                               arrays=digest_arrays(arrays or {}), config=dict(config or {}),
+                               decision=decision, reason=reason, prev_hash=prev,
+                               signer=self.signer)
+            entry.entry_hash = entry_hash_of(entry)
+            if self.key is not None:
+                entry.signature = self.key.sign(entry.entry_hash.encode("ascii")).hex()
+            fh.write(canonical_json(entry.model_dump()) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return entry
+
+
+def read_entries(path: Path) -> Iterator[tuple[int, AuditEntry]]:
+    """``(line number, entry)`` for each line; raises :class:`AuditError` naming a bad line."""
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh, start=1):
+            try:
+                yield i, AuditEntry.model_validate_json(raw)
+            except ValidationError as exc:
+                why = exc.errors()[0]["msg"]
+                raise AuditError(f"line {i}: not a valid entry ({why})") from None
+
+
+def _check_entry(i: int, e: AuditEntry, prev: AuditEntry | None,
+                 pub: Ed25519PublicKey | None) -> str | None:
+    """Why line ``i`` is bad given the previous good entry, or None."""
+    if entry_hash_of(e) != e.entry_hash:
+        return f"line {i}: entry_hash mismatch (entry edited)"
+    if pub is not None and e.signer != fingerprint(pub):
+        return f"line {i}: signer {e.signer or '(unsigned)'} is not the expected key"
+    if pub is not None and not _signature_ok(pub, e.entry_hash, e.signature):
+        return f"line {i}: bad signature (entry forged or signature altered)"
+    expected_prev = GENESIS if prev is None else prev.entry_hash
+    if e.prev_hash != expected_prev:
+        what = "the genesis hash" if prev is None else f"line {i - 1}"
+        return f"line {i}: prev_hash does not match {what} (entry removed or reordered)"
+    want = prev.seq + 1 if prev else 1
+    return f"line {i}: seq {e.seq} expected {want}" if e.seq != want else None
+
+
+def verify_log(path: Path, public_key: Ed25519PublicKey | None = None,
+               expected_head: str | None = None) -> VerifyReport:
+    """Walk the chain; with ``public_key`` also check every signature and the signer."""
+    prev: AuditEntry | None = None
+    n = 0
+
+    def bad(line: int, why: str) -> VerifyReport:
+        return VerifyReport(ok=False, n_entries=n, head_hash=prev.entry_hash if prev else GENESIS,
+                            signatures_checked=public_key is not None, first_bad_line=line,
+                            reason=why)
+    try:
+        for i, e in read_entries(path):
+            why = _check_entry(i, e, prev, public_key)
+            if why:
+                return bad(i, why)
+            prev, n = e, i
+    except AuditError as exc:
+        return bad(n + 1, str(exc))
+    head = prev.entry_hash if prev else GENESIS
+    if expected_head is not None and head != expected_head:
+        return bad(n + 1, f"line {n + 1}: log ends at {head[:12]}, expected head "
+                          f"{expected_head[:12]} (entries truncated)")
+    return VerifyReport(ok=True, n_entries=n, head_hash=head,
+                        signatures_checked=public_key is not None)
+
+
+# ----------------------------------------------------------------------------- summary
+def _violations(entries: list[tuple[int, AuditEntry]],
+                allowed: Mapping[str, frozenset[str]]) -> list[str]:
+    """Outgoing arrays that are not teacher outputs, or replies to no recorded request."""
+    out: list[str] = []
+    asked: set[tuple[str, str]] = set()
+    for i, e in entries:
+        if e.direction == "in":
+            asked.add((e.run_id, e.msg_type))
+        if e.direction != "out" or e.decision != "sent":
+            continue
+        extra = sorted({a.name for a in e.arrays} - allowed.get(e.msg_type, frozenset()))
+        if extra:
+            out.append(f"line {i}: {e.msg_type} reply to {e.peer} carried {extra}")
+        if e.arrays and (e.run_id, e.msg_type) not in asked:
+            out.append(f"line {i}: {e.msg_type} arrays sent without a logged request")
+    return out
+
+
+def summarise_log(path: Path,
+                  allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS) -> dict[str, Any]:
+    """Bytes per (msg_type, direction), refusals, and the egress statement for a site log."""
+    entries = list(read_entries(path))
+    nbytes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    refused: dict[str, int] = defaultdict(int)
+    for _, e in entries:
+        if e.decision == "refused":
+            refused[e.msg_type] += 1
+        else:
+            nbytes[e.msg_type][e.direction] += sum(a.nbytes for a in e.arrays)
+    violations = _violations(entries, allowed)
+    statement = CLEAN_STATEMENT if not violations else (
+        f"{len(violations)} outgoing message(s) violate the egress rule: " + "; ".join(violations))
+    return {"entries": len(entries), "bytes": {k: dict(v) for k, v in nbytes.items()},
+            "refused": sum(refused.values()), "refused_by_type": dict(refused),
+            "violations": violations, "statement": statement}
+
+
+# ----------------------------------------------------------------------------- receipts
+RECEIPT_KEYS = ("entry_hash", "signature", "signer", "header")
+
+
+def make_receipt(entry: AuditEntry) -> dict[str, str]:
+    """What a site returns with a reply: hash, signature, signer and the body minus arrays."""
+    header = entry.model_dump(exclude={"entry_hash", "signature", "arrays"})
+    return {"entry_hash": entry.entry_hash, "signature": entry.signature, "signer": entry.signer,
+            "header": canonical_json(header).decode("ascii")}
+
+
+def receipt_problem(receipt: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                    public_key: Ed25519PublicKey) -> str | None:
+    """Why ``receipt`` does not prove that the site signed exactly ``arrays``; None if it does."""
+    if set(receipt) != set(RECEIPT_KEYS):
+        return f"receipt keys {sorted(receipt)}, expected {sorted(RECEIPT_KEYS)}"
+    if receipt["signer"] != fingerprint(public_key):
+        return f"receipt signed by {receipt['signer'] or '(unsigned)'}, not the site's key"
+    try:
+        header = json.loads(str(receipt["header"]))
+        entry = AuditEntry.model_validate({**header, "arrays": digest_arrays(arrays)})
+    except (ValueError, TypeError) as exc:
+        return f"receipt header unreadable: {exc}"
+    if entry.signer != receipt["signer"] or entry_hash_of(entry) != receipt["entry_hash"]:
+        return "receipt does not match the received arrays/metadata"
+    if not _signature_ok(public_key, str(receipt["entry_hash"]), str(receipt["signature"])):
+        return "receipt signature invalid"
+    return None
+
+
+def verify_receipt(receipt: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   public_key: Ed25519PublicKey) -> bool:
+    """True when the site's signed log entry covers exactly the received ``arrays``."""
+    return receipt_problem(receipt, arrays, public_key) is None
+
+
+# ----------------------------------------------------------------------------- HTML report
+def _row(i: int, e: AuditEntry, bad_line: int | None) -> str:
+    arrays = ", ".join(f"{a.name} {a.dtype}{tuple(a.shape)} {a.nbytes} B" for a in e.arrays)
+    cells = [str(i), e.time, e.run_id, e.peer, e.direction, e.msg_type, arrays or "-",
+             json.dumps(e.config, sort_keys=True), e.decision, e.reason or "",
+             e.entry_hash[:12], "yes" if e.signature else "no"]
+    cls = ' class="bad"' if i == bad_line else ""
+    cls = ' class="refused"' if not cls and e.decision == "refused" else cls
+    return f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _readable_entries(path: Path) -> list[tuple[int, AuditEntry]]:
+    """Entries up to the first unreadable line (the verification banner names that line)."""
+    out: list[tuple[int, AuditEntry]] = []
+    with contextlib.suppress(AuditError):
+        out.extend(read_entries(path))
+    return out
+
+
+def render_html(path: Path, report: VerifyReport, summary: Mapping[str, Any]) -> str:
+    """A standalone HTML page: verification banner, summary and a table of entries (escaped)."""
+    esc = html.escape
+    status = ("VERIFIED: chain intact" + (", signatures valid" if report.signatures_checked
+                                          else " (signatures not checked)")
+              if report.ok else f"FAILED: {report.reason}")
+    head = ["#", "time", "run", "peer", "dir", "type", "arrays", "config", "decision", "reason",
+            "hash", "signed"]
+    rows = "\n".join(_row(i, e, report.first_bad_line) for i, e in _readable_entries(path))
+    summ = esc(json.dumps({k: v for k, v in summary.items() if k != "statement"}, indent=2,
+                          sort_keys=True))
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Audit log {esc(path.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:90%}}
+td,th{{border:1px solid #bbb;padding:3px 6px}}.ok{{color:#070}}.fail{{color:#b00}}
+tr.bad{{background:#fcc}}tr.refused{{background:#ffe9b3}}</style></head><body>
+<h1>Audit log: {esc(str(path))}</h1>
+<p class="{'ok' if report.ok else 'fail'}"><b>{esc(status)}</b> &middot; {report.n_entries}
+valid entries &middot; head {esc(report.head_hash)}</p>
+<h2>Statement</h2><p>{esc(str(summary.get('statement', '')))}</p>
+<h2>Summary</h2><pre>{summ}</pre>
+<h2>Entries</h2><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>
+{rows}
+</table></body></html>
+"""

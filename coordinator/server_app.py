@@ -1,0 +1,296 @@
+"""The coordinator side of the federated transport: a Flower ``ServerApp`` (Deployment Engine).
+
+Run config (``flwr run ... --run-config``): ``config-path`` (ExperimentConfig TOML/YAML),
+``min-sites`` (fewest live sites to go on, 0 = the config's ``min_sites``), ``expected-sites``
+(nodes to wait for, 0 = number of sites in the config), ``timeout`` (seconds per round),
+``train`` (send ``train`` first), ``chunk-size`` (proxy slices per query message), ``out``
+(override the experiment's out folder, "" = keep).
+
+Rounds: wait for nodes -> ``train`` (site names, val Dice) -> ``query.teacher_outputs`` per
+proxy chunk (cached per site and proxy digest) -> students trained by the very engine of
+``distill --local`` -> ``evaluate`` at every site -> ``federated_results.json`` / ``.md``.
+A site whose reply times out, carries an error or fails validation is dropped with one log line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.io import atomic_write_json
+from common.kd.batching import concat_batches, stack_teachers
+from common.kd.targets import TeacherTargets
+from common.protocol import (
+    EvalConfig,
+    MsgType,
+    ProtocolError,
+    QueryConfig,
+    TrainConfig,
+    decode_eval_reply,
+    decode_teacher_reply,
+    decode_train_reply,
+    encode_eval,
+    encode_query,
+    encode_train,
+)
+from coordinator.distill.cache import TeacherCache
+from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.proxy import ProxySet, load_proxy
+from coordinator.distill.student import DistillData, StudentRun, train_student
+
+app = ServerApp()
+T = TypeVar("T")
+
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    """One line on the ServerApp's stdout (streamed by ``flwr run --stream``)."""
+    print(f"[coordinator +{time.monotonic() - _T0:.1f}s] {msg}", flush=True)
+
+
+@dataclass
+class FedSettings:
+    """The run config of one federated experiment."""
+
+    config_path: Path
+    min_sites: int = 0
+    expected_sites: int = 0
+    timeout: float = 300.0
+    train: bool = True
+    chunk_size: int = 256
+    out: str = ""
+
+    @staticmethod
+    def from_run_config(rc: dict[str, Any]) -> FedSettings:
+        """Parse ``context.run_config`` (dash-separated keys)."""
+        return FedSettings(Path(str(rc["config-path"])), int(rc.get("min-sites", 0)),
+                           int(rc.get("expected-sites", 0)), float(rc.get("timeout", 300)),
+                           bool(rc.get("train", True)), int(rc.get("chunk-size", 256)),
+                           str(rc.get("out", "")))
+
+
+@dataclass
+class Reply:
+    """A node's answer as the pure logic sees it: content or an error text."""
+
+    node_id: int
+    content: RecordDict | None = None
+    error: str = ""
+
+
+@dataclass
+class Roster:
+    """Live sites: node id -> site name, and why others were dropped."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+
+    def drop(self, node: int, why: str) -> None:
+        """Remove ``node`` from the live set, logging one line."""
+        label = self.names.pop(node, f"node {node}")
+        self.dropped[node] = why
+        log(f"dropping {label}: {why}")
+
+
+def validate_replies(replies: Iterable[Reply], expected: Iterable[int],
+                     decode: Callable[[RecordDict, str], T], roster: Roster) -> dict[int, T]:
+    """Decode each expected node's reply; drop (in ``roster``) nodes that fail or are silent."""
+    got = {r.node_id: r for r in replies}
+    ok: dict[int, T] = {}
+    for node in expected:
+        r = got.get(node)
+        who = roster.names.get(node, f"node {node}")
+        if r is None:
+            roster.drop(node, "no reply before the timeout")
+        elif r.content is None:
+            roster.drop(node, f"error reply: {r.error}")
+        else:
+            try:
+                ok[node] = decode(r.content, who)
+            except ProtocolError as exc:
+                roster.drop(node, f"invalid reply: {exc}")
+    return ok
+
+
+def fuse_sites(parts: dict[str, TeacherTargets], min_sites: int
+               ) -> tuple[list[str], TeacherTargets]:
+    """Sorted site names and their teachers stacked (J, N, ...); too few sites is an error."""
+    if len(parts) < max(min_sites, 1):
+        raise RuntimeError(f"only {len(parts)} site(s) left ({sorted(parts)}), "
+                           f"need at least {min_sites}")
+    names = sorted(parts)
+    return names, stack_teachers([parts[n] for n in names])
+
+
+def plan_federated(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
+    """Like ``plan_runs`` of ``--local`` but over the sites that actually answered."""
+    runs = [StudentRun("student_only")] if cfg.runs.baseline else []
+    if cfg.runs.single_teacher:
+        runs += [StudentRun(f"single_{n}", [j]) for j, n in enumerate(names)]
+    every = list(range(len(names)))
+    return runs + [StudentRun(f"multi_{w.label}", every, w) for w in cfg.runs.weightings]
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` covering ``range(n)``."""
+    return [slice(s, min(s + size, n)) for s in range(0, n, max(size, 1))]
+
+
+# ----------------------------------------------------------------------------- transport
+def _exchange(grid: Grid, contents: dict[int, RecordDict], mtype: str, group: str,
+              timeout: float) -> list[Reply]:
+    msgs = [Message(c, dst_node_id=n, message_type=mtype, group_id=group)
+            for n, c in contents.items()]
+    out = []
+    for m in grid.send_and_receive(msgs, timeout=timeout):
+        node = m.metadata.src_node_id
+        if m.has_error():
+            out.append(Reply(node, error=f"{m.error.code} {m.error.reason}".strip()))
+        else:
+            out.append(Reply(node, m.content))
+    return out
+
+
+def wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
+    """Poll ``grid.get_node_ids()`` until ``expected`` nodes are connected (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    log(f"{len(nodes)} node(s) connected (expected {expected})")
+    if len(nodes) < max(min_sites, 1):
+        raise RuntimeError(f"only {len(nodes)} node(s) connected, need {min_sites}")
+    return nodes
+
+
+def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Roster:
+    """``train`` every node; the roster maps node ids to the site names they report."""
+    roster = Roster()
+    content = {n: encode_train(TrainConfig(run_id=run_id)) for n in nodes}
+    ok = validate_replies(_exchange(grid, content, MsgType.TRAIN, "train", s.timeout), nodes,
+                          decode_train_reply, roster)
+    for node, (site, rep) in ok.items():
+        if site in roster.names.values():
+            roster.drop(node, f"duplicate site name {site!r}")
+            continue
+        roster.names[node] = site
+        log(f"{site}: teacher ready, val Dice {rep.val_dice:.4f} on {rep.case_count} cases")
+    return roster
+
+
+def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
+                s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
+    """Every live node's teacher outputs on all proxy chunks, validated and concatenated."""
+    parts: dict[int, list[TeacherTargets]] = {n: [] for n in roster.names}
+    parts_of = chunks(len(proxy), s.chunk_size)
+    for i, sl in enumerate(parts_of):
+        qc = QueryConfig(run_id=run_id, chunk=i, n_chunks=len(parts_of), size=cfg.student.size,
+                         at_form=cfg.kd.at_form, p=cfg.kd.at_p, slice_hashes=proxy.hashes[sl],
+                         batch_size=cfg.student.teacher_batch_size)
+        rd = encode_query(proxy.images[sl], proxy.masks[sl], qc)
+        nodes = [n for n in parts if n in roster.names]
+        n = sl.stop - sl.start
+
+        def dec(c: RecordDict, who: str, i: int = i, n: int = n) -> tuple[str, TeacherTargets]:
+            return decode_teacher_reply(c, n, cfg.student.size, who, chunk=i)
+
+        replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.QUERY, f"query-{i}", s.timeout)
+        for node, (site, t) in validate_replies(replies, nodes, dec, roster).items():
+            if site != roster.names[node]:
+                roster.drop(node, f"answered as {site!r}, registered as {roster.names[node]!r}")
+            else:
+                parts[node].append(t)
+    return {roster.names[n]: concat_batches(p) for n, p in parts.items() if n in roster.names}
+
+
+def eval_round(grid: Grid, roster: Roster, run: str, state: dict[str, torch.Tensor],
+               cfg: ExperimentConfig, s: FedSettings, run_id: str) -> dict[str, dict]:
+    """Send the student to every live site; per-site metric summaries keyed by site name."""
+    ec = EvalConfig(run_id=run_id, run_name=run, model_name=cfg.student.model,
+                    size=cfg.student.size)
+    rd = encode_eval(ec, state)
+    nodes = list(roster.names)
+    replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.EVALUATE, f"eval-{run}",
+                        s.timeout)
+    ok = validate_replies(replies, nodes, decode_eval_reply, roster)
+    return {site: rep.model_dump() for site, rep in ok.values()}
+
+
+# ----------------------------------------------------------------------------- experiment
+def gather_targets(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
+                   s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
+    """Cached targets where available, a query round for the rest; cache what comes back."""
+    cache = TeacherCache(cfg.out / "teacher_cache")
+    have = {site: cache.get(site, proxy.digest) for site in roster.names.values()}
+    cached = {site: t for site, t in have.items() if t is not None}
+    log(f"teacher outputs cached for {sorted(cached)}")
+    todo = Roster({n: site for n, site in roster.names.items() if site not in cached})
+    fresh = query_round(grid, todo, proxy, cfg, s, run_id) if todo.names else {}
+    for node, why in todo.dropped.items():
+        roster.drop(node, why)
+    for site, t in fresh.items():
+        cache.put(site, proxy.digest, t)
+        log(f"{site}: teacher outputs for {len(proxy)} proxy slices validated and cached")
+    return {**cached, **fresh}
+
+
+def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
+    """The whole federated experiment; returns the result rows (also written to disk)."""
+    from common.config import load_config
+
+    cfg = load_config(s.config_path, ExperimentConfig).resolve_paths(s.config_path.parent)
+    cfg = cfg.model_copy(update={"out": Path(s.out).resolve()}) if s.out else cfg
+    min_sites = s.min_sites or cfg.min_sites
+    t0 = time.perf_counter()
+    nodes = wait_for_nodes(grid, s.expected_sites or len(cfg.sites), min_sites, s.timeout)
+    roster = train_round(grid, nodes, s, run_id) if s.train else Roster()
+    if not s.train:
+        roster.names = {n: f"node{n}" for n in nodes}
+    proxy = load_proxy(cfg.proxy, cfg.student.size)
+    names, targets = fuse_sites(gather_targets(grid, roster, proxy, cfg, s, run_id), min_sites)
+    data = DistillData(proxy, targets, names, site_tests={})
+    rows = []
+    for run in plan_federated(cfg, names):
+        log(f"run {run.name}")
+        folder = cfg.out / "runs" / run.name
+        row = train_student(run, data, cfg, folder)
+        state = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["model"]
+        row["sites"] = eval_round(grid, roster, run.name, state, cfg, s, run_id)
+        row["mean_dice"] = sum(v["dice_mean"] for v in row["sites"].values()) / max(
+            len(row["sites"]), 1)
+        rows.append(row)
+    write_federated(rows, cfg, roster, time.perf_counter() - t0)
+    return rows
+
+
+def write_federated(rows: list[dict], cfg: ExperimentConfig, roster: Roster,
+                    seconds: float) -> None:
+    """``federated_results.json`` and ``federated_results.md`` in the experiment folder."""
+    from coordinator.distill.report import table_rows, to_markdown
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg.out / "federated_results.json", {
+        "sites": sorted(roster.names.values()), "dropped": list(roster.dropped.values()),
+        "seconds": seconds, "rows": rows})
+    if rows and all(set(r["sites"]) == set(rows[0]["sites"]) and r["sites"] for r in rows):
+        header, body = table_rows(rows)
+        (cfg.out / "federated_results.md").write_text(to_markdown(header, body))
+    log(f"results: {cfg.out / 'federated_results.json'} ({seconds:.1f} s)")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """ServerApp entry point."""
+    s = FedSettings.from_run_config(dict(context.run_config))
+    run_federated(grid, s, str(context.run_id))

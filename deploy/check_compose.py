@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Engine-less check of docker-compose.yml (for CI, where no Docker engine exists).
+
+Validates: required services; each site has its own /local volume; build contexts,
+Dockerfiles and entrypoint scripts exist; every variable an entrypoint script needs (no
+``${VAR:-default}`` in the script, not assigned in it) is set in the service environment;
+published host ports are unique; depends_on targets exist; healthchecks present; named
+volumes declared; the Dockerfile switches to a non-root ``USER``. Also runs
+``docker compose config -q`` when the compose plugin is installed (skipped otherwise).
+Prints one line per problem; exit status 1 if any.
+Usage: ``python deploy/check_compose.py [--file docker-compose.yml] [--root REPO]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REQUIRED = ("init", "superlink", "site-a", "site-b", "site-c", "coordinator")
+SITES = ("site-a", "site-b", "site-c")
+SCRIPTS_IN_IMAGE = "/opt/fedmtkd/deploy/entrypoints/"
+SCRIPTS_IN_REPO = Path("deploy/entrypoints")
+BUILTIN = {"HOME", "PATH", "PWD", "IFS", "USER", "HOSTNAME", "RANDOM", "BASH_SOURCE"}
+_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?[-=]")
+_ASSIGN = re.compile(r"(?:^|[\s;(])(?:local\s+(?:-\w+\s+)*|for\s+)?([A-Za-z_]\w*)(?:=|\s+in\b)")
+_READ = re.compile(r"\bread\s+(?:-\S+\s+)*([A-Za-z_]\w*)")
+
+
+def script_vars(text: str) -> tuple[set[str], set[str]]:
+    """(variables a script needs from outside, variables with a documented default)."""
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    body = "\n".join(lines)
+    body = re.sub(r"<<'PY'\n.*?\nPY\n", "", body, flags=re.S)  # quoted heredocs: not shell
+    used = set(_VAR.findall(body))
+    defaults = set(_DEFAULT.findall(body))
+    local = set(_ASSIGN.findall(body)) | set(_READ.findall(body))
+    return used - defaults - local - BUILTIN, defaults
+
+
+def _as_dict(env: Any) -> dict[str, str]:
+    """Service ``environment`` as a dict (mapping or list of ``K=V``)."""
+    if isinstance(env, dict):
+        return {str(k): "" if v is None else str(v) for k, v in env.items()}
+    if isinstance(env, list):
+        return dict((str(e).split("=", 1) + [""])[:2] for e in env)  # type: ignore[misc]
+    return {}
+
+
+def _role(svc: dict[str, Any]) -> str | None:
+    """First word of the service command (the entrypoint role)."""
+    cmd = svc.get("command")
+    if isinstance(cmd, str):
+        cmd = cmd.split()
+    return str(cmd[0]) if cmd else None
+
+
+def check_env(name: str, svc: dict[str, Any], root: Path) -> list[str]:
+    """Entrypoint script exists and every variable it needs is set in the service."""
+    role = _role(svc)
+    if role is None:
+        return [f"{name}: no command (entrypoint role)"]
+    script = root / SCRIPTS_IN_REPO / f"{role}.sh"
+    if not script.is_file():
+        return [f"{name}: entrypoint script {script.relative_to(root)} not found"]
+    needed, _ = script_vars(script.read_text())
+    env = _as_dict(svc.get("environment"))
+    return [f"{name}: {role}.sh uses ${var} but the service does not set it"
+            for var in sorted(needed - set(env))]
+
+
+def _volume_sources(svc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of every volume of a service (short or long syntax)."""
+    out = []
+    for v in svc.get("volumes") or []:
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1] if len(parts) > 1 else parts[0]))
+        elif isinstance(v, dict):
+            out.append((str(v.get("source", "")), str(v.get("target", ""))))
+    return out
+
+
+def check_volumes(services: dict[str, Any], declared: dict[str, Any]) -> list[str]:
+    """Named volumes declared; each site has its own volume at /local."""
+    problems = []
+    for name, svc in services.items():
+        for src, _ in _volume_sources(svc):
+            named = src and not src.startswith((".", "/", "~"))
+            if named and src not in declared:
+                problems.append(f"{name}: volume {src!r} is not declared under volumes:")
+    owners: dict[str, str] = {}
+    for site in SITES:
+        local = [s for s, t in _volume_sources(services.get(site, {})) if t == "/local"]
+        if not local:
+            problems.append(f"{site}: no volume mounted at /local")
+        for src in local:
+            if src in owners:
+                problems.append(f"{site}: /local volume {src!r} is shared with {owners[src]}")
+            owners[src] = site
+    return problems
+
+
+def check_build(name: str, svc: dict[str, Any], root: Path) -> list[str]:
+    """Build context and Dockerfile exist; the Dockerfile switches to a non-root USER."""
+    build = svc.get("build")
+    if build is None:
+        return [] if svc.get("image") else [f"{name}: neither build nor image"]
+    ctx = build if isinstance(build, str) else build.get("context", ".")
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    path = (root / ctx / dockerfile).resolve()
+    if not (root / ctx).is_dir() or not path.is_file():
+        return [f"{name}: build context {ctx!r} / dockerfile {dockerfile!r} not found"]
+    users = re.findall(r"^\s*USER\s+(\S+)", path.read_text(), flags=re.M)
+    if not users or users[-1].split(":")[0] in {"root", "0"}:
+        return [f"{name}: {dockerfile} does not end with a non-root USER"]
+    return []
+
+
+def check_health(name: str, svc: dict[str, Any], root: Path) -> list[str]:
+    """A healthcheck whose script (if one of ours) exists."""
+    test = (svc.get("healthcheck") or {}).get("test")
+    if not test:
+        return [f"{name}: no healthcheck"]
+    words = test if isinstance(test, list) else str(test).split()
+    return [f"{name}: healthcheck script {w} not in {SCRIPTS_IN_REPO}" for w in words
+            if str(w).startswith(SCRIPTS_IN_IMAGE)
+            and not (root / SCRIPTS_IN_REPO / str(w)[len(SCRIPTS_IN_IMAGE):]).is_file()]
+
+
+def _host_ports(svc: dict[str, Any]) -> list[str]:
+    """Published host ports of a service."""
+    out = []
+    for p in svc.get("ports") or []:
+        if isinstance(p, dict):
+            out.append(str(p.get("published", "")))
+        else:
+            parts = str(p).split(":")
+            out.append(parts[-2] if len(parts) > 1 else parts[0])
+    return [p for p in out if p]
+
+
+def check_ports_and_deps(services: dict[str, Any]) -> list[str]:
+    """Host ports unique; depends_on names existing services."""
+    problems, seen = [], {}
+    for name, svc in services.items():
+        for port in _host_ports(svc):
+            if port in seen:
+                problems.append(f"{name}: host port {port} also published by {seen[port]}")
+            seen[port] = name
+        for dep in svc.get("depends_on") or []:
+            if dep not in services:
+                problems.append(f"{name}: depends_on unknown service {dep!r}")
+    return problems
+
+
+def check_compose(path: Path, root: Path) -> list[str]:
+    """All problems of the compose file ``path`` (paths relative to ``root``)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        return [f"{path}: cannot read: {exc}"]
+    services: dict[str, Any] = (doc or {}).get("services") or {}
+    problems = [f"missing service {s!r}" for s in REQUIRED if s not in services]
+    for name, svc in services.items():
+        problems += check_build(name, svc, root) + check_env(name, svc, root)
+        problems += check_health(name, svc, root)
+    problems += check_volumes(services, (doc or {}).get("volumes") or {})
+    return problems + check_ports_and_deps(services)
+
+
+def docker_compose_config(path: Path) -> list[str]:
+    """``docker compose config -q`` if the compose plugin exists; [] when it cannot run."""
+    if shutil.which("docker") is None:
+        return []
+    try:
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20)
+        if probe.returncode != 0:
+            return []
+        res = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if res.returncode == 0:
+        return []
+    return [f"docker compose config: {ln}" for ln in res.stderr.strip().splitlines()[:5]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(prog="check_compose", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    root_default = Path(__file__).resolve().parents[1]
+    p.add_argument("--root", type=Path, default=root_default, help="repository root")
+    p.add_argument("--file", type=Path, help="compose file (default ROOT/docker-compose.yml)")
+    p.add_argument("--no-docker", action="store_true", help="skip `docker compose config`")
+    args = p.parse_args(argv)
+    path = args.file or args.root / "docker-compose.yml"
+    problems = check_compose(path, args.root)
+    if not args.no_docker:
+        problems += docker_compose_config(path)
+    for line in problems:
+        print(line)
+    print(f"check_compose: {len(problems)} problem(s) in {path}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

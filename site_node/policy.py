@@ -1,0 +1,240 @@
+"""Egress policy: what a site lets leave, checked on every reply before it is sent.
+
+A policy lists, per message type, the array names that may leave with their allowed dtypes and
+shapes, a byte budget for the reply, and the scalar keys (config/metrics) it may carry. Shapes
+are written relative to the request::
+
+    shape = ["n", 2, "side", "side"]   # "n" = slices in the request, "side" = its image side,
+    shape = ["n", "side/2", "side/2"]  # "side/k" = side // k, an int = that exact size
+
+and the request itself is bounded (``n <= max_slices_per_query``, ``side <= max_side``). A train
+or evaluate reply has no array rules, so any array (e.g. weights) is refused. Queries are further
+limited per run (``min_query_batch``, ``max_queries_per_run``, ``max_slices_per_run``) by
+:class:`QueryBudget`, the model-extraction limit. Load with
+``common.config.load_config(path, EgressPolicy)``; ``deploy/egress-policy.toml`` is the default.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import numpy as np
+from pydantic import Field
+
+from common.config import StrictModel
+from common.io import atomic_write_json
+
+Dim = int | Annotated[str, Field(pattern=r"^(n|side(/[1-9][0-9]*)?)$")]
+
+
+class Decision(NamedTuple):
+    """Outcome of a policy check: ``allowed`` or the one-line ``reason`` it was refused."""
+
+    allowed: bool
+    reason: str | None = None
+
+
+ALLOW = Decision(True, None)
+
+
+class ArrayRule(StrictModel):
+    """One array name that may leave: allowed dtypes and a shape relative to the request."""
+
+    dtypes: list[str]
+    shape: list[Dim]
+
+
+class ReplyRule(StrictModel):
+    """What the reply to one message type may carry."""
+
+    arrays: dict[str, ArrayRule] = Field(default_factory=dict)
+    metric_keys: list[str] = Field(default_factory=list)
+    max_reply_bytes: int = Field(default=0, ge=0)
+
+
+class EgressPolicy(StrictModel):
+    """The site's egress policy (see the module docstring)."""
+
+    max_slices_per_query: int = Field(default=256, ge=1)
+    max_side: int = Field(default=384, ge=1)
+    min_query_batch: int = Field(default=8, ge=1)
+    max_queries_per_run: int = Field(default=1000, ge=1)
+    max_slices_per_run: int = Field(default=100_000, ge=1)
+    max_str_len: int = Field(default=128, ge=1)
+    replies: dict[str, ReplyRule]
+
+
+def default_policy() -> EgressPolicy:
+    """The policy matching ``common.protocol``: teacher outputs on queries, metrics otherwise."""
+    f16, f32 = ["float16"], ["float32"]
+    query = ReplyRule(
+        arrays={"logits": ArrayRule(dtypes=f16, shape=["n", 2, "side", "side"]),
+                "at_early": ArrayRule(dtypes=f16, shape=["n", "side/2", "side/2"]),
+                "at_deep": ArrayRule(dtypes=f16, shape=["n", "side/8", "side/8"]),
+                "rc_early": ArrayRule(dtypes=f32, shape=["n"]),
+                "rc_deep": ArrayRule(dtypes=f32, shape=["n"])},
+        metric_keys=["site_name", "run_id", "chunk", "n"], max_reply_bytes=180_000_000)
+    evaluate = ReplyRule(metric_keys=["site_name", "dice_mean", "dice_std", "voe_mean",
+                                      "voe_std", "hd95_mean", "hd95_std", "hd95_undefined", "n"])
+    return EgressPolicy(replies={
+        "train": ReplyRule(metric_keys=["val_dice", "case_count", "site_name"]),
+        "query.teacher_outputs": query, "evaluate": evaluate})
+
+
+# ----------------------------------------------------------------------------- reply checks
+def expected_shape(rule: ArrayRule, n: int | None, side: int | None) -> tuple[int, ...] | str:
+    """The exact shape ``rule`` allows for a request of ``n`` slices of ``side``, or why not."""
+    dims: list[int] = []
+    for d in rule.shape:
+        if isinstance(d, int):
+            dims.append(d)
+        elif d == "n":
+            if n is None:
+                return "shape depends on the request's N, which is unknown"
+            dims.append(n)
+        else:
+            if side is None:
+                return "shape depends on the request's side, which is unknown"
+            dims.append(side // int(d.split("/")[1]) if "/" in d else side)
+    return tuple(dims)
+
+
+def _check_array(name: str, arr: np.ndarray, rule: ArrayRule, n: int | None,
+                 side: int | None) -> str | None:
+    if str(arr.dtype) not in rule.dtypes:
+        return f"array {name!r}: dtype {arr.dtype} not allowed (allowed {rule.dtypes})"
+    want = expected_shape(rule, n, side)
+    if isinstance(want, str):
+        return f"array {name!r}: {want}"
+    if tuple(arr.shape) != want:
+        return f"array {name!r}: shape {tuple(arr.shape)}, allowed {want}"
+    return None
+
+
+def _check_request(policy: EgressPolicy, n: int | None, side: int | None) -> str | None:
+    if n is not None and not 1 <= n <= policy.max_slices_per_query:
+        return f"request N={n} outside 1..{policy.max_slices_per_query}"
+    if side is not None and not 1 <= side <= policy.max_side:
+        return f"request side {side} outside 1..{policy.max_side}"
+    return None
+
+
+def _check_metrics(policy: EgressPolicy, rule: ReplyRule, metrics: Mapping[str, Any]) -> str | None:
+    for key, value in metrics.items():
+        if key not in rule.metric_keys:
+            return f"metric {key!r} not allowed (allowed {rule.metric_keys})"
+        if not isinstance(value, str | int | float | bool):
+            return f"metric {key!r}: only scalars may leave, got {type(value).__name__}"
+        if isinstance(value, str) and len(value) > policy.max_str_len:
+            return f"metric {key!r}: string of {len(value)} chars > {policy.max_str_len}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"metric {key!r}: non-finite value"
+    return None
+
+
+def _check_arrays(rule: ReplyRule, msg_type: str, arrays: Mapping[str, np.ndarray],
+                  n: int | None, side: int | None) -> str | None:
+    for name, arr in arrays.items():
+        if name not in rule.arrays:
+            if not rule.arrays:
+                return f"a {msg_type} reply may not carry arrays (got {name!r})"
+            return f"array {name!r} not allowed (allowed {sorted(rule.arrays)})"
+        why = _check_array(name, np.asarray(arr), rule.arrays[name], n, side)
+        if why:
+            return why
+    total = sum(int(np.asarray(a).nbytes) for a in arrays.values())
+    if arrays and total > rule.max_reply_bytes:
+        return f"reply arrays total {total} B > budget {rule.max_reply_bytes} B"
+    return None
+
+
+def check_reply(policy: EgressPolicy, msg_type: str, arrays: Mapping[str, np.ndarray],
+                metrics: Mapping[str, Any], request_n: int | None = None,
+                request_side: int | None = None) -> Decision:
+    """Allow or refuse a reply. ``metrics`` = every scalar in the reply's config/metric records."""
+    rule = policy.replies.get(str(msg_type))
+    if rule is None:
+        return Decision(False, f"{msg_type}: no egress rule for this message type")
+    why = (_check_request(policy, request_n, request_side)
+           or _check_arrays(rule, str(msg_type), arrays, request_n, request_side)
+           or _check_metrics(policy, rule, metrics))
+    return Decision(False, f"{msg_type}: {why}") if why else ALLOW
+
+
+# ----------------------------------------------------------------------------- query budget
+class QueryBudget:
+    """Queries and slices answered per ``run_id``, persisted in a small JSON state file."""
+
+    def __init__(self, path: Path, policy: EgressPolicy) -> None:
+        self.path = path
+        self.policy = policy
+
+    def usage(self, run_id: str) -> dict[str, int]:
+        """``{"queries": q, "slices": s}`` already charged to ``run_id``."""
+        runs = self._load()
+        return dict(runs.get(run_id, {"queries": 0, "slices": 0}))
+
+    def _load(self) -> dict[str, dict[str, int]]:
+        if not self.path.exists():
+            return {}
+        runs: dict[str, dict[str, int]] = json.loads(self.path.read_text())["runs"]
+        return runs
+
+    def _refusal(self, used: Mapping[str, int], n_slices: int) -> str | None:
+        p = self.policy
+        if n_slices < p.min_query_batch:
+            return f"query of {n_slices} slices < min_query_batch {p.min_query_batch}"
+        if n_slices > p.max_slices_per_query:
+            return f"query of {n_slices} slices > max_slices_per_query {p.max_slices_per_query}"
+        if used["queries"] + 1 > p.max_queries_per_run:
+            return f"run already made {used['queries']} queries (max_queries_per_run)"
+        if used["slices"] + n_slices > p.max_slices_per_run:
+            return (f"run would reach {used['slices'] + n_slices} slices > max_slices_per_run "
+                    f"{p.max_slices_per_run}")
+        return None
+
+    def admit_query(self, run_id: str, n_slices: int) -> Decision:
+        """Refuse or admit (and charge, before any compute) one query of ``n_slices``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.with_name(self.path.name + ".lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            runs = self._load()
+            used = runs.get(run_id, {"queries": 0, "slices": 0})
+            why = self._refusal(used, n_slices)
+            if why:
+                return Decision(False, f"run {run_id!r}: {why}")
+            runs[run_id] = {"queries": used["queries"] + 1, "slices": used["slices"] + n_slices}
+            atomic_write_json(self.path, {"runs": runs})
+        return ALLOW
+
+
+# ----------------------------------------------------------------------------- display
+def _format_rule(msg_type: str, rule: ReplyRule) -> list[str]:
+    lines = [f"reply to {msg_type!r}:"]
+    if not rule.arrays:
+        lines.append("  arrays: NONE (any array is refused)")
+    for name, a in rule.arrays.items():
+        shape = "(" + ", ".join(str(d) for d in a.shape) + ")"
+        lines.append(f"  array {name:<10} {'|'.join(a.dtypes):<8} shape {shape}")
+    if rule.arrays:
+        lines.append(f"  byte budget per reply: {rule.max_reply_bytes:,} B")
+    lines.append(f"  scalar keys: {', '.join(rule.metric_keys) or '(none)'}")
+    return lines
+
+
+def format_policy(policy: EgressPolicy) -> str:
+    """Human-readable policy, for ``site-node policy show``."""
+    p = policy
+    lines = ["Egress policy (anything not listed is refused)",
+             f"query limits: {p.min_query_batch} <= N <= {p.max_slices_per_query} slices, "
+             f"side <= {p.max_side}",
+             f"per run: <= {p.max_queries_per_run} queries, <= {p.max_slices_per_run} slices",
+             f"scalar strings: <= {p.max_str_len} chars", ""]
+    for msg_type, rule in p.replies.items():
+        lines += _format_rule(msg_type, rule) + [""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,176 @@
+"""Federated transport: site handlers, dropping a bad site, and a real local deployment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.kd.batching import select_teachers, stack_teachers
+from common.protocol import (
+    EvalConfig,
+    Key,
+    ProtocolError,
+    QueryConfig,
+    TrainConfig,
+    decode_teacher_reply,
+    encode_teacher_reply,
+    slice_hash,
+)
+
+SITES = ("site_a", "site_b", "site_c")
+
+
+@pytest.fixture(scope="module")
+def fed_teachers(tiny_sites: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Barely trained tiny_unet teachers (1 epoch, 2 steps, 32px): the transport is under test,
+    not teacher quality, and the session's ``tiny_teachers`` take minutes to train."""
+    from site_node.train import run_training
+    from tests.conftest import tiny_teacher_config
+
+    root = tmp_path_factory.mktemp("fed_teachers")
+    for name in SITES:
+        cfg = tiny_teacher_config(size=32, epochs=1, max_steps_per_epoch=2)
+        run_training(tiny_sites[name], cfg, root / name)
+    return {name: root / name for name in SITES}
+
+
+def _node(sites: dict, teachers: dict, name: str):  # type: ignore[no-untyped-def]
+    from site_node.app import NodeSettings
+
+    return NodeSettings.from_node_config({"data-path": str(sites[name]),
+                                          "teacher-dir": str(teachers[name]), "site-name": name})
+
+
+def _proxy(sites: dict, n: int = 10):  # type: ignore[no-untyped-def]
+    from coordinator.distill.proxy import load_proxy
+
+    proxy = load_proxy(sites["proxy"], 32)
+    cfg = QueryConfig(run_id="t", chunk=0, n_chunks=1, size=32, slice_hashes=proxy.hashes[:n])
+    return proxy.images[:n], proxy.masks[:n], cfg
+
+
+def test_handle_train_reuses_the_teacher(tiny_sites: dict, fed_teachers: dict) -> None:
+    from site_node.app import handle_train
+
+    node = _node(tiny_sites, fed_teachers, "site_a")
+    before = (node.teacher_dir / "best.pt").stat().st_mtime_ns
+    reply = handle_train(node, TrainConfig(run_id="t"))
+    card = json.loads((node.teacher_dir / "teacher.json").read_text())
+    split = json.loads((node.teacher_dir / "split.json").read_text())
+    assert reply.val_dice == pytest.approx(card["val_dice"])
+    assert reply.case_count == sum(len(v) for v in split.values())
+    assert (node.teacher_dir / "best.pt").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="site-name"):
+        type(node).from_node_config({"data-path": "x", "teacher-dir": "y"})
+
+
+def test_handle_query_matches_the_local_engine(tiny_sites: dict, fed_teachers: dict) -> None:
+    from common.models.checkpoint import load_model
+    from site_node.app import handle_query
+    from site_node.teacher_outputs import teacher_outputs
+
+    images, masks, cfg = _proxy(tiny_sites)
+    node = _node(tiny_sites, fed_teachers, "site_b")
+    t = handle_query(node, cfg, images, masks)
+    site, back = decode_teacher_reply(encode_teacher_reply("site_b", cfg, t), 10, 32, "node 1")
+    model, _ = load_model(node.teacher_dir / "best.pt")
+    local = teacher_outputs(model, images, masks, torch.device("cpu"))
+    assert site == "site_b" and back.logits.shape == (1, 10, 2, 32, 32)
+    assert torch.allclose(back.logits, local.logits, atol=2e-2, rtol=1e-2)
+    assert torch.allclose(back.rc_deep, local.rc_deep)
+
+
+def test_handle_evaluate_scores_private_test_cases(tiny_sites: dict, fed_teachers: dict) -> None:
+    from common.models import build_model
+    from site_node.app import handle_evaluate
+
+    node = _node(tiny_sites, fed_teachers, "site_c")
+    split = json.loads((node.teacher_dir / "split.json").read_text())
+    state = build_model("enet", in_channels=1, num_classes=2).state_dict()
+    cfg = EvalConfig(run_id="t", run_name="r", model_name="enet", size=32)
+    rep = handle_evaluate(node, cfg, state)
+    assert rep.n == len(split["test"]) and 0.0 <= rep.dice_mean <= 1.0
+    bad = {k: v for k, v in state.items() if not k.endswith("weight")}
+    with pytest.raises(ProtocolError, match="site_c: student weights do not fit enet"):
+        handle_evaluate(node, cfg, bad)
+
+
+def _fake_targets(n: int, value: float) -> object:
+    from common.kd.targets import TeacherTargets
+
+    return TeacherTargets(logits=torch.full((1, n, 2, 32, 32), value),
+                          at_early=torch.full((1, n, 16, 16), value),
+                          at_deep=torch.full((1, n, 4, 4), value),
+                          rc_early=torch.full((1, n), value), rc_deep=torch.full((1, n), value))
+
+
+def test_a_bad_site_is_dropped_and_fusion_goes_on() -> None:
+    from coordinator.server_app import Reply, Roster, fuse_sites, validate_replies
+
+    n = 4
+    cfg = QueryConfig(run_id="t", chunk=0, n_chunks=1, size=32,
+                      slice_hashes=[slice_hash(np.zeros((1, 32, 32)))] * n)
+    good = {name: encode_teacher_reply(name, cfg, _fake_targets(n, j))  # type: ignore[arg-type]
+            for j, name in enumerate(("site_a", "site_b", "site_c"))}
+    good["site_b"][Key.ARRAYS]["features"] = good["site_b"][Key.ARRAYS][Key.RC_DEEP]
+    roster = Roster({1: "site_a", 2: "site_b", 3: "site_c", 4: "site_d", 5: "site_e"})
+    replies = [Reply(1, good["site_a"]), Reply(2, good["site_b"]), Reply(3, good["site_c"]),
+               Reply(4, error="0 ClientApp raised")]  # node 5 never answers
+
+    def dec(c, who):  # type: ignore[no-untyped-def]
+        return decode_teacher_reply(c, n, 32, who, chunk=0)
+
+    ok = validate_replies(replies, [1, 2, 3, 4, 5], dec, roster)
+    assert sorted(ok) == [1, 3] and roster.names == {1: "site_a", 3: "site_c"}
+    assert "unexpected ['features']" in roster.dropped[2] and "site_b" in roster.dropped[2]
+    assert "error reply" in roster.dropped[4] and "timeout" in roster.dropped[5]
+    names, fused = fuse_sites({site: t for site, t in ok.values()}, min_sites=2)
+    assert names == ["site_a", "site_c"] and fused.num_teachers == 2
+    assert float(select_teachers(fused, [1]).logits.mean()) == 2.0
+    assert stack_teachers([fused.teacher(0)]).num_teachers == 1
+    with pytest.raises(RuntimeError, match="need at least 3"):
+        fuse_sites({site: t for site, t in ok.values()}, min_sites=3)
+
+
+def _write_config(sites: dict, teachers: dict, tmp: Path) -> Path:
+    lines = ['name = "fed"', f'out = "{tmp / "exp"}"', f'proxy = "{sites["proxy"]}"']
+    for name in SITES:
+        lines += ["[[sites]]", f'name = "{name}"', f'data = "{sites[name]}"',
+                  f'teacher_dir = "{teachers[name]}"']
+    lines += ["[student]", 'model = "enet"', "size = 32", "epochs = 1", "batch_size = 16",
+              'device = "cpu"', "step_size_up = 20", "[student.augment]",
+              *[f"{k}_p = 0.0" for k in ("shift_scale_rotate", "hflip", "vflip", "elastic",
+                                         "grid_distortion", "optical_distortion",
+                                         "brightness_contrast", "coarse_dropout")],
+              "[runs]", "baseline = false",
+              "single_teacher = false", "[[runs.weightings]]", 'name = "inverse_dice_loss"']
+    path = tmp / "exp.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_federated_run_on_a_local_deployment(tiny_sites: dict, fed_teachers: dict,
+                                             tmp_path: Path) -> None:
+    """Real SuperLink + 3 SuperNodes on 127.0.0.1, driven by ``coordinator simulate``."""
+    from coordinator.simulate import SiteNode, simulate
+
+    config = _write_config(tiny_sites, fed_teachers, tmp_path)
+    nodes = [SiteNode(n, tiny_sites[n], fed_teachers[n]) for n in SITES]
+    rc = simulate(nodes, config, tmp_path / "work", {"timeout": 120.0}, timeout=240.0)
+    log = (tmp_path / "work" / "logs" / "flwr-run.log").read_text(errors="replace")
+    assert rc == 0, log[-3000:]
+    res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
+    assert res["sites"] == list(SITES) and res["dropped"] == []
+    (row,) = res["rows"]
+    assert row["run"] == "multi_inverse_dice_loss" and row["teachers"] == list(SITES)
+    assert set(row["sites"]) == set(SITES)
+    for scores in row["sites"].values():
+        assert 0.0 <= scores["dice_mean"] <= 1.0 and scores["n"] >= 1
+    assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*.pt"))) == 3
+    for name in SITES:
+        assert f"{name}: teacher outputs for" in log and "validated and cached" in log
+    assert "| multi_inverse_dice_loss |" in (tmp_path / "exp" / "federated_results.md").read_text()

@@ -1,0 +1,66 @@
+"""deploy/check_compose.py on the real compose file and on broken copies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy._load import ROOT, load_script
+
+cc = load_script("check_compose")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A copy of what the compose file references."""
+    for rel in ("docker-compose.yml", "deploy/Dockerfile", "deploy/entrypoints"):
+        src, dst = ROOT / rel, tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return tmp_path
+
+
+def _edit(repo: Path, fn) -> list[str]:
+    path = repo / "docker-compose.yml"
+    doc = yaml.safe_load(path.read_text())
+    fn(doc)
+    path.write_text(yaml.safe_dump(doc))
+    return cc.check_compose(path, repo)
+
+
+def test_real_file_has_no_problems() -> None:
+    assert cc.check_compose(ROOT / "docker-compose.yml", ROOT) == []
+    assert cc.main(["--root", str(ROOT)]) == 0
+
+
+def test_missing_service(repo: Path) -> None:
+    problems = _edit(repo, lambda d: d["services"].pop("site-c"))
+    assert any("missing service 'site-c'" in p for p in problems)
+
+
+def test_missing_entrypoint(repo: Path) -> None:
+    (repo / "deploy/entrypoints/site.sh").unlink()
+    problems = cc.check_compose(repo / "docker-compose.yml", repo)
+    assert sum("site.sh not found" in p for p in problems) == 3
+
+
+def test_unset_env_var(repo: Path) -> None:
+    problems = _edit(repo, lambda d: d["services"]["superlink"]["environment"].pop("SERVER_KEY"))
+    assert problems == ["superlink: superlink.sh uses $SERVER_KEY but the service does not set it"]
+
+
+def test_duplicate_port(repo: Path) -> None:
+    problems = _edit(repo, lambda d: d["services"]["coordinator"].update(ports=["8000:9000"]))
+    assert any("host port 8000" in p for p in problems)
+
+
+def test_shared_site_volume_and_root_user(repo: Path) -> None:
+    def share(d: dict) -> None:
+        d["services"]["site-b"]["volumes"][0] = "site-a-local:/local"
+    assert any("shared with site-a" in p for p in _edit(repo, share))
+    df = repo / "deploy/Dockerfile"
+    df.write_text(df.read_text() + "\nUSER root\n")
+    assert any("non-root USER" in p for p in cc.check_compose(repo / "docker-compose.yml", repo))
