@@ -10,6 +10,8 @@ message type       request records                             reply records
                                                                never sends weights)
 ``query.teacher_   config: QueryConfig, arrays: images float32 site: SiteInfo, config:
 outputs``          (N,1,S,S), masks uint8 (N,S,S)              QueryEcho, arrays: logits fp16
+                                                               (or probs_u8 / logits_ds: the
+                                                               site's ``compression``)
                                                                (N,2,S,S), at_early fp16
                                                                (N,S/2,S/2), at_deep fp16
                                                                (N,S/8,S/8), rc_early/rc_deep
@@ -17,6 +19,10 @@ outputs``          (N,1,S,S), masks uint8 (N,S,S)              QueryEcho, arrays
 ``evaluate``       config: EvalConfig, student: state_dict     site: SiteInfo, metrics:
                                                                EvalReply
 =================  ==========================================  ==============================
+
+Every reply may also carry ``receipt`` (ConfigRecord of strings): the site's signed receipt of
+the exchange-log entry covering exactly this reply (``common.audit.make_receipt``); the
+coordinator checks it with ``common.audit.receipt_problem`` before decoding.
 
 Any unexpected record or array key, wrong record type, dtype, shape, non-finite value or
 invalid config field raises :class:`ProtocolError` with one line naming the peer and the key.
@@ -38,6 +44,7 @@ if TYPE_CHECKING:
     import torch
     from flwr.app import ArrayRecord, RecordDict
 
+    from common.compress import CompressionConfig
     from common.kd.targets import TeacherTargets
 
 NUM_CLASSES = 2
@@ -71,6 +78,7 @@ class Key(StrEnum):
     AT_DEEP = "at_deep"
     RC_EARLY = "rc_early"
     RC_DEEP = "rc_deep"
+    RECEIPT = "receipt"
 
 
 # ----------------------------------------------------------------------------- payload models
@@ -111,11 +119,26 @@ class QueryConfig(StrictModel):
 
 
 class QueryEcho(StrictModel):
-    """``query.teacher_outputs`` reply header: which chunk this answers."""
+    """``query.teacher_outputs`` reply header: which chunk this answers, how logits are encoded
+    (``common.compress.CompressionConfig`` fields, flattened; the site's ``compression``)."""
 
     run_id: str
     chunk: int
     n: int
+    compression: Literal["fp32", "fp16", "int8_probs", "downsample"] = "fp16"
+    downsample_factor: Literal[2, 4] = 2
+    int8_classes: Literal["foreground", "all"] = "foreground"
+    temperature: float = 1.0
+    noise_sigma: float = 0.0
+    noise_on: Literal["probs", "logits"] = "probs"
+
+    def codec(self) -> CompressionConfig:
+        """The compression config this reply was encoded with."""
+        from common.compress import CompressionConfig
+
+        return CompressionConfig(mode=self.compression, downsample_factor=self.downsample_factor,
+                                 int8_classes=self.int8_classes, temperature=self.temperature,
+                                 noise_sigma=self.noise_sigma, noise_on=self.noise_on)
 
 
 class EvalConfig(StrictModel):
@@ -147,10 +170,14 @@ def query_schema(n: int, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
             str(Key.MASKS): ("uint8", (n, size, size))}
 
 
-def reply_schema(n: int, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Reply arrays of a teacher answer for ``n`` slices of side ``size``."""
+def reply_schema(n: int, size: int, codec: CompressionConfig | None = None
+                 ) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Reply arrays of a teacher answer for ``n`` slices of side ``size`` (logits as ``codec``
+    encodes them: default fp16 ``logits``; ``probs_u8`` or ``logits_ds`` otherwise)."""
+    from common.compress import CompressionConfig, payload_schema
+
     return {
-        str(Key.LOGITS): ("float16", (n, NUM_CLASSES, size, size)),
+        **payload_schema(codec or CompressionConfig(), n, size, NUM_CLASSES),
         str(Key.AT_EARLY): ("float16", (n, size // 2, size // 2)),
         str(Key.AT_DEEP): ("float16", (n, size // 8, size // 8)),
         str(Key.RC_EARLY): ("float32", (n,)),
@@ -164,9 +191,15 @@ def slice_hash(image: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- validation
-def check_records(rd: RecordDict, expected: dict[str, str], who: str) -> None:
-    """``rd`` must hold exactly the record keys of ``expected`` (key -> record class name)."""
+def check_records(rd: RecordDict, expected: dict[str, str], who: str,
+                  receipt: bool = False) -> None:
+    """``rd`` must hold exactly the record keys of ``expected`` (key -> record class name).
+
+    ``receipt``: a reply may also carry the site's signed ``receipt`` ConfigRecord.
+    """
     expected = {str(k): v for k, v in expected.items()}
+    if receipt and Key.RECEIPT in rd.keys():
+        expected[str(Key.RECEIPT)] = "ConfigRecord"
     keys = set(rd.keys())
     if keys != set(expected):
         extra, missing = sorted(keys - set(expected)), sorted(set(expected) - keys)
@@ -245,7 +278,7 @@ def encode_train_reply(site: str, reply: TrainReply) -> RecordDict:
 
 def decode_train_reply(rd: RecordDict, who: str) -> tuple[str, TrainReply]:
     """Coordinator side: ``(site name, TrainReply)``; any array (weights) is refused."""
-    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who)
+    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who, receipt=True)
     site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
     return site, decode_model(rd[Key.METRICS], TrainReply, f"{who} ({site})", Key.METRICS)
 
@@ -275,16 +308,24 @@ def decode_query(rd: RecordDict, who: str = "coordinator"
     return cfg, images, arrays[Key.MASKS]
 
 
-def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets) -> RecordDict:
-    """Site side: one teacher's (J = 1) targets as fp16 maps and fp32 scalars."""
+def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
+                         codec: CompressionConfig | None = None) -> RecordDict:
+    """Site side: one teacher's (J = 1) targets: logits encoded by ``codec`` (default fp16),
+    attention maps fp16, scalars fp32."""
     from flwr.app import ConfigRecord, RecordDict
+
+    from common.compress import CompressionConfig, compress_logits
 
     if t.num_teachers != 1:
         raise ProtocolError(f"{site}: a site answers for exactly one teacher, got {t.num_teachers}")
-    arrays: dict[str, np.ndarray] = {}
+    codec = codec or CompressionConfig()
+    arrays = compress_logits(t.logits[0].detach().cpu().numpy(), codec)
     for key, (dtype, _) in reply_schema(t.batch_size, cfg.size).items():
-        arrays[key] = getattr(t, key)[0].detach().cpu().numpy().astype(dtype)
-    echo = QueryEcho(run_id=cfg.run_id, chunk=cfg.chunk, n=t.batch_size)
+        if key != Key.LOGITS:
+            arrays[key] = getattr(t, key)[0].detach().cpu().numpy().astype(dtype)
+    flat = codec.model_dump()
+    echo = QueryEcho(run_id=cfg.run_id, chunk=cfg.chunk, n=t.batch_size,
+                     compression=flat.pop("mode"), **flat)
     return RecordDict({Key.SITE: _site_record(site), Key.CONFIG: ConfigRecord(echo.model_dump()),
                        Key.ARRAYS: _array_record(arrays)})
 
@@ -298,14 +339,20 @@ def decode_teacher_reply(rd: RecordDict, n: int, size: int, who: str,
 
     recs: dict[str, str] = {Key.SITE: "ConfigRecord", Key.CONFIG: "ConfigRecord",
                             Key.ARRAYS: "ArrayRecord"}
-    check_records(rd, recs, who)
+    check_records(rd, recs, who, receipt=True)
     site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
     who = f"{who} ({site})"
     echo = decode_model(rd[Key.CONFIG], QueryEcho, who, Key.CONFIG)
     if echo.n != n or (chunk is not None and echo.chunk != chunk):
         raise ProtocolError(f"{who}: record 'config': answers chunk {echo.chunk} with "
                             f"{echo.n} slices, expected chunk {chunk} with {n}")
-    arrays = decode_arrays(cast("ArrayRecord", rd[Key.ARRAYS]), reply_schema(n, size), who)
+    codec = echo.codec()
+    arrays = decode_arrays(cast("ArrayRecord", rd[Key.ARRAYS]), reply_schema(n, size, codec),
+                           who)
+    from common.compress import decompress_logits, payload_schema
+
+    wire = {k: arrays.pop(k) for k in payload_schema(codec, n, size, NUM_CLASSES)}
+    arrays[Key.LOGITS] = decompress_logits(wire, codec, size, NUM_CLASSES)
     fields = {k: torch.from_numpy(v.astype(np.float32))[None] for k, v in arrays.items()}
     return site, TeacherTargets(**fields)
 
@@ -346,6 +393,6 @@ def encode_eval_reply(site: str, reply: EvalReply) -> RecordDict:
 
 def decode_eval_reply(rd: RecordDict, who: str) -> tuple[str, EvalReply]:
     """Coordinator side: ``(site name, EvalReply)``."""
-    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who)
+    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who, receipt=True)
     site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
     return site, decode_model(rd[Key.METRICS], EvalReply, f"{who} ({site})", Key.METRICS)

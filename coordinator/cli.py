@@ -1,7 +1,8 @@
 """``coordinator`` command line: what researchers run.
 
 Subcommands: ``models`` (Table 2: params and FLOPs), ``make-proxy`` (synthetic public proxy
-set), ``distill --local`` (the whole Tables 3-5 experiment on one machine).
+set), ``distill --local`` (the whole Tables 3-5 experiment on one machine), ``distill``
+without ``--local`` (the same against a running SuperLink, see :mod:`coordinator.federated_cli`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"student": cfg.student.model_copy(
             update={"epochs": args.epochs})})
     if not args.local:
-        print("coordinator: error: the federated transport is not available yet; "
-              "use --local to run the sites' teachers in-process", file=sys.stderr)
-        return 2
+        from coordinator.federated_cli import main_federated
+
+        return main_federated(args, cfg)
     run_experiment(cfg)
     print(f"results: {cfg.out / 'results.md'}")
     return 0
@@ -67,11 +68,29 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
     p.add_argument("--no-train", dest="no_train", action="store_true",
                    help="skip the train round (sites are then named node<id>)")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext gRPC without TLS (local simulation only; prints a warning)")
+    p.add_argument("--node-auth", dest="node_auth", action="store_true",
+                   help="SuperNode authentication: register per-site ECDSA keys (needs TLS)")
+    p.add_argument("--compression", default="fp16",
+                   choices=["fp16", "int8_probs", "downsample", "fp32"],
+                   help="how every site encodes its query logits (node config `compression`)")
     p.set_defaults(func=_cmd_simulate)
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    from common.audit_cli import add_audit_args
+    from coordinator.audit_trail import run_coordinator_audit
+
+    p = sub.add_parser("audit", help="verify and summarise an exchange log (<out>/audit/...)")
+    add_audit_args(p)
+    p.set_defaults(func=run_coordinator_audit)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``coordinator`` argument parser."""
+    from coordinator.federated_cli import add_export_parser, add_federated_args
+
     parser = argparse.ArgumentParser(prog="coordinator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="params and FLOPs per model (paper Table 2)")
@@ -91,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", action="store_true", help="paper sizes (384px, 100 epochs)")
     p.add_argument("--out", type=Path, help="override the config's output folder")
     p.add_argument("--epochs", type=int, help="override student epochs")
+    add_federated_args(p)
     p.set_defaults(func=_cmd_distill)
+    add_export_parser(sub)
     _add_simulate(sub)
+    _add_audit(sub)
     return parser
 
 

@@ -4,7 +4,8 @@ Run config (``flwr run ... --run-config``): ``config-path`` (ExperimentConfig TO
 ``min-sites`` (fewest live sites to go on, 0 = the config's ``min_sites``), ``expected-sites``
 (nodes to wait for, 0 = number of sites in the config), ``timeout`` (seconds per round),
 ``train`` (send ``train`` first), ``chunk-size`` (proxy slices per query message), ``out``
-(override the experiment's out folder, "" = keep).
+(override the experiment's out folder, "" = keep), ``site-keys-dir`` (``<site>.pub`` Ed25519
+keys: every reply's receipt must verify, see :mod:`coordinator.audit_trail`; "" = unverified).
 
 Rounds: wait for nodes -> ``train`` (site names, val Dice) -> ``query.teacher_outputs`` per
 proxy chunk (cached per site and proxy digest) -> students trained by the very engine of
@@ -40,6 +41,7 @@ from common.protocol import (
     encode_query,
     encode_train,
 )
+from coordinator.audit_trail import CoordinatorTrail
 from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.proxy import ProxySet, load_proxy
@@ -68,6 +70,8 @@ class FedSettings:
     train: bool = True
     chunk_size: int = 256
     out: str = ""
+    site_keys_dir: str = ""
+    trail: CoordinatorTrail | None = None  # set by run_federated once the out folder is known
 
     @staticmethod
     def from_run_config(rc: dict[str, Any]) -> FedSettings:
@@ -75,7 +79,7 @@ class FedSettings:
         return FedSettings(Path(str(rc["config-path"])), int(rc.get("min-sites", 0)),
                            int(rc.get("expected-sites", 0)), float(rc.get("timeout", 300)),
                            bool(rc.get("train", True)), int(rc.get("chunk-size", 256)),
-                           str(rc.get("out", "")))
+                           str(rc.get("out", "")), str(rc.get("site-keys-dir", "")))
 
 
 @dataclass
@@ -141,22 +145,33 @@ def plan_federated(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
 
 
 def chunks(n: int, size: int) -> list[slice]:
-    """Consecutive slices of at most ``size`` covering ``range(n)``."""
-    return [slice(s, min(s + size, n)) for s in range(0, n, max(size, 1))]
+    """Consecutive, balanced slices of at most ``size`` covering ``range(n)`` (no tiny last
+    chunk: a site refuses queries below its policy's ``min_query_batch``)."""
+    k = max(1, -(-n // max(size, 1)))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 # ----------------------------------------------------------------------------- transport
 def _exchange(grid: Grid, contents: dict[int, RecordDict], mtype: str, group: str,
-              timeout: float) -> list[Reply]:
+              timeout: float, trail: CoordinatorTrail | None = None) -> list[Reply]:
+    """Send, receive; with a ``trail`` log both ways and check every reply's receipt."""
     msgs = [Message(c, dst_node_id=n, message_type=mtype, group_id=group)
             for n, c in contents.items()]
+    for n, c in contents.items():
+        if trail is not None:
+            trail.sent(n, mtype, c)
     out = []
     for m in grid.send_and_receive(msgs, timeout=timeout):
         node = m.metadata.src_node_id
         if m.has_error():
             out.append(Reply(node, error=f"{m.error.code} {m.error.reason}".strip()))
-        else:
-            out.append(Reply(node, m.content))
+            if trail is not None:
+                trail.error(node, mtype, out[-1].error)
+            continue
+        content, why = (m.content, None) if trail is None else trail.received(node, mtype,
+                                                                               m.content)
+        out.append(Reply(node, error=f"receipt rejected: {why}") if why else Reply(node, content))
     return out
 
 
@@ -178,7 +193,8 @@ def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Ro
     """``train`` every node; the roster maps node ids to the site names they report."""
     roster = Roster()
     content = {n: encode_train(TrainConfig(run_id=run_id)) for n in nodes}
-    ok = validate_replies(_exchange(grid, content, MsgType.TRAIN, "train", s.timeout), nodes,
+    ok = validate_replies(_exchange(grid, content, MsgType.TRAIN, "train", s.timeout,
+                                         s.trail), nodes,
                           decode_train_reply, roster)
     for node, (site, rep) in ok.items():
         if site in roster.names.values():
@@ -205,7 +221,8 @@ def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConf
         def dec(c: RecordDict, who: str, i: int = i, n: int = n) -> tuple[str, TeacherTargets]:
             return decode_teacher_reply(c, n, cfg.student.size, who, chunk=i)
 
-        replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.QUERY, f"query-{i}", s.timeout)
+        replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.QUERY, f"query-{i}",
+                            s.timeout, s.trail)
         for node, (site, t) in validate_replies(replies, nodes, dec, roster).items():
             if site != roster.names[node]:
                 roster.drop(node, f"answered as {site!r}, registered as {roster.names[node]!r}")
@@ -222,7 +239,7 @@ def eval_round(grid: Grid, roster: Roster, run: str, state: dict[str, torch.Tens
     rd = encode_eval(ec, state)
     nodes = list(roster.names)
     replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.EVALUATE, f"eval-{run}",
-                        s.timeout)
+                        s.timeout, s.trail)
     ok = validate_replies(replies, nodes, decode_eval_reply, roster)
     return {site: rep.model_dump() for site, rep in ok.values()}
 
@@ -252,6 +269,10 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     cfg = load_config(s.config_path, ExperimentConfig).resolve_paths(s.config_path.parent)
     cfg = cfg.model_copy(update={"out": Path(s.out).resolve()}) if s.out else cfg
     min_sites = s.min_sites or cfg.min_sites
+    keys = Path(s.site_keys_dir) if s.site_keys_dir else None
+    s.trail = CoordinatorTrail(cfg.out, run_id, keys)
+    log(f"exchange log: {s.trail.log.path}; receipts "
+        + (f"verified against {keys}" if keys else "stored UNVERIFIED (no site-keys-dir)"))
     t0 = time.perf_counter()
     nodes = wait_for_nodes(grid, s.expected_sites or len(cfg.sites), min_sites, s.timeout)
     roster = train_round(grid, nodes, s, run_id) if s.train else Roster()
@@ -271,6 +292,9 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
             len(row["sites"]), 1)
         rows.append(row)
     write_federated(rows, cfg, roster, time.perf_counter() - t0)
+    from coordinator.export import export_best_multi
+
+    export_best_multi(cfg.out, rows, cfg)
     return rows
 
 

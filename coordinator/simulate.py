@@ -3,6 +3,8 @@
 Starts one ``flower-superlink`` and one ``flower-supernode`` per site (each its own process
 group, logs in ``WORKDIR/logs/``), writes ``WORKDIR/flwr_home/config.toml``, runs
 ``flwr run deploy/flwr_app local-deployment --stream`` and always tears every process down.
+TLS is on unless ``insecure``; every site signs its exchange log and the coordinator verifies
+the receipts (see :mod:`coordinator.security`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from coordinator.security import Security, prepare_security
 
 APP_DIR = Path(__file__).resolve().parents[1] / "deploy" / "flwr_app"
 HOST = "127.0.0.1"
@@ -30,6 +35,7 @@ class SiteNode:
     name: str
     data: Path
     teacher_dir: Path
+    compression: str = "fp16"  # how its query logits are encoded (node config ``compression``)
 
 
 def free_port() -> int:
@@ -68,20 +74,25 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_flwr_config(flwr_home: Path, port: int) -> Path:
+def write_flwr_config(flwr_home: Path, port: int, tls_lines: str = "insecure = true\n") -> Path:
     """``FLWR_HOME/config.toml`` with a ``local-deployment`` connection to our SuperLink."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(f'[superlink.local-deployment]\naddress = "{HOST}:{port}"\ninsecure = true\n')
+    path.write_text(f'[superlink.local-deployment]\naddress = "{HOST}:{port}"\n{tls_lines}')
     return path
 
 
-def node_config(site: SiteNode) -> str:
+def node_config(site: SiteNode, sec: Security | None = None) -> str:
     """``--node-config`` value for ``site`` (TOML strings, so paths keep their characters)."""
     def q(v: object) -> str:
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    return f"data-path={q(site.data)} teacher-dir={q(site.teacher_dir)} site-name={q(site.name)}"
+    out = f"data-path={q(site.data)} teacher-dir={q(site.teacher_dir)} site-name={q(site.name)}"
+    if sec is not None:
+        out += f" state-dir={q(sec.site_state(site.name))} audit-key={q(sec.site_key(site.name))}"
+    if site.compression != "fp16":
+        out += f" compression={q(site.compression)}"
+    return out
 
 
 class Processes:
@@ -129,18 +140,42 @@ class Processes:
             fh.close()
 
 
-def start_federation(procs: Processes, sites: list[SiteNode], workdir: Path) -> int:
-    """SuperLink + one SuperNode per site; returns the SuperLink port."""
+def register_nodes(procs: Processes, sites: list[SiteNode], sec: Security) -> None:
+    """``flwr supernode register`` each site's public key (SuperLink node auth)."""
+    flwr = str(Path(sys.executable).parent / "flwr")
+    for site in sites:
+        argv = [flwr, "supernode", "register", str(sec.node_pub(site.name)), "local-deployment",
+                "--name", site.name]
+        out = subprocess.run(argv, env=procs.env, cwd=procs.cwd, capture_output=True, text=True,
+                             timeout=120, check=False)
+        (procs.logs / f"register-{site.name}.log").write_text(out.stdout + out.stderr)
+        if out.returncode != 0 or "registered successfully" not in out.stdout:
+            raise RuntimeError(f"flwr supernode register {site.name} failed; see {procs.logs}")
+
+
+def start_federation(procs: Processes, sites: list[SiteNode], sec: Security,
+                     fleet_port: Callable[[int], int] | None = None) -> int:
+    """SuperLink + one SuperNode per site; returns the SuperLink port.
+
+    ``fleet_port(port)`` may return another port for the SuperNodes to dial (a test's
+    recording proxy in front of the SuperLink).
+    """
     bindir = Path(sys.executable).parent
     port = free_port()
     link = procs.start("superlink", [
-        str(bindir / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+        str(bindir / "flower-superlink"), *sec.superlink_args(),
+        "--disable-runtime-dependency-installation",
         "--host", HOST, "--port", str(port)])  # in-memory state: a sqlite file got locked
     wait_port(port, 60, link)
+    write_flwr_config(Path(procs.env["FLWR_HOME"]), port, sec.flwr_connection())
+    if sec.node_auth:
+        register_nodes(procs, sites, sec)
+    dial = fleet_port(port) if fleet_port else port
     for site in sites:
         procs.start(f"supernode-{site.name}", [
-            str(bindir / "flower-supernode"), "--insecure", "--superlink", f"{HOST}:{port}",
-            "--host", HOST, "--port", str(free_port()), "--node-config", node_config(site)])
+            str(bindir / "flower-supernode"), *sec.supernode_args(site.name), "--superlink",
+            f"{HOST}:{dial}", "--host", HOST, "--port", str(free_port()), "--node-config",
+            node_config(site, sec)])
     return port
 
 
@@ -156,7 +191,8 @@ def run_config_file(workdir: Path, values: dict[str, object]) -> Path:
 
 
 def simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],
-             timeout: float = 900.0) -> int:
+             timeout: float = 900.0, insecure: bool = False,
+             fleet_port: Callable[[int], int] | None = None, node_auth: bool = False) -> int:
     """Run the federated experiment on a local deployment; 0 only if results were written.
 
     ``flwr run --stream`` exits 0 even when the ServerApp failed, so success is judged by a
@@ -164,7 +200,7 @@ def simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: dic
     """
     results = experiment_out(config) / "federated_results.json"
     start = time.time()
-    rc = _simulate(sites, config, workdir, run_config, timeout)
+    rc = _simulate(sites, config, workdir, run_config, timeout, insecure, fleet_port, node_auth)
     if rc == 0 and not (results.exists() and results.stat().st_mtime >= start):
         print(f"coordinator simulate: the ServerApp wrote no {results}; see "
               f"{workdir / 'logs'}", file=sys.stderr)
@@ -181,17 +217,19 @@ def experiment_out(config: Path) -> Path:
 
 
 def _simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],
-              timeout: float) -> int:
+              timeout: float, insecure: bool,
+              fleet_port: Callable[[int], int] | None, node_auth: bool) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    sec = prepare_security(workdir, [s.name for s in sites], insecure, node_auth)
     env = flwr_env(workdir / "flwr_home")
     procs = Processes(workdir / "logs", env, workdir)
     with ExitStack() as stack:
         stack.callback(procs.stop_all)
-        port = start_federation(procs, sites, workdir)
-        write_flwr_config(workdir / "flwr_home", port)
+        start_federation(procs, sites, sec, fleet_port)
         rc_file = run_config_file(workdir, {"config-path": str(config.resolve()),
-                                            "expected-sites": len(sites), **run_config})
+                                            "expected-sites": len(sites),
+                                            "site-keys-dir": str(sec.site_keys), **run_config})
         bindir = Path(sys.executable).parent
         run = procs.start("flwr-run", [str(bindir / "flwr"), "run", str(APP_DIR),
                                        "local-deployment", "--stream", "--run-config",
@@ -219,10 +257,14 @@ def sites_from_config(config: Path, n: int) -> list[SiteNode]:
 def main_simulate(args: argparse.Namespace) -> int:
     """``coordinator simulate --sites N --config exp.toml --workdir DIR``."""
     sites = sites_from_config(args.config, args.sites)
+    for site in sites:
+        site.compression = getattr(args, "compression", "fp16")
     extra: dict[str, object] = {"timeout": float(args.round_timeout), "train": not args.no_train}
     if args.min_sites:
         extra["min-sites"] = args.min_sites
-    rc = simulate(sites, args.config, args.workdir, extra, timeout=args.timeout)
+    rc = simulate(sites, args.config, args.workdir, extra, timeout=args.timeout,
+                  insecure=getattr(args, "insecure", False),
+                  node_auth=getattr(args, "node_auth", False))
     log = args.workdir / "logs" / "flwr-run.log"
     print(log.read_text(errors="replace")[-4000:] if log.exists() else "")
     print(f"coordinator simulate: flwr run exited with {rc}; logs in {args.workdir / 'logs'}")

@@ -13,7 +13,7 @@ seed=0
 for site in site_a site_b site_c; do
   seed=$((seed + 100))
   [ -f "$OUT/data/$site/dataset.json" ] || \
-    site-node make-phantom --site-style "${STYLE[$site]}" --out "$OUT/data/$site" --cases 12 --seed $seed
+    site-node make-phantom --site-style "${STYLE[$site]}" --out "$OUT/data/$site" --cases 16 --seed $seed
 done
 [ -f "$OUT/data/proxy/dataset.json" ] || coordinator make-proxy --out "$OUT/data/proxy" --cases 9
 for site in site_a site_b site_c; do

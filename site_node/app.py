@@ -2,9 +2,11 @@
 
 Node config (``flower-supernode --node-config``): ``data-path`` (the private dataset),
 ``teacher-dir`` (the teacher run folder: ``best.pt``, ``split.json``, ``teacher.json``) and
-``site-name``. The handlers are thin: they decode with :mod:`common.protocol`, call the pure
-functions below (testable without a Flower runtime) and encode the reply. Nothing but metrics
-and teacher outputs on the coordinator's proxy slices ever leaves the site.
+``site-name``; egress keys ``state-dir``, ``audit-key``, ``policy-path`` (see
+:mod:`site_node.egress`: every message is logged, every reply checked and signed).
+The handlers are thin: they decode with :mod:`common.protocol`, call the pure functions below
+(testable without a Flower runtime) and encode the reply. Nothing but metrics and teacher
+outputs on the coordinator's proxy slices ever leaves the site.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.protocol import (
     EvalConfig,
     EvalReply,
+    MsgType,
     ProtocolError,
     QueryConfig,
     TrainConfig,
@@ -32,6 +35,7 @@ from common.protocol import (
     encode_teacher_reply,
     encode_train_reply,
 )
+from site_node.egress import EgressGate, RequestInfo, codec_from_node_config
 
 if TYPE_CHECKING:
     from common.kd.targets import TeacherTargets
@@ -120,13 +124,27 @@ def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any]) 
 
 
 # ----------------------------------------------------------------------------- Flower handlers
+def _gate(node: NodeSettings, context: Context) -> EgressGate:
+    return EgressGate.from_node_config(dict(context.node_config), node.teacher_dir)
+
+
+def _peer(msg: Message) -> str:
+    return f"node {msg.metadata.src_node_id}"
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """``train``: reply ``val_dice`` and ``case_count`` only (never weights)."""
     node = NodeSettings.from_node_config(dict(context.node_config))
-    reply = handle_train(node, decode_train(msg.content))
-    print(f"[site {node.site_name}] train: val Dice {reply.val_dice:.4f}", flush=True)
-    return Message(encode_train_reply(node.site_name, reply), reply_to=msg)
+    cfg = decode_train(msg.content)
+    req = RequestInfo(str(MsgType.TRAIN), cfg.run_id, _peer(msg))
+
+    def compute() -> RecordDict:
+        reply = handle_train(node, cfg)
+        print(f"[site {node.site_name}] train: val Dice {reply.val_dice:.4f}", flush=True)
+        return encode_train_reply(node.site_name, reply)
+
+    return Message(_gate(node, context).respond(req, msg.content, compute), reply_to=msg)
 
 
 @app.query("teacher_outputs")
@@ -134,9 +152,16 @@ def query(msg: Message, context: Context) -> Message:
     """``query.teacher_outputs``: the teacher's targets on one chunk of proxy slices."""
     node = NodeSettings.from_node_config(dict(context.node_config))
     cfg, images, masks = decode_query(msg.content)
-    targets = handle_query(node, cfg, images, masks)
-    print(f"[site {node.site_name}] query chunk {cfg.chunk}: {len(images)} slices", flush=True)
-    return Message(encode_teacher_reply(node.site_name, cfg, targets), reply_to=msg)
+    req = RequestInfo(str(MsgType.QUERY), cfg.run_id, _peer(msg), len(images), cfg.size)
+
+    def compute() -> RecordDict:
+        targets = handle_query(node, cfg, images, masks)
+        print(f"[site {node.site_name}] query chunk {cfg.chunk}: {len(images)} slices",
+              flush=True)
+        codec = codec_from_node_config(dict(context.node_config))
+        return encode_teacher_reply(node.site_name, cfg, targets, codec)
+
+    return Message(_gate(node, context).respond(req, msg.content, compute), reply_to=msg)
 
 
 @app.evaluate()
@@ -144,7 +169,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     """``evaluate``: the student's metric summaries on the private test split."""
     node = NodeSettings.from_node_config(dict(context.node_config))
     cfg, state = decode_eval(msg.content)
-    reply = handle_evaluate(node, cfg, state)
-    print(f"[site {node.site_name}] evaluate {cfg.run_name}: Dice {reply.dice_mean:.4f}",
-          flush=True)
-    return Message(encode_eval_reply(node.site_name, reply), reply_to=msg)
+    req = RequestInfo(str(MsgType.EVALUATE), cfg.run_id, _peer(msg))
+
+    def compute() -> RecordDict:
+        reply = handle_evaluate(node, cfg, state)
+        print(f"[site {node.site_name}] evaluate {cfg.run_name}: Dice {reply.dice_mean:.4f}",
+              flush=True)
+        return encode_eval_reply(node.site_name, reply)
+
+    return Message(_gate(node, context).respond(req, msg.content, compute), reply_to=msg)

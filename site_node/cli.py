@@ -1,6 +1,8 @@
 """``site-node`` command line: what hospital IT runs.
 
-Subcommands: ``make-phantom`` (synthetic data), ``train`` (local teacher), ``audit`` (verify
+Start this site's SuperNode: ``site-node --data DIR --coordinator HOST:PORT --name SITE``
+(same as ``site-node run ...``; see :mod:`site_node.run`). Subcommands: ``status`` (what this
+node has done), ``make-phantom`` (synthetic data), ``train`` (local teacher), ``audit`` (verify
 the signed exchange log), ``policy show`` (the egress allowlist). Errors in the input
 data are printed as one line naming the file, with exit status 2.
 """
@@ -89,10 +91,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_run_and_status(sub: argparse._SubParsersAction) -> None:
+    from site_node.run import add_run_args, main_run
+    from site_node.status import add_status_args, main_status
+
+    p = sub.add_parser("run", help="validate the data, then start this site's SuperNode "
+                                   "(the default when --data is given without a subcommand)")
+    add_run_args(p)
+    p.set_defaults(func=main_run)
+    p = sub.add_parser("status", help="what this node has done: data, teacher, runs, audit log")
+    add_status_args(p)
+    p.set_defaults(func=main_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
     parser = argparse.ArgumentParser(prog="site-node", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_and_status(sub)
     _add_make_phantom(sub)
     _add_train(sub)
     _add_audit_and_policy(sub)
@@ -103,8 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known input errors become one clear line and exit code 2."""
     from common.cli_errors import run_guarded
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(with_default_command(parser, argv))
     return run_guarded(lambda: args.func(args), "site-node")
+
+
+def with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                         ) -> list[str]:
+    """``site-node --data ...`` (no subcommand) means ``site-node run --data ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    first = args[0] if args else ""
+    has_data = any(a == "--data" or a.startswith("--data=") for a in args)
+    return ["run", *args] if first not in sub.choices and has_data else args
 
 
 if __name__ == "__main__":

@@ -69,16 +69,24 @@ class EgressPolicy(StrictModel):
     replies: dict[str, ReplyRule]
 
 
+#: Scalars of a query reply saying how its logits are encoded (``common.protocol.QueryEcho``).
+CODEC_KEYS = ["compression", "downsample_factor", "int8_classes", "temperature", "noise_sigma",
+              "noise_on"]
+
+
 def default_policy() -> EgressPolicy:
     """The policy matching ``common.protocol``: teacher outputs on queries, metrics otherwise."""
     f16, f32 = ["float16"], ["float32"]
     query = ReplyRule(
         arrays={"logits": ArrayRule(dtypes=f16, shape=["n", 2, "side", "side"]),
+                "probs_u8": ArrayRule(dtypes=["uint8"], shape=["n", 1, "side", "side"]),
+                "logits_ds": ArrayRule(dtypes=f16, shape=["n", 2, "side/2", "side/2"]),
                 "at_early": ArrayRule(dtypes=f16, shape=["n", "side/2", "side/2"]),
                 "at_deep": ArrayRule(dtypes=f16, shape=["n", "side/8", "side/8"]),
                 "rc_early": ArrayRule(dtypes=f32, shape=["n"]),
                 "rc_deep": ArrayRule(dtypes=f32, shape=["n"])},
-        metric_keys=["site_name", "run_id", "chunk", "n"], max_reply_bytes=180_000_000)
+        metric_keys=["site_name", "run_id", "chunk", "n", *CODEC_KEYS],
+        max_reply_bytes=180_000_000)
     evaluate = ReplyRule(metric_keys=["site_name", "dice_mean", "dice_std", "voe_mean",
                                       "voe_std", "hd95_mean", "hd95_std", "hd95_undefined", "n"])
     return EgressPolicy(replies={

@@ -126,7 +126,7 @@ def _organ(preset: str, grid: tuple[np.ndarray, ...], rng: np.random.Generator) 
     """The organ mask: central prostate, or a left-lateral spleen with a concave medial side."""
     if preset == "prostate":
         centre = np.array([rng.uniform(-3, 3), rng.normal(0, 2.5), rng.normal(0, 2.5)])
-        radii = np.array([rng.uniform(8, 12), rng.uniform(7, 10), rng.uniform(9, 13)])
+        radii = np.array([rng.uniform(11, 15), rng.uniform(10, 13), rng.uniform(12, 16)])
         return _ellipsoid(grid, centre, radii, rng.uniform(-0.5, 0.5), rng, 0.10)
     centre = np.array([rng.uniform(-3, 3), rng.uniform(1, 5), rng.uniform(8, 12)])
     radii = np.array([rng.uniform(10, 14), rng.uniform(9, 12), rng.uniform(5, 7)])

@@ -23,6 +23,7 @@ from coordinator.distill.config import ExperimentConfig, SiteSpec
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.report import write_results
 from coordinator.distill.student import DistillData, StudentRun, train_student
+from coordinator.export import export_best_multi
 from site_node.teacher_outputs import teacher_outputs
 
 
@@ -94,4 +95,5 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
         print(f"[distill] run {run.name}")
         rows.append(train_student(run, data, cfg, out / "runs" / run.name))
     write_results(rows, cfg, out, time.perf_counter() - t0)
+    export_best_multi(out, rows, cfg)
     return rows

@@ -61,7 +61,7 @@ def test_inverse_hand_computed() -> None:
     probs[1, 0, 1] = torch.tensor([[1.0, 0.0]])  # L = 1 - (2+1)/(1+2+1) = 0.25
     probs[1, 0, 0] = 1 - probs[1, 0, 1]
     mask = torch.tensor([[[1, 1]]])
-    w = build_weighting("inverse_dice_loss", eps=0.25)(probs, mask)
+    w = build_weighting("inverse_dice_loss", mode="inverse", eps=0.25)(probs, mask)
     assert torch.allclose(w, torch.tensor([[(1 / 0.25) / (4 + 2), (1 / 0.5) / (4 + 2)]]))
     ws = build_weighting("inverse_dice_loss", mode="softmax", tau=0.25)(probs, mask)
     e = torch.exp(torch.tensor(-1.0))

@@ -1,0 +1,112 @@
+"""The coordinator's side of the exchange log: what it sent, what it received, the receipts.
+
+Files under ``<out>/audit/``: ``coordinator.jsonl`` (hash-chained log signed with
+``coordinator.key``, generated on first use, ``coordinator.pub`` beside it) and
+``receipts.jsonl`` (one line per received reply: site, node, message type, the site's receipt
+and whether it verified). With a keys folder (run config ``site-keys-dir``, holding
+``<site>.pub`` per site) every reply must carry a receipt that verifies against the arrays and
+scalars actually received and the public key of the site it claims to be; otherwise the
+reply is rejected (the site is dropped). Without one, receipts are stored unverified.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common.audit import AuditLog, load_public_key, receipt_problem
+from common.protocol import Key
+from common.records import load_or_create_key, loggable, record_contents
+
+
+class CoordinatorTrail:
+    """Signed log + receipt store of one federated run."""
+
+    def __init__(self, out: Path, run_id: str, keys_dir: Path | None = None) -> None:
+        folder = out / "audit"
+        self.log = AuditLog(folder / "coordinator.jsonl",
+                            load_or_create_key(folder / "coordinator.key"))
+        self.receipts = folder / "receipts.jsonl"
+        self.run_id, self.keys_dir = run_id, keys_dir
+
+    def sent(self, node: int, msg_type: str, rd: Any) -> None:
+        """Log one outgoing request."""
+        arrays, scalars = record_contents(rd)
+        self.log.append(run_id=self.run_id, peer=f"node {node}", direction="out",
+                        msg_type=msg_type, arrays=arrays, config=loggable(scalars))
+
+    def error(self, node: int, msg_type: str, reason: str) -> None:
+        """Log an error reply (e.g. a site's egress refusal): no payload came back."""
+        self.log.append(run_id=self.run_id, peer=f"node {node}", direction="in",
+                        msg_type=msg_type, decision="refused", reason=f"error reply: {reason}")
+
+    def _problem(self, site: str, receipt: dict[str, Any] | None, arrays: dict,
+                 scalars: dict) -> str | None:
+        if self.keys_dir is None:
+            return None
+        if receipt is None:
+            return "reply carries no signed receipt"
+        pub = self.keys_dir / f"{site}.pub"
+        if not pub.is_file():
+            return f"no public key {pub} for site {site!r}"
+        why = receipt_problem(receipt, arrays, load_public_key(pub))
+        header = json.loads(str(receipt["header"])) if why is None else {}
+        if why is None and header.get("config") != loggable(scalars):
+            why = "receipt does not match the received scalars"
+        if why is None and header.get("run_id") != self.run_id:
+            why = f"receipt is for run {header.get('run_id')!r}, not {self.run_id!r} (replay?)"
+        return why
+
+    def received(self, node: int, msg_type: str, rd: Any) -> tuple[Any, str | None]:
+        """Check and log one reply; returns it without its receipt, and why it is rejected."""
+        from flwr.app import RecordDict
+
+        receipt = dict(rd[Key.RECEIPT]) if Key.RECEIPT in rd.keys() else None
+        content = RecordDict({k: v for k, v in rd.items() if k != Key.RECEIPT})
+        arrays, scalars = record_contents(content)
+        site = str(scalars.get("site_name", f"node {node}"))
+        why = self._problem(site, receipt, arrays, scalars)
+        self.log.append(run_id=self.run_id, peer=f"node {node}", direction="in",
+                        msg_type=msg_type, arrays=arrays,
+                        config={**loggable(scalars), "receipt": (receipt or {}).get(
+                            "entry_hash", ""), "receipt_verified": self.keys_dir is not None
+                            and why is None},
+                        decision="refused" if why else "received", reason=why)
+        line = {"site": site, "node": node, "msg_type": msg_type, "receipt": receipt,
+                "verified": self.keys_dir is not None and why is None, "problem": why}
+        with self.receipts.open("a") as fh:
+            fh.write(json.dumps(line, sort_keys=True) + "\n")
+        return content, why
+
+
+
+def coordinator_statement(log: Path) -> str:
+    """One line for ``coordinator audit``: replies received, verified receipts, rejections."""
+    from common.audit import read_entries
+
+    got = [e for _, e in read_entries(log) if e.direction == "in"]
+    ok = sum(1 for e in got if e.decision == "received")
+    verified = sum(1 for e in got if e.config.get("receipt_verified") is True)
+    return (f"coordinator log: {ok} replies accepted ({verified} with a verified site receipt), "
+            f"{len(got) - ok} rejected or error replies")
+
+
+def run_coordinator_audit(args: Any) -> int:
+    """``coordinator audit``: like ``site-node audit``, but the egress statement (which is about
+    a site's outgoing arrays) is replaced by the coordinator's receipt statistics."""
+    import common.audit as audit
+    from common.audit_cli import run_audit
+
+    original = audit.summarise_log
+
+    def summary(path: Path, allowed: Any = None) -> dict[str, Any]:
+        out = original(path, allowed={"": frozenset()})
+        out.update(violations=[], statement=coordinator_statement(path))
+        return out
+
+    audit.summarise_log = summary  # type: ignore[assignment]
+    try:
+        return run_audit(args)
+    finally:
+        audit.summarise_log = original

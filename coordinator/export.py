@@ -1,0 +1,251 @@
+"""Export a trained student to TorchScript and ONNX, with a JSON model card.
+
+:func:`export_student` writes ``student.ts``, ``student.onnx`` and ``model_card.json`` (all
+atomically) and verifies them: the TorchScript file is reloaded and must reproduce the eager
+model's logits, and the ONNX graph must pass ``onnx.checker``. :func:`export_best_multi` picks
+the default-weighting multi-teacher run of an experiment and exports it to ``<out>/export/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from common.io import atomic_write_bytes, atomic_write_json
+from common.models.base import SegModel, count_params
+
+if TYPE_CHECKING:
+    from coordinator.distill.config import ExperimentConfig
+
+OPSET = 17
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """An exported file failed verification; the message names the file."""
+
+
+class ScatterUnpool(nn.Module):
+    """``nn.MaxUnpool2d(2, 2)`` as a scatter: traceable, and ONNX-exportable (ScatterElements).
+
+    torch 2.14's ``max_unpool2d`` cannot be traced (its output-size check gets tensors) and has
+    no ONNX symbolic, so ENet's unpooling is swapped for this equivalent in the export copy.
+    """
+
+    def __init__(self, unpool: nn.MaxUnpool2d) -> None:
+        super().__init__()
+        self.factor = int(_pair(unpool.stride)[0])
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, output_size: Any = None) -> torch.Tensor:
+        """Place ``x`` at the flat per-plane ``idx`` of a zero map ``factor`` times larger."""
+        b, c, h, w = x.shape
+        f = self.factor
+        flat = torch.zeros(b, c, h * f * w * f, dtype=x.dtype, device=x.device)
+        return flat.scatter(2, idx.flatten(2), x.flatten(2)).view(b, c, h * f, w * f)
+
+
+def _is_plain_unpool(u: nn.MaxUnpool2d) -> bool:
+    """Square, non-overlapping, unpadded unpooling (what :class:`ScatterUnpool` reproduces)."""
+    k, st, pad = _pair(u.kernel_size), _pair(u.stride), _pair(u.padding)
+    return k == st and k[0] == k[1] and pad == (0, 0)
+
+
+def exportable(model: SegModel) -> SegModel:
+    """A deep copy of ``model`` with every non-traceable module replaced by an equivalent."""
+    out = copy.deepcopy(model).eval()
+    for mod in list(out.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.MaxUnpool2d) and _is_plain_unpool(child):
+                setattr(mod, name, ScatterUnpool(child))
+    return out
+
+
+def _example(size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(1, 1, size, size, generator=gen)
+
+
+def export_torchscript(model: SegModel, x: torch.Tensor, path: Path) -> float:
+    """Trace ``model.forward`` on ``x``, save to ``path``; return max |reloaded - eager|."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shapes turned into constants
+        traced = torch.jit.trace(exportable(model), x, check_trace=False)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        reloaded = torch.jit.load(str(path), map_location="cpu")
+        diffs = [float((reloaded(v) - model(v)).abs().max()) for v in (x, x.flip(-1) * 0.5)]
+    diff = max(diffs)
+    if not diff < TOLERANCE:
+        raise ExportError(f"{path}: TorchScript output differs from the eager model by {diff:.2e}")
+    return diff
+
+
+def export_onnx(model: SegModel, x: torch.Tensor, path: Path) -> int:
+    """Export ``model.forward`` to ONNX (opset 17, dynamic batch), check it; return node count."""
+    import onnx
+
+    buf: Any = io.BytesIO()  # torch's stubs say path-only; file objects work with dynamo=False
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(exportable(model), (x,), buf, opset_version=OPSET, dynamo=False,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    data = buf.getvalue()
+    graph = onnx.load_from_string(data)
+    try:
+        onnx.checker.check_model(graph)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path}: ONNX graph failed the checker: {exc}") from exc
+    atomic_write_bytes(path, data)
+    return len(graph.graph.node)
+
+
+def fedmtkd_version() -> str:
+    """The installed ``fedmtkd`` version ("unknown" when run from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedmtkd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def export_student(model: SegModel, out_dir: Path, size: int, card: dict) -> dict[str, Path]:
+    """Write and verify ``student.ts``, ``student.onnx`` and ``model_card.json`` in ``out_dir``.
+
+    ``card`` adds to (and may override) the computed fields: e.g. ``architecture``, ``sites``,
+    ``fusion_weights``, ``site_metrics``, ``bytes_exchanged``. ``model`` is put in eval mode on
+    the CPU; the traced copy has ENet's unpooling swapped (:func:`exportable`). Returns the
+    three paths keyed ``torchscript``, ``onnx``, ``card``.
+    """
+    model = model.eval().cpu()
+    x = _example(size)
+    paths = {"torchscript": out_dir / "student.ts", "onnx": out_dir / "student.onnx",
+             "card": out_dir / "model_card.json"}
+    diff = export_torchscript(model, x, paths["torchscript"])
+    nodes = export_onnx(model, x, paths["onnx"])
+    with torch.no_grad():
+        classes = int(model(x).shape[1])
+    full: dict[str, Any] = {
+        "architecture": type(model).__name__, "params": count_params(model),
+        "input": {"shape": [1, 1, size, size], "in_channels": 1, "size": size,
+                  "dtype": "float32", "name": "image"},
+        "output": {"name": "logits", "shape": [1, classes, size, size]},
+        "files": {"torchscript": paths["torchscript"].name, "onnx": paths["onnx"].name},
+        "verification": {"torchscript_max_abs_diff": diff, "onnx_checker": "passed",
+                         "onnx_opset": OPSET, "onnx_nodes": nodes},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fedmtkd_version": fedmtkd_version(),
+        **card,
+    }
+    atomic_write_json(paths["card"], full)
+    return paths
+
+
+def mean_fusion_weights(metrics_csv: Path, sites: list[str]) -> dict[str, float]:
+    """Mean of the ``w<j>`` columns of a student run's ``metrics.csv``, keyed by site name."""
+    if not metrics_csv.is_file():
+        return {}
+    with metrics_csv.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for j, site in enumerate(sites):
+        vals = [float(r[f"w{j}"]) for r in rows if r.get(f"w{j}") not in (None, "")]
+        if vals:
+            out[site] = sum(vals) / len(vals)
+    return out
+
+
+def pick_default_multi(rows: list[dict], cfg: ExperimentConfig) -> dict | None:
+    """The row of the multi-teacher run with the config's first (default) weighting rule."""
+    multi = [r for r in rows if str(r.get("run", "")).startswith("multi_")]
+    if cfg.runs.weightings:
+        wanted = f"multi_{cfg.runs.weightings[0].label}"
+        multi = [r for r in multi if r["run"] == wanted] or multi
+    return multi[0] if multi else None
+
+
+def _site_metrics(row: dict) -> dict[str, dict[str, float]]:
+    keys = ("dice_mean", "voe_mean", "hd95_mean", "n")
+    return {site: {k: s[k] for k in keys if k in s} for site, s in row.get("sites", {}).items()}
+
+
+def exchanged_bytes(out: Path) -> dict[str, Any] | None:
+    """Array bytes per message type and direction from ``<out>/audit/coordinator.jsonl``."""
+    from common.audit import AuditError, summarise_log
+
+    log = out / "audit" / "coordinator.jsonl"
+    if not log.is_file():
+        return None
+    try:
+        by_type = summarise_log(log)["bytes"]
+    except (AuditError, ValueError, OSError) as exc:
+        print(f"[export] {log}: unreadable exchange log ({exc}); bytes not reported")
+        return None
+    total = sum(int(b) for per_dir in by_type.values() for b in per_dir.values())
+    return {"total": total, "by_type": by_type}
+
+
+def result_rows(out: Path) -> list[dict]:
+    """Result rows of an experiment folder: ``federated_results.json``, else each run's
+    ``runs/<run>/result.json`` (what ``distill --local`` leaves)."""
+    import json
+
+    fed = out / "federated_results.json"
+    if fed.is_file():
+        return list(json.loads(fed.read_text())["rows"])
+    return [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/result.json"))]
+
+
+def main_export(args: Any) -> int:
+    """Handler of ``coordinator export``; 1 when there is no multi-teacher run to export."""
+    from common.config import load_config
+    from coordinator.distill.config import ExperimentConfig
+
+    cfg = load_config(args.config, ExperimentConfig).resolve_paths(args.config.parent.resolve())
+    out = args.out.resolve() if args.out is not None else cfg.out
+    return 0 if export_best_multi(out, result_rows(out), cfg) is not None else 1
+
+
+def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
+                      bytes_exchanged: int | None = None) -> dict[str, Path] | None:
+    """Export ``<out>/runs/<default multi run>/last.pt`` to ``<out>/export/``.
+
+    Returns the written paths, or ``None`` (with one printed line) when ``rows`` hold no
+    multi-teacher run.
+    """
+    from common.models.checkpoint import load_model
+
+    row = pick_default_multi(rows, cfg)
+    if row is None:
+        print("[export] no multi-teacher run in the results; nothing exported")
+        return None
+    folder = out / "runs" / row["run"]
+    model, ckpt = load_model(folder / "last.pt")
+    sites = list(row.get("teachers", []))
+    card: dict[str, Any] = {
+        "architecture": ckpt["model_name"], "experiment": cfg.name, "run": row["run"],
+        "weighting": row.get("weighting"), "sites": sites,
+        "fusion_weights": mean_fusion_weights(folder / "metrics.csv", sites),
+        "site_metrics": _site_metrics(row), "mean_dice": row.get("mean_dice"),
+        "epochs": int(ckpt.get("epoch", -1)) + 1, "source_checkpoint": str(folder / "last.pt"),
+    }
+    traffic = exchanged_bytes(out)
+    if traffic is not None:
+        card["bytes_by_message_type"] = traffic["by_type"]
+    if bytes_exchanged is not None or traffic is not None:
+        card["bytes_exchanged"] = int(bytes_exchanged if bytes_exchanged is not None
+                                      else traffic["total"] if traffic else 0)
+    paths = export_student(model, out / "export", cfg.student.size, card)
+    print(f"[export] {row['run']}: {paths['torchscript']}, {paths['onnx']}, {paths['card']}")
+    return paths

@@ -1,0 +1,221 @@
+"""``coordinator distill --config exp.toml`` (no ``--local``): the run against a real SuperLink.
+
+The sites' SuperNodes (``site-node --data ... --coordinator HOST:PORT``) and the SuperLink
+(``flower-superlink ... --disable-runtime-dependency-installation``) are already up. This writes
+``WORKDIR/flwr_home/config.toml`` (one federation, TLS via ``--certs DIR/ca.crt`` unless
+``--insecure``) and ``WORKDIR/run_config.toml``, then runs ``flwr run deploy/flwr_app
+<federation> --stream``, echoing its output and keeping it in ``WORKDIR/flwr-run.log``.
+It succeeds only when the ServerApp wrote a fresh ``federated_results.json``: ``flwr run``
+exits 0 even when the ServerApp failed. The ServerApp runs on the SuperLink's machine, so the
+experiment config and out folder must be reachable there under the same paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coordinator.distill.config import ExperimentConfig
+
+FEDERATION = "fedmtkd-deployment"
+PROG = "coordinator distill"
+
+
+class SuperLinkUnreachable(RuntimeError):
+    """Nothing answers at the SuperLink address; the message names it."""
+
+
+def add_federated_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``coordinator distill`` used only without ``--local``."""
+    g = p.add_argument_group("federated run (without --local)")
+    g.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink HOST:PORT")
+    tls = g.add_mutually_exclusive_group()
+    tls.add_argument("--certs", type=Path, default=Path("certs"),
+                     help="folder with the federation's ca.crt (TLS; default ./certs)")
+    tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
+    g.add_argument("--min-sites", dest="min_sites", type=int, default=0,
+                   help="fewest sites to go on with (0 = the config's min_sites)")
+    g.add_argument("--expected-sites", dest="expected_sites", type=int, default=0,
+                   help="sites to wait for (0 = all sites of the config)")
+    g.add_argument("--round-timeout", dest="round_timeout", type=float, default=300.0,
+                   help="seconds per round and for the sites to connect")
+    g.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
+    g.add_argument("--no-train", dest="no_train", action="store_true",
+                   help="skip the train round (sites are then named node<id>)")
+    g.add_argument("--chunk-size", dest="chunk_size", type=int, default=256,
+                   help="proxy slices per query message")
+    g.add_argument("--site-keys", dest="site_keys", type=Path,
+                   help="folder of <site>.pub audit keys: every receipt must verify")
+    g.add_argument("--workdir", type=Path, help="FLWR_HOME, run config, log (default OUT/flwr)")
+    g.add_argument("--print-command", dest="print_command", action="store_true",
+                   help="write the config files, print the flwr command, run nothing")
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    """``coordinator export --config exp.toml [--out DIR]`` (see :mod:`coordinator.export`)."""
+    def run(args: argparse.Namespace) -> int:
+        from coordinator.export import main_export
+
+        return main_export(args)
+
+    p = sub.add_parser("export", help="TorchScript + ONNX + model card of the default "
+                                      "multi-teacher student of a finished experiment")
+    p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
+    p.add_argument("--out", type=Path, help="experiment folder (default: the config's out)")
+    p.set_defaults(func=run)
+
+
+def parse_superlink(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> ``(host, port)``; anything else is a one-line ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--superlink {text!r}: expected HOST:PORT, e.g. 10.0.0.2:8000")
+    return host, int(port)
+
+
+def connection_lines(args: argparse.Namespace) -> str:
+    """The TLS lines of the federation in ``config.toml`` (CA checked to exist)."""
+    if args.insecure:
+        return "insecure = true\n"
+    ca = args.certs / "ca.crt"
+    if not ca.is_file():
+        raise FileNotFoundError(f"{ca}: CA certificate not found (pass --certs DIR, or "
+                                "--insecure for a test federation without TLS)")
+    return f'root-certificates = "{ca.resolve()}"\n'
+
+
+def write_connection(flwr_home: Path, address: str, tls_lines: str) -> Path:
+    """``FLWR_HOME/config.toml`` naming the one federation :data:`FEDERATION` at ``address``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(f'[superlink.{FEDERATION}]\naddress = "{address}"\n{tls_lines}')
+    return path
+
+
+def experiment_file(args: argparse.Namespace, cfg: ExperimentConfig, workdir: Path) -> Path:
+    """The config the ServerApp reads: the user's file, or a resolved copy when overridden."""
+    if not (args.paper or args.epochs is not None):
+        return Path(args.config).resolve()
+    import yaml
+
+    path = workdir / "experiment.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def run_values(args: argparse.Namespace, cfg: ExperimentConfig, config: Path
+               ) -> dict[str, object]:
+    """The ServerApp's run config (see :mod:`coordinator.server_app`)."""
+    values: dict[str, object] = {
+        "config-path": str(config), "out": str(cfg.out), "timeout": float(args.round_timeout),
+        "train": not args.no_train, "min-sites": int(args.min_sites),
+        "chunk-size": int(args.chunk_size),
+        "expected-sites": int(args.expected_sites or len(cfg.sites))}
+    if args.site_keys is not None:
+        values["site-keys-dir"] = str(args.site_keys.resolve())
+    return values
+
+
+def prepare(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[list[str], Path]:
+    """Write FLWR_HOME and the run config; return the ``flwr run`` argv and the workdir."""
+    from coordinator.simulate import APP_DIR, run_config_file
+
+    parse_superlink(args.superlink)
+    workdir = (args.workdir or cfg.out / "flwr").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_connection(workdir / "flwr_home", args.superlink, connection_lines(args))
+    rc_file = run_config_file(workdir, run_values(args, cfg, experiment_file(args, cfg, workdir)))
+    flwr = str(Path(sys.executable).parent / "flwr")
+    return [flwr, "run", str(APP_DIR), FEDERATION, "--stream", "--run-config",
+            str(rc_file)], workdir
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Open (and close) a TCP connection to the SuperLink, or raise naming ``address``."""
+    host, port = parse_superlink(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        raise SuperLinkUnreachable(f"cannot reach the SuperLink at {address} ({exc}); is "
+                                   "flower-superlink running there?") from None
+
+
+def follow(proc: subprocess.Popen, log: Path, timeout: float) -> int | None:
+    """Echo ``log`` while ``proc`` runs; its exit code, or None after ``timeout`` seconds."""
+    deadline, pos = time.monotonic() + timeout, 0
+    while True:
+        done = proc.poll() is not None
+        with log.open("rb") as fh:
+            fh.seek(pos)
+            chunk = fh.read()
+        pos += len(chunk)
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+        if done:
+            return proc.returncode
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+
+
+def launch(cmd: list[str], workdir: Path, timeout: float) -> int:
+    """Run ``flwr run`` in its own process group (always torn down); its exit code or 124."""
+    from coordinator.simulate import Processes, flwr_env
+
+    env = flwr_env(workdir / "flwr_home")
+    procs = Processes(workdir, env, workdir)
+    try:
+        rc = follow(procs.start("flwr-run", cmd), workdir / "flwr-run.log", timeout)
+    finally:
+        procs.stop_all()
+    if rc is None:
+        print(f"{PROG}: error: no result after {timeout:.0f} s; see {workdir / 'flwr-run.log'}",
+              file=sys.stderr)
+        stop_run(cmd[0], workdir / "flwr-run.log", env)
+        return 124
+    return rc
+
+
+def stop_run(flwr: str, log: Path, env: dict[str, str]) -> None:
+    """``flwr stop RUN_ID``: a killed ``flwr run --stream`` leaves the ServerApp running."""
+    import re
+
+    m = re.search(r"started run (\d+)", log.read_text(errors="replace"))
+    if m is None:
+        return
+    try:
+        subprocess.run([flwr, "stop", m.group(1), FEDERATION], env=env, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        print(f"{PROG}: asked the SuperLink to stop run {m.group(1)}", file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        print(f"{PROG}: could not stop run {m.group(1)}; use `flwr stop`", file=sys.stderr)
+
+
+def main_federated(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
+    """``coordinator distill --config exp.toml [--superlink HOST:PORT ...]`` without --local."""
+    try:
+        cmd, workdir = prepare(args, cfg)
+        if args.print_command:
+            print(f"FLWR_HOME={shlex.quote(str(workdir / 'flwr_home'))} {shlex.join(cmd)}")
+            return 0
+        check_reachable(args.superlink)
+    except (ValueError, FileNotFoundError, SuperLinkUnreachable) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    results, start = cfg.out / "federated_results.json", time.time()
+    rc = launch(cmd, workdir, args.timeout)
+    if rc == 0 and not (results.is_file() and results.stat().st_mtime >= start):
+        print(f"{PROG}: error: the ServerApp wrote no {results}; see "
+              f"{workdir / 'flwr-run.log'}", file=sys.stderr)
+        return 3
+    if rc == 0:
+        print(f"federated results: {results}")
+    return rc

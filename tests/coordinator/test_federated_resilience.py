@@ -1,0 +1,139 @@
+"""``coordinator distill`` against a running SuperLink, and a site killed mid-run.
+
+The end-to-end test starts a real SuperLink and three SuperNodes on 127.0.0.1 (the helpers of
+``coordinator simulate``), drives them with ``coordinator distill --superlink ...`` (the path
+hospital deployments use) and SIGKILLs site_c's SuperNode as soon as the coordinator has its
+train reply: site_c must be dropped during the query round and the run finish with 2 teachers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main
+from tests.coordinator.test_federated import SITES, _write_config
+
+
+def _distill(config: Path, *extra: str) -> list[str]:
+    return ["distill", "--config", str(config), *extra]
+
+
+def test_print_command_writes_the_flwr_config(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.federated_cli import FEDERATION
+    from coordinator.simulate import APP_DIR
+
+    config = _write_config({"proxy": tmp_path / "p", **{s: tmp_path for s in SITES}},
+                           dict.fromkeys(SITES, tmp_path), tmp_path)
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.crt").write_text("CA")
+    argv = _distill(config, "--superlink", "10.1.2.3:8000", "--certs", str(tmp_path / "certs"),
+                    "--min-sites", "2", "--no-train", "--workdir", str(tmp_path / "w"),
+                    "--print-command", "--epochs", "3")
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"FLWR_HOME={tmp_path / 'w' / 'flwr_home'} ")
+    assert f" run {APP_DIR} {FEDERATION} --stream --run-config " in out
+    conn = (tmp_path / "w" / "flwr_home" / "config.toml").read_text()
+    assert f'[superlink.{FEDERATION}]\naddress = "10.1.2.3:8000"' in conn
+    assert f'root-certificates = "{tmp_path / "certs" / "ca.crt"}"' in conn
+    rc = (tmp_path / "w" / "run_config.toml").read_text()
+    assert "min-sites = 2" in rc and "train = false" in rc and "expected-sites = 3" in rc
+    assert f'config-path = "{tmp_path / "w" / "experiment.yaml"}"' in rc  # --epochs: a copy
+    assert "epochs: 3" in (tmp_path / "w" / "experiment.yaml").read_text()
+
+
+def test_unreachable_superlink_and_missing_ca_are_one_line_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.simulate import free_port
+
+    config = _write_config({"proxy": tmp_path / "p", **{s: tmp_path for s in SITES}},
+                           dict.fromkeys(SITES, tmp_path), tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    assert main(_distill(config, "--superlink", address, "--insecure")) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot reach the SuperLink at {address}" in err and len(err.splitlines()) == 1
+    assert time.monotonic() - t0 < 30
+    assert main(_distill(config, "--superlink", address, "--certs", str(tmp_path / "no"))) == 2
+    assert f"{tmp_path / 'no' / 'ca.crt'}: CA certificate not found" in capsys.readouterr().err
+    assert main(_distill(config, "--superlink", "nowhere", "--insecure")) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def res_teachers(tiny_sites: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Barely trained 32px tiny_unet teachers, as in ``test_federated``."""
+    from site_node.train import run_training
+    from tests.conftest import tiny_teacher_config
+
+    root = tmp_path_factory.mktemp("res_teachers")
+    for name in SITES:
+        run_training(tiny_sites[name], tiny_teacher_config(size=32, epochs=1,
+                                                           max_steps_per_epoch=2), root / name)
+    return {name: root / name for name in SITES}
+
+
+def _kill_when(log: Path, needle: str, proc: subprocess.Popen, stop: threading.Event,
+               killed: list[float]) -> None:
+    """SIGKILL ``proc``'s process group once ``needle`` appears in ``log``."""
+    while not stop.wait(0.2):
+        if log.is_file() and needle in log.read_text(errors="replace"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+            return
+
+
+def test_a_killed_site_is_dropped_and_the_run_completes(
+        tiny_sites: dict, res_teachers: dict, tmp_path: Path) -> None:
+    from coordinator.security import prepare_security
+    from coordinator.simulate import Processes, SiteNode, flwr_env, start_federation
+
+    config = _write_config(tiny_sites, res_teachers, tmp_path)
+    work = tmp_path / "work"
+    sec = prepare_security(work, list(SITES), insecure=True)
+    procs = Processes(work / "logs", flwr_env(work / "flwr_home"), work)
+    stop, killed = threading.Event(), []  # type: ignore[var-annotated]
+    try:
+        port = start_federation(procs, [SiteNode(n, tiny_sites[n], res_teachers[n])
+                                        for n in SITES], sec)
+        victim = next(p for p in procs.procs if 'site-name="site_c"' in str(p.args))
+        watch = threading.Thread(target=_kill_when, daemon=True, args=(
+            work / "cli" / "flwr-run.log", "site_c: teacher ready", victim, stop, killed))
+        watch.start()
+        rc = main(_distill(config, "--superlink", f"127.0.0.1:{port}", "--insecure",
+                           "--min-sites", "2", "--round-timeout", "240", "--chunk-size", "48",
+                           "--timeout", "480", "--workdir", str(work / "cli")))
+    finally:
+        stop.set()
+        procs.stop_all()
+    log = (work / "cli" / "flwr-run.log").read_text(errors="replace")
+    assert killed, "site_c never reported its teacher: " + log[-3000:]
+    assert rc == 0, log[-3000:]
+    res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
+    assert res["sites"] == ["site_a", "site_b"] and len(res["dropped"]) == 1
+    assert "dropping site_c" in log
+    (row,) = res["rows"]
+    assert row["teachers"] == ["site_a", "site_b"] and set(row["sites"]) == {"site_a", "site_b"}
+    assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*.pt"))) == 2
+
+
+def test_a_run_past_its_timeout_is_torn_down(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.federated_cli import launch
+
+    t0 = time.monotonic()
+    cmd = ["/bin/sh", "-c", "echo Successfully started run 42; exec sleep 60"]
+    assert launch(cmd, tmp_path, 2.0) == 124
+    assert time.monotonic() - t0 < 30
+    cap = capsys.readouterr()
+    assert "Successfully started run 42" in cap.out
+    assert "no result after 2 s" in cap.err and "stop run 42" in cap.err

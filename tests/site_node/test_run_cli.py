@@ -1,0 +1,127 @@
+"""``site-node --data ... --coordinator ... --name ...`` (start a SuperNode) and ``status``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from site_node.cli import main
+
+
+def _cmd(out: str) -> list[str]:
+    line = next(ln for ln in out.splitlines() if "flower-supernode" in ln)
+    return shlex.split(line)
+
+
+def _base(data: Path, tmp: Path) -> list[str]:
+    return ["--data", str(data), "--coordinator", "127.0.0.1:8000", "--name", "site_a",
+            "--state-dir", str(tmp / "state"), "--teacher-dir", str(tmp / "teacher"), "--dry-run"]
+
+
+def test_dry_run_with_tls_and_node_auth(tiny_sites: dict, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.crt").write_text("CA")
+    (tmp_path / "site.key").write_text("KEY")
+    argv = _base(tiny_sites["site_a"], tmp_path) + [
+        "--certs", str(tmp_path / "certs"), "--key", str(tmp_path / "site.key")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    cmd = _cmd(out)
+    assert Path(cmd[0]).name == "flower-supernode" and "--insecure" not in cmd
+    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "certs" / "ca.crt")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "site.key")
+    assert cmd[cmd.index("--superlink") + 1] == "127.0.0.1:8000"
+    assert cmd[cmd.index("--port") + 1] == "9094"
+    conf = cmd[cmd.index("--node-config") + 1]
+    assert f'data-path="{tiny_sites["site_a"]}"' in conf and 'site-name="site_a"' in conf
+    assert f'teacher-dir="{tmp_path / "teacher"}"' in conf
+    assert f'state-dir="{tmp_path / "state"}"' in conf
+    assert "data OK: 12 cases" in out and "no best.pt yet" in out
+    assert not (tmp_path / "state" / "runs.jsonl").exists()  # a dry run records nothing
+
+
+def test_dry_run_insecure_with_explicit_run(tiny_sites: dict, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", *_base(tiny_sites["site_b"], tmp_path), "--insecure", "--port", "9200"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    cmd = _cmd(out)
+    assert "--insecure" in cmd and "--root-certificates" not in cmd
+    assert cmd[cmd.index("--port") + 1] == "9200"
+    assert "warning: --insecure" in out
+
+
+def test_missing_ca_and_bad_address_are_one_line_errors(
+        tiny_sites: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _base(tiny_sites["site_a"], tmp_path) + ["--certs", str(tmp_path / "nocerts")]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'nocerts' / 'ca.crt'}: CA certificate not found" in capsys.readouterr().err
+    argv = _base(tiny_sites["site_a"], tmp_path) + ["--insecure"]
+    argv[argv.index("127.0.0.1:8000")] = "localhost"
+    assert main(argv) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_invalid_data_exits_2_naming_the_file(tiny_sites: dict, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_sites["site_a"], data)
+    bad = sorted((data / "labelsTr").glob("*.nii*"))[3]
+    bad.write_bytes(b"not a nifti file")
+    assert main(_base(data, tmp_path) + ["--insecure"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("site-node: error:") and str(bad) in err and len(err.splitlines()) == 1
+    bad.unlink()
+    assert main(_base(data, tmp_path) + ["--insecure"]) == 2
+    assert "has no label" in capsys.readouterr().err
+    assert main(_base(tmp_path / "teacher", tmp_path) + ["--insecure"]) == 2
+    assert f"{tmp_path / 'teacher'}: dataset folder not found" in capsys.readouterr().err
+
+
+def test_start_records_an_event_then_execs(tiny_sites: dict, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import site_node.run as run
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(run.os, "execve", lambda exe, argv, env: seen.append(argv) or 0)
+    argv = [a for a in _base(tiny_sites["site_a"], tmp_path) if a != "--dry-run"]
+    assert main([*argv, "--insecure"]) == 1  # only reached because execv was stubbed
+    assert Path(seen[0][0]).name == "flower-supernode"
+    lines = (tmp_path / "state" / "runs.jsonl").read_text().splitlines()
+    (event,) = [json.loads(ln) for ln in lines]
+    assert event["site"] == "site_a" and event["tls"] is False and event["data"]["cases"] == 12
+
+
+def test_status_on_a_trained_teacher(tiny_sites: dict, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from site_node.run import record_event
+    from site_node.train import run_training
+    from tests.conftest import tiny_teacher_config
+
+    teacher, state = tmp_path / "teacher", tmp_path / "state"
+    card = run_training(tiny_sites["site_c"],
+                        tiny_teacher_config(size=32, epochs=1, max_steps_per_epoch=2), teacher)
+    record_event(state, {"event": "start", "time": 0, "site": "site_c", "tls": True,
+                         "coordinator": "10.0.0.5:8000", "port": 9094, "teacher_dir": str(teacher),
+                         "data": {"path": str(tiny_sites["site_c"])}})
+    audit = state / "audit" / "egress.jsonl"
+    audit.parent.mkdir(parents=True)
+    audit.write_text("".join(json.dumps({"msg_type": t, "decision": d}) + "\n"
+                             for t, d in [("train", "sent"), ("query", "sent"),
+                                          ("query", "refused")]))
+    capsys.readouterr()
+    assert main(["status", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "data: 12 cases" in out and "teacher: tiny_unet" in out
+    assert f"val Dice {card['val_dice']:.4f}" in out
+    assert f"test Dice {card['test']['dice_mean']:.4f}" in out
+    assert "runs: 1 start(s)" in out and "site site_c -> 10.0.0.5:8000 (TLS" in out
+    assert "audit: 3 entries" in out and "query refused: 1" in out
+    assert main(["status", "--state-dir", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    assert "runs: no start recorded" in out and "teacher: none yet" in out
