@@ -142,7 +142,10 @@ class Checkpointer:
 
 
 def iterate_progress(items: Any, desc: str, enabled: bool = True) -> Iterator[Any]:
-    """Wrap an iterable in a tqdm bar (disabled when not a TTY-friendly run)."""
+    """Wrap an iterable in a tqdm bar; off when stderr is not a terminal (logs stay readable)."""
+    import sys
+
     from tqdm.auto import tqdm
 
-    yield from tqdm(items, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+    show = enabled and sys.stderr.isatty()
+    yield from tqdm(items, desc=desc, leave=False, disable=not show, dynamic_ncols=True)

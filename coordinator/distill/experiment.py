@@ -45,6 +45,8 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
                                 cfg.student.teacher_batch_size, cfg.kd.at_form, cfg.kd.at_p)
             cache.put(site.name, proxy.digest, t)
             print(f"[distill] {site.name}: teacher outputs for {len(proxy)} proxy slices cached")
+            t = cache.get(site.name, proxy.digest)  # fp16-rounded, as a rerun and the wire see
+        assert t is not None
         parts.append(t)
     return stack_teachers(parts)
 
