@@ -268,19 +268,29 @@ def decode_train(rd: RecordDict, who: str = "coordinator") -> TrainConfig:
     return decode_model(rd[Key.CONFIG], TrainConfig, who, Key.CONFIG)
 
 
-def encode_train_reply(site: str, reply: TrainReply) -> RecordDict:
-    """``train`` reply: metrics only."""
+def _encode_metrics_reply(site: str, reply: BaseModel) -> RecordDict:
+    """A metrics-only reply: the site record plus one MetricRecord, never an array."""
     from flwr.app import MetricRecord, RecordDict
 
     return RecordDict({Key.SITE: _site_record(site),
                        Key.METRICS: MetricRecord(reply.model_dump())})
 
 
-def decode_train_reply(rd: RecordDict, who: str) -> tuple[str, TrainReply]:
-    """Coordinator side: ``(site name, TrainReply)``; any array (weights) is refused."""
+def _decode_metrics_reply(rd: RecordDict, who: str, model: type[M]) -> tuple[str, M]:
+    """Coordinator side of a metrics-only reply: ``(site name, model)``; arrays are refused."""
     check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who, receipt=True)
     site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
-    return site, decode_model(rd[Key.METRICS], TrainReply, f"{who} ({site})", Key.METRICS)
+    return site, decode_model(rd[Key.METRICS], model, f"{who} ({site})", Key.METRICS)
+
+
+def encode_train_reply(site: str, reply: TrainReply) -> RecordDict:
+    """``train`` reply: metrics only."""
+    return _encode_metrics_reply(site, reply)
+
+
+def decode_train_reply(rd: RecordDict, who: str) -> tuple[str, TrainReply]:
+    """Coordinator side: ``(site name, TrainReply)``; any array (weights) is refused."""
+    return _decode_metrics_reply(rd, who, TrainReply)
 
 
 # ----------------------------------------------------------------------------- query
@@ -385,14 +395,9 @@ def decode_eval(rd: RecordDict, who: str = "coordinator"
 
 def encode_eval_reply(site: str, reply: EvalReply) -> RecordDict:
     """``evaluate`` reply: metric summaries only."""
-    from flwr.app import MetricRecord, RecordDict
-
-    return RecordDict({Key.SITE: _site_record(site),
-                       Key.METRICS: MetricRecord(reply.model_dump())})
+    return _encode_metrics_reply(site, reply)
 
 
 def decode_eval_reply(rd: RecordDict, who: str) -> tuple[str, EvalReply]:
     """Coordinator side: ``(site name, EvalReply)``."""
-    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who, receipt=True)
-    site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
-    return site, decode_model(rd[Key.METRICS], EvalReply, f"{who} ({site})", Key.METRICS)
+    return _decode_metrics_reply(rd, who, EvalReply)
