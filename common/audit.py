@@ -314,7 +314,14 @@ def summarise_log(path: Path,
         f"{len(violations)} outgoing message(s) violate the egress rule: " + "; ".join(violations))
     return {"entries": len(entries), "bytes": {k: dict(v) for k, v in nbytes.items()},
             "refused": sum(refused.values()), "refused_by_type": dict(refused),
-            "violations": violations, "statement": statement}
+            "violations": violations, "statement": statement, "dp": _dp(entries)}
+
+
+def _dp(entries: list[tuple[int, AuditEntry]]) -> list[dict[str, Any]]:
+    from common.dp import dp_accounting
+
+    return dp_accounting([e for _, e in entries])
+
 
 
 # ----------------------------------------------------------------------------- receipts

@@ -44,4 +44,9 @@ def _print_human(log: Path, report: object, summary: dict, signed: bool) -> None
         parts = ", ".join(f"{d} {b:,} B" for d, b in sorted(per_dir.items()))
         print(f"  {msg_type}: {parts}")
     print(f"  refused replies: {summary.get('refused', 0)}")
+    for d in summary.get("dp", []):
+        print(f"  dp: run {d['run_id']}: {d['slices']} slices with noise sigma {d['sigma']:g}: "
+              f"epsilon {d['epsilon_advanced']:.3g} (advanced composition; linear "
+              f"{d['epsilon_linear']:.3g}), delta {d['delta']:g} per slice, assumed L2 "
+              f"sensitivity {d['sensitivity']:g}")
     print(f"  {summary.get('statement', '')}")

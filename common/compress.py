@@ -17,7 +17,11 @@ per-pixel constant, which softmax ignores. ``downsample`` average-pools logits b
 upsampled bilinearly (``align_corners=False``, as ``torch.nn.functional.interpolate``).
 
 Noise (``noise_sigma > 0``) is Gaussian, on probabilities (clipped and renormalised, then sent
-as log-probabilities) or on logits, drawn from OS entropy unless a generator is passed.
+as log-probabilities) or on logits, drawn from OS entropy unless a generator is passed. The same
+``sigma`` covers every other released array (:func:`noise_features`): attention maps
+``(N,h,w)`` get per-element std ``sigma/sqrt(h*w)`` (the scale of a unit-L2 map, so the noise
+has expected L2 norm ``sigma`` per map) and region-contrast cosines ``(N,)`` get std ``sigma``
+(clipped to [-1, 1]).
 :func:`dp_epsilon` accounts for it; see its docstring for what that bound does and does not mean.
 Only numpy is imported.
 """
@@ -88,6 +92,23 @@ def _add_noise(x: np.ndarray, cfg: CompressionConfig, rng: np.random.Generator) 
     p = np.clip(p, _EPS, 1.0)
     p /= p.sum(axis=1, keepdims=True)
     return (cfg.temperature * np.log(p)).astype(np.float32)
+
+
+def noise_features(maps: dict[str, np.ndarray], scalars: dict[str, np.ndarray], sigma: float,
+                   rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Gaussian noise on attention maps ``(N,h,w)`` and RC cosines ``(N,)`` (module docstring).
+
+    Returns new float32 arrays under the same names; ``sigma == 0`` returns copies unchanged.
+    """
+    rng = rng or np.random.default_rng()
+    out: dict[str, np.ndarray] = {}
+    for name, m in maps.items():
+        std = sigma / math.sqrt(math.prod(m.shape[1:])) if sigma > 0 else 0.0
+        out[name] = (m.astype(np.float32) + rng.normal(0.0, 1.0, m.shape) * std).astype(np.float32)
+    for name, v in scalars.items():
+        noisy = v.astype(np.float32) + rng.normal(0.0, 1.0, v.shape) * sigma
+        out[name] = np.clip(noisy, -1.0, 1.0).astype(np.float32) if sigma > 0 else noisy
+    return out
 
 
 def compress_logits(logits: np.ndarray, cfg: CompressionConfig,

@@ -81,6 +81,8 @@ class Key(StrEnum):
     RECEIPT = "receipt"
 
 
+FEATURE_KEYS = (Key.AT_EARLY, Key.AT_DEEP, Key.RC_EARLY, Key.RC_DEEP)  # teacher outputs but logits
+
 # ----------------------------------------------------------------------------- payload models
 class TrainConfig(StrictModel):
     """``train`` request: reuse the site's teacher unless ``force_retrain``; optional overrides."""
@@ -330,9 +332,17 @@ def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
         raise ProtocolError(f"{site}: a site answers for exactly one teacher, got {t.num_teachers}")
     codec = codec or CompressionConfig()
     arrays = compress_logits(t.logits[0].detach().cpu().numpy(), codec)
+    feats: dict[str, np.ndarray] = {str(k): getattr(t, k)[0].detach().cpu().numpy()
+                                    for k in FEATURE_KEYS}
+    if codec.noise_sigma > 0:
+        from common.compress import noise_features
+
+        feats = noise_features({k: feats[k] for k in (Key.AT_EARLY, Key.AT_DEEP)},
+                               {k: feats[k] for k in (Key.RC_EARLY, Key.RC_DEEP)},
+                               codec.noise_sigma)
     for key, (dtype, _) in reply_schema(t.batch_size, cfg.size).items():
         if key != Key.LOGITS:
-            arrays[key] = getattr(t, key)[0].detach().cpu().numpy().astype(dtype)
+            arrays[key] = feats[key].astype(dtype)
     flat = codec.model_dump()
     echo = QueryEcho(run_id=cfg.run_id, chunk=cfg.chunk, n=t.batch_size,
                      compression=flat.pop("mode"), **flat)

@@ -198,13 +198,20 @@ def exchanged_bytes(out: Path) -> dict[str, Any] | None:
 
 def result_rows(out: Path) -> list[dict]:
     """Result rows of an experiment folder: ``federated_results.json``, else each run's
-    ``runs/<run>/result.json`` (what ``distill --local`` leaves)."""
+    ``runs/<run>/summary.json`` (mean over seeds) or ``result.json`` (what ``distill --local``
+    leaves)."""
     import json
 
     fed = out / "federated_results.json"
     if fed.is_file():
         return list(json.loads(fed.read_text())["rows"])
-    return [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/result.json"))]
+    rows = []
+    for run in sorted(p for p in out.glob("runs/*") if p.is_dir()):
+        for name in ("summary.json", "result.json"):  # summary.json: mean over seeds
+            if (run / name).is_file():
+                rows.append(json.loads((run / name).read_text()))
+                break
+    return rows
 
 
 def main_export(args: Any) -> int:
@@ -230,7 +237,7 @@ def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
     if row is None:
         print("[export] no multi-teacher run in the results; nothing exported")
         return None
-    folder = out / "runs" / row["run"]
+    folder = Path(row.get("checkpoint_dir") or out / "runs" / row["run"])
     model, ckpt = load_model(folder / "last.pt")
     sites = list(row.get("teachers", []))
     card: dict[str, Any] = {

@@ -85,6 +85,7 @@ class ExperimentConfig(StrictModel):
     proxy: Path
     sites: list[SiteSpec]
     seed: int = 0
+    repeats: int = Field(default=1, ge=1)  # student seeds seed .. seed+repeats-1; rows = mean
     min_sites: int = 1
     student: StudentTrainConfig = StudentTrainConfig()
     kd: KDConfig = KDConfig()

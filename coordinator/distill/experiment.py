@@ -21,8 +21,9 @@ from common.training import select_device
 from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig, SiteSpec
 from coordinator.distill.proxy import ProxySet, load_proxy
+from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
-from coordinator.distill.student import DistillData, StudentRun, train_student
+from coordinator.distill.student import DistillData, StudentRun
 from coordinator.export import export_best_multi
 from site_node.teacher_outputs import teacher_outputs
 
@@ -95,7 +96,7 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     rows = teacher_rows(cfg, tests)
     for run in plan_runs(cfg):
         print(f"[distill] run {run.name}")
-        rows.append(train_student(run, data, cfg, out / "runs" / run.name))
+        rows.append(train_repeats(run, data, cfg, out / "runs" / run.name))
     write_results(rows, cfg, out, time.perf_counter() - t0)
     export_best_multi(out, rows, cfg)
     return rows

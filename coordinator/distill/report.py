@@ -14,16 +14,26 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
+def _sd_cells(row: dict) -> list[str]:
+    """``[sd, n seeds]`` of a row averaged over seeds, ``["-", "1"]`` otherwise."""
+    if "mean_dice_sd" not in row:
+        return ["-", "1"]
+    return [f"{row['mean_dice_sd']:.3f}", str(len(row["seeds"]))]
+
+
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and body: one row per run, Dice/VOE/HD95 per site, then mean Dice."""
+    """Header and body: one row per run, Dice/VOE/HD95 per site, then mean Dice (and its sd
+    over seeds when some rows were repeated)."""
     sites = list(rows[0]["sites"])
+    repeated = any("mean_dice_sd" in r for r in rows)
     header = ["run", "teachers", "weighting"]
     header += [f"{s} {label}" for s in sites for _, label in METRICS] + ["mean Dice"]
+    header += ["mean Dice sd", "seeds"] if repeated else []
     body = []
     for r in rows:
         cells = [r["run"], "+".join(r["teachers"]) or "-", r.get("weighting") or "-"]
         cells += [_fmt(r["sites"][s].get(k)) for s in sites for k, _ in METRICS]
-        body.append(cells + [_fmt(r["mean_dice"])])
+        body.append(cells + [_fmt(r["mean_dice"])] + (_sd_cells(r) if repeated else []))
     return header, body
 
 
@@ -31,6 +41,13 @@ def to_markdown(header: list[str], body: list[list[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
+
+
+def _seeds_note(cfg: ExperimentConfig) -> str:
+    if cfg.repeats == 1:
+        return f" One student seed ({cfg.seed}) per run."
+    return (f" Student rows: mean over seeds {cfg.seed}..{cfg.seed + cfg.repeats - 1} "
+            "(per-site columns too); mean Dice ± sample sd.")
 
 
 def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: float) -> None:
@@ -43,7 +60,7 @@ def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: f
     intro = (f"# {cfg.name}: student `{cfg.student.model}`, {cfg.student.size}px, "
              f"{cfg.student.epochs} epochs, KD alpha={cfg.kd.alpha} beta={cfg.kd.beta} "
              f"T={cfg.kd.temperature}\n\n3D metrics on each site's held-out test volumes "
-             f"(VOE = 1 - Jaccard). Wall time {seconds:.0f} s.\n\n")
+             f"(VOE = 1 - Jaccard). Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n")
     (out / "results.md").write_text(intro + to_markdown(header, body))
     plot_results(rows, out / "results.png", f"{cfg.name}: mean 3D Dice over sites")
     print(to_markdown(header, body))
@@ -58,10 +75,11 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
 
     names = [r["run"] for r in rows]
     vals = [r["mean_dice"] for r in rows]
+    errs = [r.get("mean_dice_sd", 0.0) for r in rows]
     colors = ["0.6" if n.startswith("teacher") else
               ("tab:orange" if n == "student_only" else "tab:blue") for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.2))
-    ax.barh(names[::-1], vals[::-1], color=colors[::-1])
+    ax.barh(names[::-1], vals[::-1], xerr=errs[::-1], color=colors[::-1], capsize=2)
     for i, v in enumerate(vals[::-1]):
         ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     ax.set_xlim(0, 1.05)

@@ -97,3 +97,54 @@ def test_dp_epsilon() -> None:
     assert dp_epsilon(1.0, 1.0, 1e-5, 1) == math.inf  # eps0 > 1: the classic bound does not hold
     with pytest.raises(ValueError):
         dp_epsilon(0.0, 1.0, 1e-5, 1)
+
+
+def test_noise_features_scale_and_clipping() -> None:
+    from common.compress import noise_features
+
+    n, h = 2000, 16
+    maps = np.zeros((n, h, h), np.float32)
+    maps[:, 0, 0] = 1.0  # unit-L2 maps
+    rc = np.full((n,), 0.99, np.float32)
+    same = noise_features({"at": maps}, {"rc": rc}, 0.0)
+    assert np.array_equal(same["at"], maps) and np.array_equal(same["rc"], rc)
+    out = noise_features({"at": maps}, {"rc": rc}, 0.2, np.random.default_rng(0))
+    norms = np.linalg.norm((out["at"] - maps).reshape(n, -1), axis=1)
+    assert np.sqrt((norms ** 2).mean()) == pytest.approx(0.2, rel=0.02)  # E||noise||^2 = sigma^2
+    assert out["rc"].max() <= 1.0 and (out["rc"] == 1.0).mean() > 0.4  # clipped at 1
+    assert np.std(out["rc"][out["rc"] < 0.9]) > 0.05
+
+
+def test_noised_reply_noises_every_array_and_still_decodes() -> None:
+    import torch
+
+    from common.kd.targets import TeacherTargets
+    from common.protocol import QueryConfig, decode_teacher_reply, encode_teacher_reply, slice_hash
+
+    n = 3
+    t = TeacherTargets(logits=torch.randn(1, n, 2, 32, 32), at_early=torch.rand(1, n, 16, 16),
+                       at_deep=torch.rand(1, n, 4, 4), rc_early=torch.full((1, n), 0.5),
+                       rc_deep=torch.full((1, n), -0.5))
+    cfg = QueryConfig(run_id="r", chunk=0, n_chunks=1, size=32,
+                      slice_hashes=[slice_hash(np.zeros((1, 32, 32)))] * n)
+    for sigma in (0.0, 0.1):
+        codec = CompressionConfig(mode="fp32", noise_sigma=sigma)
+        _, back = decode_teacher_reply(encode_teacher_reply("s", cfg, t, codec), n, 32, "test")
+        for key in ("logits", "at_early", "at_deep", "rc_early", "rc_deep"):
+            changed = not torch.allclose(getattr(back, key), getattr(t, key), atol=1e-2)
+            assert changed == (sigma > 0), (key, sigma)
+
+
+def test_dp_accounting_per_run_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from common.audit import AuditLog, summarise_log
+    from common.compress import dp_epsilon
+
+    log = AuditLog(tmp_path / "egress.jsonl")
+    for run, n in (("r1", 4), ("r1", 6), ("r2", 5)):
+        log.append(run_id=run, peer="c", direction="out", msg_type="query.teacher_outputs",
+                   config={"noise_sigma": 10.0 if run == "r1" else 0.0, "n": n})
+    (dp,) = summarise_log(tmp_path / "egress.jsonl")["dp"]  # r2 sent no noise: not listed
+    assert (dp["run_id"], dp["slices"], dp["sigma"]) == ("r1", 10, 10.0)
+    # per slice eps0 = 0.4844805 (test_dp_epsilon); 10 slices, linear: 4.844805
+    assert dp["epsilon_linear"] == pytest.approx(4.844805, abs=1e-5)
+    assert dp["epsilon_advanced"] == pytest.approx(dp_epsilon(10.0, 1.0, 1e-5, 10, "advanced"))
