@@ -6,7 +6,7 @@ by :func:`common.compress.decompress_logits`, exactly as the query reply does. F
 reports the array bytes per slice (logits only and the whole reply including attention maps and
 scalars) and the Dice of the fused target (default weighting) versus the fp32 reference, soft
 (probabilities) and hard (argmax). It does NOT train students: the student Dice change per mode
-is left to a full ``coordinator simulate --compression MODE`` run. Writes JSON.
+is measured by ``bench/bench_compression_student.py`` (demo scenario). Writes JSON.
 
     python -m bench.bench_compression --size 96 --out bench/results/compression.json
 """

@@ -59,7 +59,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="federated run: SuperLink + N SuperNodes on 127.0.0.1")
+    p = sub.add_parser("simulate", help="federated run on 127.0.0.1: the docker-compose "
+                                        "topology started through deploy/entrypoints/")
     p.add_argument("--sites", type=int, required=True, help="first N sites of the config")
     p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
     p.add_argument("--workdir", type=Path, required=True, help="logs, Flower state, FLWR_HOME")
@@ -71,7 +72,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="plaintext gRPC without TLS (local simulation only; prints a warning)")
     p.add_argument("--node-auth", dest="node_auth", action="store_true",
-                   help="SuperNode authentication: register per-site ECDSA keys (needs TLS)")
+                   help="no effect, kept for old scripts: SuperNode authentication is always "
+                        "on with TLS, as in docker compose")
     p.add_argument("--compression", default="fp16",
                    choices=["fp16", "int8_probs", "downsample", "fp32"],
                    help="how every site encodes its query logits (node config `compression`)")

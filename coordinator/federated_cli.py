@@ -2,22 +2,29 @@
 
 The sites' SuperNodes (``site-node --data ... --coordinator HOST:PORT``) and the SuperLink
 (``flower-superlink ... --disable-runtime-dependency-installation``) are already up. This writes
-``WORKDIR/flwr_home/config.toml`` (one federation, TLS via ``--certs DIR/ca.crt`` unless
-``--insecure``) and ``WORKDIR/run_config.toml``, then runs ``flwr run deploy/flwr_app
-<federation> --stream``, echoing its output and keeping it in ``WORKDIR/flwr-run.log``.
-It succeeds only when the ServerApp wrote a fresh ``federated_results.json``: ``flwr run``
-exits 0 even when the ServerApp failed. The ServerApp runs on the SuperLink's machine, so the
-experiment config and out folder must be reachable there under the same paths.
+``WORKDIR/flwr_home/config.toml`` (one federation, TLS via ``--certs`` unless ``--insecure``)
+and ``WORKDIR/run_config.toml`` (flags, then ``--run-config FILE`` values on top), then runs
+``flwr run deploy/flwr_app <federation> --stream``, echoing its output and keeping it in
+``WORKDIR/flwr-run.log``. It succeeds only when the ServerApp wrote a fresh
+``federated_results.json``: ``flwr run`` exits 0 even when the ServerApp failed. The ServerApp
+runs where the SuperLink runs it (subprocess isolation) or where a ``flower-superexec`` attached
+to it runs (process isolation: the coordinator role of ``deploy/entrypoints/coordinator.sh``,
+which drives its run with this command); the experiment config and out folder must be
+reachable there under the same paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +45,8 @@ def add_federated_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink HOST:PORT")
     tls = g.add_mutually_exclusive_group()
     tls.add_argument("--certs", type=Path, default=Path("certs"),
-                     help="folder with the federation's ca.crt (TLS; default ./certs)")
+                     help="the federation's CA certificate, or a folder with its ca.crt "
+                          "(TLS; default ./certs)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
     g.add_argument("--min-sites", dest="min_sites", type=int, default=0,
                    help="fewest sites to go on with (0 = the config's min_sites)")
@@ -54,6 +62,10 @@ def add_federated_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--site-keys", dest="site_keys", type=Path,
                    help="folder of <site>.pub audit keys: every receipt must verify")
     g.add_argument("--workdir", type=Path, help="FLWR_HOME, run config, log (default OUT/flwr)")
+    g.add_argument("--run-config", dest="run_config", type=Path,
+                   help="TOML file of run-config values overriding the flags above")
+    g.add_argument("--app", type=Path, help="the Flower app folder (default: deploy/flwr_app "
+                                            "of this source tree)")
     g.add_argument("--print-command", dest="print_command", action="store_true",
                    help="write the config files, print the flwr command, run nothing")
 
@@ -84,7 +96,7 @@ def connection_lines(args: argparse.Namespace) -> str:
     """The TLS lines of the federation in ``config.toml`` (CA checked to exist)."""
     if args.insecure:
         return "insecure = true\n"
-    ca = args.certs / "ca.crt"
+    ca = args.certs if args.certs.is_file() else args.certs / "ca.crt"
     if not ca.is_file():
         raise FileNotFoundError(f"{ca}: CA certificate not found (pass --certs DIR, or "
                                 "--insecure for a test federation without TLS)")
@@ -120,12 +132,36 @@ def run_values(args: argparse.Namespace, cfg: ExperimentConfig, config: Path
         "expected-sites": int(args.expected_sites or len(cfg.sites))}
     if args.site_keys is not None:
         values["site-keys-dir"] = str(args.site_keys.resolve())
+    if args.run_config is not None:
+        values.update(read_run_config(args.run_config, app_dir(args)))
+    return values
+
+
+def app_dir(args: argparse.Namespace) -> Path:
+    """The Flower app folder: ``--app`` or this source tree's ``deploy/flwr_app``."""
+    from coordinator.simulate import APP_DIR
+
+    return (args.app or APP_DIR).resolve()
+
+
+def read_run_config(path: Path, app: Path) -> dict[str, object]:
+    """Values of a run-config TOML file; keys the app does not declare are a one-line error."""
+    import tomllib
+
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--run-config {path}: cannot read: {exc}") from None
+    known = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"--run-config {path}: unknown keys {unknown} (known: {sorted(known)})")
     return values
 
 
 def prepare(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[list[str], Path]:
     """Write FLWR_HOME and the run config; return the ``flwr run`` argv and the workdir."""
-    from coordinator.simulate import APP_DIR, run_config_file
+    from coordinator.simulate import run_config_file
 
     parse_superlink(args.superlink)
     workdir = (args.workdir or cfg.out / "flwr").resolve()
@@ -133,7 +169,7 @@ def prepare(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[list[str],
     write_connection(workdir / "flwr_home", args.superlink, connection_lines(args))
     rc_file = run_config_file(workdir, run_values(args, cfg, experiment_file(args, cfg, workdir)))
     flwr = str(Path(sys.executable).parent / "flwr")
-    return [flwr, "run", str(APP_DIR), FEDERATION, "--stream", "--run-config",
+    return [flwr, "run", str(app_dir(args)), FEDERATION, "--stream", "--run-config",
             str(rc_file)], workdir
 
 
@@ -166,6 +202,24 @@ def follow(proc: subprocess.Popen, log: Path, timeout: float) -> int | None:
         time.sleep(0.5)
 
 
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) meanwhile, so ``finally`` blocks stop our children (``flwr
+    run`` has its own session: a SIGTERM to our process group does not reach it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def launch(cmd: list[str], workdir: Path, timeout: float) -> int:
     """Run ``flwr run`` in its own process group (always torn down); its exit code or 124."""
     from coordinator.simulate import Processes, flwr_env
@@ -173,7 +227,8 @@ def launch(cmd: list[str], workdir: Path, timeout: float) -> int:
     env = flwr_env(workdir / "flwr_home")
     procs = Processes(workdir, env, workdir)
     try:
-        rc = follow(procs.start("flwr-run", cmd), workdir / "flwr-run.log", timeout)
+        with sigterm_as_exit():
+            rc = follow(procs.start("flwr-run", cmd), workdir / "flwr-run.log", timeout)
     finally:
         procs.stop_all()
     if rc is None:

@@ -2,10 +2,13 @@
 """Engine-less check of docker-compose.yml (for CI, where no Docker engine exists).
 
 Validates: required services; each site has its own /local volume; build contexts,
-Dockerfiles and entrypoint scripts exist; every variable an entrypoint script needs (no
-``${VAR:-default}`` in the script, not assigned in it) is set in the service environment;
-published host ports are unique; depends_on targets exist; healthchecks present; named
-volumes declared; the Dockerfile switches to a non-root ``USER``. Also runs
+Dockerfiles and entrypoint scripts exist; every variable an entrypoint script needs (every
+``${VAR:?}`` it requires, and any other variable it reads without a ``${VAR:-default}``, not
+assigned in it) is set in the service environment, and the service sets no variable that
+neither its script nor ``entrypoint.sh``/``healthcheck.sh`` reads; published host ports are
+unique; depends_on targets exist; healthchecks present; named volumes declared; the
+Dockerfile switches to a non-root ``USER``. ``coordinator simulate`` builds the same
+environments (tests/deploy/test_entrypoint_env.py checks them with :func:`required_vars`). Also runs
 ``docker compose config -q`` when the compose plugin is installed (skipped otherwise).
 Prints one line per problem; exit status 1 if any.
 Usage: ``python deploy/check_compose.py [--file docker-compose.yml] [--root REPO]``.
@@ -33,17 +36,37 @@ _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 _DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?[-=]")
 _ASSIGN = re.compile(r"(?:^|[\s;(])(?:local\s+(?:-\w+\s+)*|for\s+)?([A-Za-z_]\w*)(?:=|\s+in\b)")
 _READ = re.compile(r"\bread\s+(?:-\S+\s+)*([A-Za-z_]\w*)")
+_REQUIRED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
+COMMON_SCRIPTS = ("entrypoint.sh", "healthcheck.sh")  # run in every service
+
+
+def _code(text: str) -> str:
+    """Shell code of a script: no comment lines, no quoted heredocs (not shell)."""
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    return re.sub(r"<<'PY'\n.*?\nPY\n", "", "\n".join(lines), flags=re.S)
+
+
+def required_vars(text: str, unconditional: bool = False) -> set[str]:
+    """Variables a script requires with ``${VAR:?}``; with ``unconditional`` only those of
+    top-level lines (not indented: not inside a branch or function)."""
+    lines = _code(text).splitlines()
+    if unconditional:
+        lines = [ln for ln in lines if ln[:1] not in (" ", "\t")]
+    return set(_REQUIRED.findall("\n".join(lines)))
+
+
+def referenced_vars(text: str) -> set[str]:
+    """Every variable a script reads (with or without a default)."""
+    return set(_VAR.findall(_code(text)))
 
 
 def script_vars(text: str) -> tuple[set[str], set[str]]:
     """(variables a script needs from outside, variables with a documented default)."""
-    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
-    body = "\n".join(lines)
-    body = re.sub(r"<<'PY'\n.*?\nPY\n", "", body, flags=re.S)  # quoted heredocs: not shell
+    body = _code(text)
     used = set(_VAR.findall(body))
     defaults = set(_DEFAULT.findall(body))
     local = set(_ASSIGN.findall(body)) | set(_READ.findall(body))
-    return used - defaults - local - BUILTIN, defaults
+    return (used - defaults - local - BUILTIN) | required_vars(text), defaults
 
 
 def _as_dict(env: Any) -> dict[str, str]:
@@ -73,8 +96,14 @@ def check_env(name: str, svc: dict[str, Any], root: Path) -> list[str]:
         return [f"{name}: entrypoint script {script.relative_to(root)} not found"]
     needed, _ = script_vars(script.read_text())
     env = _as_dict(svc.get("environment"))
-    return [f"{name}: {role}.sh uses ${var} but the service does not set it"
-            for var in sorted(needed - set(env))]
+    known = referenced_vars(script.read_text())
+    for common in COMMON_SCRIPTS:
+        path = root / SCRIPTS_IN_REPO / common
+        known |= referenced_vars(path.read_text()) if path.is_file() else set()
+    return ([f"{name}: {role}.sh uses ${var} but the service does not set it"
+             for var in sorted(needed - set(env))]
+            + [f"{name}: sets {var} but no entrypoint script of role {role} reads it"
+               for var in sorted(set(env) - known)])
 
 
 def _volume_sources(svc: dict[str, Any]) -> list[tuple[str, str]]:

@@ -6,9 +6,14 @@ Writes under ``--out DIR`` (private keys mode 0600, everything else 0644)::
     ca.crt  ca.key                      ECDSA P-384 CA (10 years)
     superlink/server.pem  server.key    SuperLink server cert, SANs = --hosts (2 years)
     public/ca.crt                       copy of the CA cert (what sites mount)
-    sites/<site>/<site>.key             ECDSA P-384 private key (PEM, PKCS#8)
+    sites/<site>/<site>.key             ECDSA P-384 node-auth private key (PEM, PKCS#8)
+    sites/<site>/<site>.ssh             the same key in OpenSSH format (what ``flower-supernode
+                                        --auth-supernode-private-key`` loads)
     sites/<site>/<site>.pub             its public key in OpenSSH format (ecdsa-sha2-nistp384),
                                         for ``flwr supernode register``
+    sites/<site>/audit.key  audit.pub   Ed25519 key signing the site's egress log (PEM)
+    audit/<site>.pub                    copy of each audit.pub: the coordinator's
+                                        ``site-keys-dir`` (every receipt must verify)
     superexec.secret                    shared secret of SuperLink <-> SuperExec (32 random bytes)
 
 Idempotent: existing files are kept unless ``--force``.
@@ -28,7 +33,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_HOSTS = "localhost,127.0.0.1,superlink"
@@ -49,7 +54,7 @@ def write_file(path: Path, data: bytes, private: bool, force: bool) -> bool:
     return True
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
     """PEM (PKCS#8, unencrypted) of a private key."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -140,16 +145,49 @@ def make_pki(out: Path, hosts: Sequence[str], force: bool) -> list[Path]:
 
 
 def make_site(out: Path, site: str, force: bool) -> list[Path]:
-    """ECDSA P-384 key pair of one site: PEM private key + OpenSSH public key."""
+    """Node-auth key (PEM, OpenSSH private and public) and audit key of one site."""
+    return make_node_key(out, site, force) + make_audit_key(out, site, force)
+
+
+def make_node_key(out: Path, site: str, force: bool) -> list[Path]:
+    """ECDSA P-384 key pair of one site: PEM and OpenSSH private key + OpenSSH public key."""
     folder = out / "sites" / site
     key_path, pub_path = folder / f"{site}.key", folder / f"{site}.pub"
+    written: list[Path] = []
     if key_path.exists() and pub_path.exists() and not force:
-        return []
-    key = ensure_key(key_path, True)
-    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                        serialization.PublicFormat.OpenSSH)
-    write_file(pub_path, pub + f" {site}\n".encode(), False, True)
-    return [key_path, pub_path]
+        key = load_key(key_path)
+    else:
+        key = ensure_key(key_path, True)
+        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                            serialization.PublicFormat.OpenSSH)
+        write_file(pub_path, pub + f" {site}\n".encode(), False, True)
+        written = [key_path, pub_path]
+    ssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                            serialization.NoEncryption())
+    if write_file(folder / f"{site}.ssh", ssh, True, bool(written)):
+        written.append(folder / f"{site}.ssh")
+    return written
+
+
+def make_audit_key(out: Path, site: str, force: bool) -> list[Path]:
+    """Ed25519 audit key of one site (``sites/<site>/audit.key``), its public half beside it
+    and in ``audit/<site>.pub``."""
+    key_path = out / "sites" / site / "audit.key"
+    written: list[Path] = []
+    if key_path.exists() and not force:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{key_path}: not an Ed25519 private key")
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+        write_file(key_path, key_pem(key), private=True, force=True)
+        written.append(key_path)
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    for path in (key_path.with_suffix(".pub"), out / "audit" / f"{site}.pub"):
+        if write_file(path, pub, False, bool(written)):
+            written.append(path)
+    return written
 
 
 def make_all(out: Path, sites: Sequence[str], hosts: Sequence[str], force: bool) -> list[Path]:

@@ -3,9 +3,11 @@
 Checks first, then hands over to ``flower-supernode``: the data folder is discovered and every
 case's NIfTI header read (a problem is one line naming the file, exit 2); the teacher folder is
 checked (no ``best.pt`` is only a warning: the coordinator's ``train`` message trains it); the
-TLS CA (``<certs>/ca.crt``) and the optional SuperNode auth key must exist. Each start is
-appended to ``<state-dir>/runs.jsonl`` (read by ``site-node status``); the audit log of the
-egress gate lands in ``<state-dir>/audit/egress.jsonl``.
+TLS CA (``--certs``), the optional SuperNode auth key and the optional audit key must exist.
+Each start is appended to ``<state-dir>/runs.jsonl`` (read by ``site-node status``); the audit
+log of the egress gate lands in ``<state-dir>/audit/egress.jsonl``, signed with ``--audit-key``
+(default ``<state-dir>/audit/site.key``, generated on first use). The container entrypoint
+``deploy/entrypoints/site.sh`` (and so ``coordinator simulate``) starts sites with this command.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 from common.data.errors import DataError, data_error
 
-DEFAULT_STATE_DIR = Path(os.environ.get("FEDMTKD_STATE_DIR", "~/.fedmtkd/site-node"))
+DEFAULT_STATE_DIR = Path("~/.fedmtkd/site-node")
+COMPRESSION = ("fp16", "int8_probs", "downsample", "fp32")
 EVENTS = "runs.jsonl"
 
 
@@ -35,10 +38,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="teacher run folder (default: STATE_DIR/teacher)")
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--certs", type=Path, default=Path("certs"),
-                     help="folder with the federation's ca.crt (TLS; default ./certs)")
+                     help="the federation's CA certificate, or a folder with its ca.crt "
+                          "(TLS; default ./certs)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
-    p.add_argument("--key", type=Path, help="SuperNode auth private key (ECDSA, PEM)")
+    p.add_argument("--key", type=Path,
+                   help="SuperNode auth private key (ECDSA, OpenSSH format: <site>.ssh)")
+    p.add_argument("--audit-key", dest="audit_key", type=Path,
+                   help="Ed25519 key signing the egress log (default: STATE_DIR/audit/site.key, "
+                        "generated on first use)")
+    p.add_argument("--compression", choices=COMPRESSION,
+                   help="how query logits are encoded (node config `compression`; default fp16)")
     p.add_argument("--policy", type=Path, help="egress policy TOML (default: built-in)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address of the local ClientApp runtime API (default %(default)s)")
     p.add_argument("--port", type=int, default=9094, help="local ClientApp runtime port")
     p.add_argument("--state-dir", dest="state_dir", type=Path, default=DEFAULT_STATE_DIR,
                    help="run history and egress audit log (default %(default)s)")
@@ -103,6 +115,10 @@ def node_config(args: argparse.Namespace, teacher_dir: Path) -> str:
              "site-name": args.name, "state-dir": args.state_dir.expanduser().resolve()}
     if args.policy is not None:
         items["policy-path"] = args.policy.resolve()
+    if args.audit_key is not None:
+        items["audit-key"] = args.audit_key.resolve()
+    if args.compression is not None:
+        items["compression"] = args.compression
     return " ".join(f"{k}={_q(v)}" for k, v in items.items())
 
 
@@ -112,31 +128,40 @@ def _supernode_exe() -> str:
                                               or "flower-supernode")
 
 
+def tls_args(args: argparse.Namespace) -> list[str]:
+    """``--insecure``, or ``--root-certificates CA`` (``--certs`` is the file or its folder)."""
+    if args.insecure:
+        return ["--insecure"]
+    ca = args.certs if args.certs.is_file() else args.certs / "ca.crt"
+    if not ca.is_file():
+        raise DataError(f"{ca}: CA certificate not found (pass --certs DIR, or --insecure "
+                        "for a test federation without TLS)")
+    return ["--root-certificates", str(ca.resolve())]
+
+
 def supernode_command(args: argparse.Namespace, teacher_dir: Path) -> list[str]:
     """The exact ``flower-supernode`` argv for these options (files checked to exist)."""
     host, port = parse_address(args.coordinator)
-    cmd = [_supernode_exe(), "--superlink", f"{host}:{port}", "--port", str(args.port),
-           "--node-config", node_config(args, teacher_dir)]
-    if args.insecure:
-        cmd.insert(1, "--insecure")
-    else:
-        ca = args.certs / "ca.crt"
-        if not ca.is_file():
-            raise DataError(f"{ca}: CA certificate not found (pass --certs DIR, or --insecure "
-                            "for a test federation without TLS)")
-        cmd[1:1] = ["--root-certificates", str(ca.resolve())]
+    cmd = [_supernode_exe(), *tls_args(args), "--superlink", f"{host}:{port}", "--host",
+           args.host, "--port", str(args.port), "--node-config", node_config(args, teacher_dir)]
+    for path, what in ((args.key, "SuperNode auth key"), (args.audit_key, "audit key")):
+        if path is not None and not path.is_file():
+            raise DataError(f"{path}: {what} not found")
     if args.key is not None:
-        if not args.key.is_file():
-            raise DataError(f"{args.key}: SuperNode auth key not found")
         cmd += ["--auth-supernode-private-key", str(args.key.resolve())]
     return cmd
 
 
-def supernode_env() -> dict[str, str]:
-    """Our environment with this venv's ``bin`` first on PATH (``flower-supernode`` starts
-    ``flower-superexec`` by name) and Flower telemetry off unless set."""
+def supernode_env(state_dir: Path) -> dict[str, str]:
+    """Our environment for ``flower-supernode``: ``<state_dir>/bin`` (the app-pinning
+    ``flwr-clientapp`` shim, :mod:`site_node.pinned_app`) first on PATH, then this venv's
+    ``bin`` (``flower-supernode`` starts ``flower-superexec`` by name), telemetry off unless set."""
+    from site_node.pinned_app import write_shim
+
+    shim_dir = write_shim(state_dir / "bin").parent
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = os.pathsep.join([str(shim_dir), str(Path(sys.executable).parent),
+                                   env.get("PATH", "")])
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     return env
 
@@ -166,7 +191,9 @@ def main_run(args: argparse.Namespace) -> int:
     record_event(args.state_dir, {"event": "start", "time": time.time(), "site": args.name,
                                   "coordinator": args.coordinator, "data": summary,
                                   "teacher_dir": str(teacher_dir.resolve()),
-                                  "tls": not args.insecure, "port": args.port})
+                                  "tls": not args.insecure, "port": args.port,
+                                  "compression": args.compression or "fp16",
+                                  "pinned_clientapp": "site_node.app:app"})
     sys.stdout.flush()
-    os.execve(cmd[0], cmd, supernode_env())
+    os.execve(cmd[0], cmd, supernode_env(args.state_dir.resolve()))
     return 1  # pragma: no cover (execv does not return)

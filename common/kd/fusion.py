@@ -56,12 +56,28 @@ def renormalise(weights: Tensor, available: Tensor) -> Tensor:
     return w / w.sum(dim=1, keepdim=True)
 
 
-def dice_losses(teacher_probs: Tensor, mask: Tensor | None) -> Tensor:
-    """Per-sample soft Dice loss of each teacher: ``(J,B,K,H,W)``, ``(B,H,W)`` -> ``(B,J)``."""
+DiceClasses = Literal["all", "foreground"]
+
+
+def dice_losses(teacher_probs: Tensor, mask: Tensor | None,
+                classes: DiceClasses = "all") -> Tensor:
+    """Per-sample soft Dice loss of each teacher: ``(J,B,K,H,W)``, ``(B,H,W)`` -> ``(B,J)``.
+
+    ``classes="all"`` (default) averages the loss over every class, background included, so a
+    slice without foreground still ranks teachers (one that predicts foreground everywhere loses
+    its background Dice). ``"foreground"`` uses class 1 only; on an empty slice every teacher's
+    loss is then close to 1 and the weights are nearly equal, whatever the teacher says.
+    """
     if mask is None:
         raise ValueError("this teacher weighting needs ground-truth masks (mask is None); "
                          "use 'entropy' or 'equal' for unlabeled proxy data")
-    return torch.stack([soft_dice_loss_per_sample(p, mask) for p in teacher_probs], dim=1)
+    foreground_only = classes == "foreground"
+    losses = []
+    for p in teacher_probs:
+        ks = [1] if foreground_only else range(p.shape[1])
+        losses.append(torch.stack([soft_dice_loss_per_sample(p, mask, cls=k) for k in ks])
+                      .mean(dim=0))
+    return torch.stack(losses, dim=1)
 
 
 def mean_entropy(teacher_probs: Tensor) -> Tensor:
@@ -110,8 +126,11 @@ class FixedWeighting:
 class SelectBestWeighting:
     """One-hot on the teacher with the lowest per-sample Dice loss (ties -> first teacher)."""
 
+    def __init__(self, classes: DiceClasses = "all") -> None:
+        self.classes = classes
+
     def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
-        losses = dice_losses(teacher_probs, mask)
+        losses = dice_losses(teacher_probs, mask, self.classes)
         best = torch.argmin(losses, dim=1)
         return torch.nn.functional.one_hot(best, losses.shape[1]).to(teacher_probs.dtype)
 
@@ -123,11 +142,11 @@ class PaperWeighting:
     Kept only to reproduce the paper. All-zero losses fall back to equal weights.
     """
 
-    def __init__(self, eps: float = 1e-12) -> None:
-        self.eps = eps
+    def __init__(self, eps: float = 1e-12, classes: DiceClasses = "all") -> None:
+        self.eps, self.classes = eps, classes
 
     def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
-        losses = dice_losses(teacher_probs, mask) + self.eps
+        losses = dice_losses(teacher_probs, mask, self.classes) + self.eps
         return losses / losses.sum(dim=1, keepdim=True)
 
 
@@ -139,12 +158,14 @@ class InverseDiceLossWeighting:
     (``inverse`` still leaves it 5-15 %, see tests/common/test_bad_teacher.py).
     """
 
-    def __init__(self, mode: Mode = "softmax", tau: float = 0.1, eps: float = 1e-6) -> None:
+    def __init__(self, mode: Mode = "softmax", tau: float = 0.1, eps: float = 1e-6,
+                 classes: DiceClasses = "all") -> None:
         _lower_is_better(torch.zeros(1, 1), mode, tau, eps)  # validates mode
-        self.mode, self.tau, self.eps = mode, tau, eps
+        self.mode, self.tau, self.eps, self.classes = mode, tau, eps, classes
 
     def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
-        return _lower_is_better(dice_losses(teacher_probs, mask), self.mode, self.tau, self.eps)
+        losses = dice_losses(teacher_probs, mask, self.classes)
+        return _lower_is_better(losses, self.mode, self.tau, self.eps)
 
 
 @register_weighting("entropy")

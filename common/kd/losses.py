@@ -260,14 +260,16 @@ class SegLoss(nn.Module):
         return _reduce(torch.stack(per_sample), self.reduction)
 
 
-def soft_dice_loss_per_sample(probs: Tensor, mask: Tensor, smooth: float = 1.0) -> Tensor:
-    """1 - soft Dice of foreground class 1: ``probs (B,K,H,W)``, ``mask (B,H,W)`` -> ``(B,)``.
+def soft_dice_loss_per_sample(probs: Tensor, mask: Tensor, smooth: float = 1.0,
+                              cls: int = 1) -> Tensor:
+    """1 - soft Dice of class ``cls`` (default the foreground, 1): ``probs (B,K,H,W)``,
+    ``mask (B,H,W)`` -> ``(B,)``.
 
     ``(2 sum(p g) + smooth) / (sum p + sum g + smooth)``; the smoothing keeps empty-mask slices
     defined (a teacher predicting less foreground on an empty slice gets a lower loss).
     """
-    p = probs[:, 1].flatten(1)
-    g = (mask == 1).to(probs.dtype).flatten(1)
+    p = probs[:, cls].flatten(1)
+    g = (mask == cls).to(probs.dtype).flatten(1)
     inter = (p * g).sum(dim=1)
     return 1.0 - (2.0 * inter + smooth) / (p.sum(dim=1) + g.sum(dim=1) + smooth)
 

@@ -80,9 +80,10 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
               ("tab:orange" if n == "student_only" else "tab:blue") for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.2))
     ax.barh(names[::-1], vals[::-1], xerr=errs[::-1], color=colors[::-1], capsize=2)
-    for i, v in enumerate(vals[::-1]):
-        ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
-    ax.set_xlim(0, 1.05)
+    for i, (v, e) in enumerate(zip(vals[::-1], errs[::-1], strict=True)):
+        ax.text(v + e + 0.005, i, f" {v:.3f}" + (f" ± {e:.3f}" if e else ""), va="center",
+                fontsize=8)
+    ax.set_xlim(0, 1.15)
     ax.set_xlabel("mean 3D Dice")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -54,26 +55,49 @@ class DistillData:
     site_tests: dict[str, list[Volume]]
 
 
+def run_targets(run: StudentRun, data: DistillData) -> TeacherTargets | None:
+    """The teachers of ``run`` (``(J_run, N, ...)``), or ``None`` for the no-KD run."""
+    if not run.teachers or data.targets is None:
+        return None
+    from common.kd.batching import select_teachers
+
+    return select_teachers(data.targets, run.teachers)
+
+
+def slice_weights(spec: WeightingSpec, t: TeacherTargets, masks: np.ndarray,
+                  chunk: int = 64) -> torch.Tensor:
+    """Per-slice teacher weights ``(N, J)`` on the cached, *un-augmented* outputs.
+
+    The weight of a teacher is a property of the input slice (paper: "per input"); computing it
+    on augmented maps would let border padding (logit 0 = p 0.5 for every teacher) make a bad
+    teacher look as good as the others on empty slices.
+    """
+    weighting = build_weighting(spec.name, **spec.kwargs)
+    out = []
+    for a in range(0, masks.shape[0], chunk):
+        probs = torch.softmax(t.logits[:, a:a + chunk].float(), dim=2)  # (J,b,K,H,W), T=1
+        out.append(weighting(probs, torch.from_numpy(masks[a:a + chunk]).long()))
+    return torch.cat(out)
+
+
 class _Step:
     """Loss computation for one batch of a run (baseline, mono- or multi-teacher)."""
 
-    def __init__(self, run: StudentRun, cfg: ExperimentConfig, device: torch.device) -> None:
+    def __init__(self, run: StudentRun, cfg: ExperimentConfig, device: torch.device,
+                 weights: torch.Tensor | None = None) -> None:
         k = cfg.kd
         self.run, self.device = run, device
         self.loss = KDLoss(alpha=k.alpha, beta=k.beta, temperature=k.temperature,
                            kl_direction=k.kl_direction, at_form=k.at_form, p=k.at_p,
                            dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight)
-        spec = run.weighting or WeightingSpec(name="equal")
-        self.weighting = build_weighting(spec.name, **spec.kwargs)
+        self.weights = weights  # (N, J) per proxy slice
 
     def __call__(self, out: SegOutput, batch: dict[str, Any]) -> tuple[dict, torch.Tensor | None]:
         y = batch["mask"].to(self.device)
-        if not self.run.teachers:
+        if not self.run.teachers or self.weights is None:
             return self.loss(out, y, None, None), None
         t = batch_targets(batch, self.device)
-        with torch.no_grad():
-            probs = torch.softmax(t.logits.float(), dim=2)  # (J,B,K,H,W) at T=1
-            w = self.weighting(probs, y)
+        w = self.weights[batch["index"]].to(self.device)
         return self.loss(out, y, t, w), w
 
 
@@ -93,14 +117,8 @@ def _build(cfg: ExperimentConfig, device: torch.device) -> tuple[SegModel, Any, 
     return model, opt, sched
 
 
-def _loader(run: StudentRun, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
-    t = data.targets
-    if run.teachers and t is not None:
-        from common.kd.batching import select_teachers
-
-        t = select_teachers(t, run.teachers)
-    ds = DistillDataset(data.proxy, t if run.teachers else None,
-                        build_augment(cfg.student.augment, seed=cfg.seed),
+def _loader(t: TeacherTargets | None, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
+    ds = DistillDataset(data.proxy, t, build_augment(cfg.student.augment, seed=cfg.seed),
                         renormalise_at=cfg.kd.at_form == "zagoruyko")
     gen = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(ds, batch_size=cfg.student.batch_size, shuffle=True, generator=gen,
@@ -155,14 +173,17 @@ def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out
     dev = select_device(cfg.student.device)
     seed_everything(cfg.seed)
     model, opt, sched = _build(cfg, dev)
-    step, ckpt = _Step(run, cfg, dev), Checkpointer(out)
+    t = run_targets(run, data)
+    weights = None if t is None else slice_weights(
+        run.weighting or WeightingSpec(name="equal"), t, data.proxy.masks)
+    step, ckpt = _Step(run, cfg, dev, weights), Checkpointer(out)
     names = [data.site_names[j] for j in run.teachers]
     fields = ["epoch", "total", "seg", "mid", "kl", "seconds"]
     fields += [f"w{j}" for j in range(len(names))]
     log = CsvLog(out / "metrics.csv", fields)
     start = _resume(ckpt, model, opt, sched)
     log.truncate_after(start - 1) if log.path.exists() else None
-    loader = _loader(run, data, cfg)
+    loader = _loader(t, data, cfg)
     t_train = 0.0
     for epoch in range(start, cfg.student.epochs):
         t0 = time.perf_counter()

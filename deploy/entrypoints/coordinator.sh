@@ -1,28 +1,52 @@
 #!/usr/bin/env bash
-# The coordinator: runs the ServerApp (through a local `flower-superexec` attached to the
-# SuperLink, which runs with --isolation process), registers the sites' public keys, makes the
-# public proxy set if missing, drives `flwr run` and copies the results out.
-# Environment (all set in docker-compose.yml):
+# The coordinator: makes the public proxy set if PROXY_DIR is empty, starts a `flower-superexec`
+# attached to the SuperLink (which runs with --isolation process: the ServerApp runs here),
+# starts the run with `coordinator distill` (the researchers' command: it writes the flwr and
+# run config, runs `flwr run --stream` and succeeds only when the ServerApp wrote a fresh
+# federated_results.json), registers the sites' node-auth keys at the SuperLink meanwhile,
+# then marks itself healthy (the sites may connect), waits for the run and copies the results.
+# Environment (all set in docker-compose.yml and by `coordinator simulate`):
+#   TLS                 "on": TLS, sites registered (node auth); "off": plaintext (tests only)
 #   SUPERLINK_HOST / SUPERLINK_PORT  where the SuperLink listens (superlink / 8000)
-#   CA_CERT           CA certificate           SUPEREXEC_SECRET  shared SuperExec secret file
-#   SITES             comma-separated site names; SITE_KEYS_DIR/<site>/<site>.pub are registered
-#   SITE_KEYS_DIR     folder of the sites' public keys
-#   APP_DIR           the Flower app folder (deploy/flwr_app in the image)
-#   EXPERIMENT_CONFIG ExperimentConfig TOML (its `proxy` must be PROXY_DIR)
-#   PROXY_DIR         public proxy set (written with `coordinator make-proxy` when missing)
-#   PROXY_CASES       proxy cases to generate
-#   EXPERIMENT_OUT    where the ServerApp writes (run-config `out`)
-#   RESULTS_DIR       results are copied here (bind mount ./results)
-#   FLWR_HOME         Flower CLI home (config.toml is written here)
-#   ROUND_TIMEOUT     seconds per round and for the sites to connect
-#   WAIT_TIMEOUT      seconds to wait for the SuperLink port
+#   CA_CERT             CA certificate         SUPEREXEC_SECRET  shared SuperExec secret file
+#   SITES               comma-separated site names; expected sites and keys to register
+#   NODE_AUTH_KEYS_DIR  NODE_AUTH_KEYS_DIR/<site>/<site>.pub are registered (TLS=on)
+#   AUDIT_KEYS_DIR      <site>.pub Ed25519 audit keys: every receipt must verify (run config
+#                       site-keys-dir)
+#   APP_DIR             the Flower app folder (deploy/flwr_app in the image)
+#   EXPERIMENT_CONFIG   ExperimentConfig TOML (its `proxy` must be PROXY_DIR)
+#   EXPERIMENT_OUT      where the ServerApp writes (run config `out`)
+#   PROXY_DIR           public proxy set (written with `coordinator make-proxy` when empty)
+#   PROXY_CASES         proxy cases to generate
+#   RESULTS_DIR         results are copied here (bind mount ./results); EXPERIMENT_OUT: no copy
+#   COORDINATOR_WORKDIR flwr config (flwr_home/), run_config.toml, flwr-run.log
+#   ROUND_TIMEOUT       seconds per round and for the sites to connect
+#   RUN_TIMEOUT         seconds for the whole run (then `flwr stop`, exit 124)
+#   WAIT_TIMEOUT        seconds to wait for the SuperLink port
+#   RUN_CONFIG          optional (default: none): TOML file of run-config values overriding the
+#                       above (e.g. `train = false`, `min-sites = 2`, `chunk-size = 48`)
+#   RUNTIME_DIR         optional (default /tmp): folder of fedmtkd-coordinator.alive
 set -euo pipefail
-: "${SUPERLINK_HOST:?}" "${SUPERLINK_PORT:?}" "${CA_CERT:?}" "${SUPEREXEC_SECRET:?}"
-: "${SITES:?}" "${SITE_KEYS_DIR:?}" "${APP_DIR:?}" "${EXPERIMENT_CONFIG:?}" "${PROXY_DIR:?}"
-: "${PROXY_CASES:?}" "${EXPERIMENT_OUT:?}" "${RESULTS_DIR:?}" "${FLWR_HOME:?}"
-: "${ROUND_TIMEOUT:?}" "${WAIT_TIMEOUT:?}"
-federation=fedmtkd
-touch /tmp/fedmtkd-coordinator.alive
+: "${TLS:?}" "${SUPERLINK_HOST:?}" "${SUPERLINK_PORT:?}" "${CA_CERT:?}" "${SUPEREXEC_SECRET:?}"
+: "${SITES:?}" "${NODE_AUTH_KEYS_DIR:?}" "${AUDIT_KEYS_DIR:?}" "${APP_DIR:?}"
+: "${EXPERIMENT_CONFIG:?}" "${EXPERIMENT_OUT:?}" "${PROXY_DIR:?}" "${PROXY_CASES:?}"
+: "${RESULTS_DIR:?}" "${COORDINATOR_WORKDIR:?}" "${ROUND_TIMEOUT:?}" "${RUN_TIMEOUT:?}"
+: "${WAIT_TIMEOUT:?}"
+alive="${RUNTIME_DIR:-/tmp}/fedmtkd-coordinator.alive"
+federation=fedmtkd-deployment  # coordinator.federated_cli.FEDERATION
+export FLWR_HOME="$COORDINATOR_WORKDIR/flwr_home"  # of superexec and the ServerApp
+case "$TLS" in
+  on) tls=(--certs "$CA_CERT"); superexec_tls=(--root-certificates "$CA_CERT") ;;
+  off) tls=(--insecure); superexec_tls=(--insecure) ;;
+  *) echo "coordinator: TLS must be 'on' or 'off', not '$TLS'" >&2; exit 2 ;;
+esac
+IFS=, read -r -a site_names <<< "$SITES"
+distill=(coordinator distill --config "$EXPERIMENT_CONFIG" --out "$EXPERIMENT_OUT"
+         --app "$APP_DIR" --superlink "$SUPERLINK_HOST:$SUPERLINK_PORT" "${tls[@]}"
+         --site-keys "$AUDIT_KEYS_DIR" --expected-sites "${#site_names[@]}"
+         --round-timeout "$ROUND_TIMEOUT" --timeout "$RUN_TIMEOUT"
+         --workdir "$COORDINATOR_WORKDIR")
+if [ -n "${RUN_CONFIG:-}" ]; then distill+=(--run-config "$RUN_CONFIG"); fi
 
 wait_superlink() {
   python - "$SUPERLINK_HOST" "$SUPERLINK_PORT" "$WAIT_TIMEOUT" <<'PY'
@@ -36,24 +60,31 @@ while True:
     except OSError:
         if time.monotonic() > deadline:
             sys.exit(f"coordinator: no SuperLink at {host}:{port} after {limit:.0f} s")
-        time.sleep(2)
+        time.sleep(1)
 PY
 }
 
-write_flwr_config() {
+write_flwr_config() {  # what `coordinator distill` writes too (federated_cli.write_connection)
+  local tls_line='insecure = true'
+  if [ "$TLS" = on ]; then tls_line="root-certificates = \"$CA_CERT\""; fi
   mkdir -p "$FLWR_HOME"
-  printf '[superlink.%s]\naddress = "%s:%s"\nroot-certificates = "%s"\n' \
-    "$federation" "$SUPERLINK_HOST" "$SUPERLINK_PORT" "$CA_CERT" > "$FLWR_HOME/config.toml"
+  printf '[superlink.%s]\naddress = "%s:%s"\n%s\n' \
+    "$federation" "$SUPERLINK_HOST" "$SUPERLINK_PORT" "$tls_line" > "$FLWR_HOME/config.toml"
 }
 
-register_sites() {
-  local site
-  local -a names
-  IFS=, read -r -a names <<< "$SITES"
-  for site in "${names[@]}"; do
-    flwr supernode register "$SITE_KEYS_DIR/$site/$site.pub" "$federation" --name "$site" \
-      || echo "coordinator: could not register $site (already registered?)"
+register_site() {
+  flwr supernode register "$NODE_AUTH_KEYS_DIR/$1/$1.pub" "$federation" --name "$1" \
+    || echo "coordinator: could not register $1 (already registered?)" >&2
+}
+
+register_sites() {  # in parallel: each `flwr` start costs seconds
+  local site pid
+  local -a pids=()
+  for site in "${site_names[@]}"; do
+    register_site "$site" &
+    pids+=("$!")
   done
+  for pid in "${pids[@]}"; do wait "$pid"; done
 }
 
 copy_results() {
@@ -64,22 +95,35 @@ copy_results() {
   done
 }
 
+cleanup() {
+  local pid
+  for pid in "${superexec:-}" "${run:-}"; do
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  done
+  rm -f "$alive"
+}
+
+trap cleanup EXIT
 wait_superlink
-write_flwr_config
-[ -f "$PROXY_DIR/dataset.json" ] || coordinator make-proxy --out "$PROXY_DIR" --cases "$PROXY_CASES"
-register_sites
-flower-superexec --runtime-api-address "$SUPERLINK_HOST:$SUPERLINK_PORT" \
-  --root-certificates "$CA_CERT" --superexec-auth-secret-file "$SUPEREXEC_SECRET" \
-  --executor subprocess &
-superexec=$!
-trap 'kill "$superexec" 2>/dev/null || true; rm -f /tmp/fedmtkd-coordinator.alive' EXIT
-n_sites=$(tr ',' '\n' <<< "$SITES" | grep -c .)
-rm -f "$EXPERIMENT_OUT/federated_results.json"
-flwr run "$APP_DIR" "$federation" --stream --run-config \
-  "config-path=\"$EXPERIMENT_CONFIG\" out=\"$EXPERIMENT_OUT\" expected-sites=$n_sites timeout=$ROUND_TIMEOUT"
-if [ ! -f "$EXPERIMENT_OUT/federated_results.json" ]; then
-  echo "coordinator: the run wrote no $EXPERIMENT_OUT/federated_results.json" >&2
-  exit 1
+if [ -z "$(ls -A "$PROXY_DIR" 2>/dev/null)" ]; then
+  coordinator make-proxy --out "$PROXY_DIR" --cases "$PROXY_CASES"
 fi
-copy_results
+flower-superexec --runtime-api-address "$SUPERLINK_HOST:$SUPERLINK_PORT" \
+  "${superexec_tls[@]}" --superexec-auth-secret-file "$SUPEREXEC_SECRET" \
+  --executor subprocess --parent-pid $$ &
+superexec=$!
+# The run starts now (the ServerApp waits up to ROUND_TIMEOUT for the sites), so that its
+# start-up overlaps the registration; niced, so that its heavy imports do not slow down the
+# registration the sites wait for. It writes COORDINATOR_WORKDIR/flwr_home itself.
+nice -n 10 "${distill[@]}" &
+run=$!
+if [ "$TLS" = on ]; then
+  FLWR_HOME="$COORDINATOR_WORKDIR/register" write_flwr_config
+  FLWR_HOME="$COORDINATOR_WORKDIR/register" register_sites
+fi
+mkdir -p "$(dirname "$alive")"
+touch "$alive"  # healthy: the sites may connect
+wait "$run"
+run=
+if [ ! "$RESULTS_DIR" -ef "$EXPERIMENT_OUT" ]; then copy_results; fi
 echo "coordinator: results in $RESULTS_DIR"

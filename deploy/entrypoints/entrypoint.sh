@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Image entrypoint: `entrypoint.sh ROLE [ARGS...]` runs deploy/entrypoints/ROLE.sh ARGS.
+# Image entrypoint, and the launcher `coordinator simulate` runs as local processes:
+# `entrypoint.sh ROLE [ARGS...]` runs deploy/entrypoints/ROLE.sh ARGS.
 # Roles: init-certs, superlink, site, coordinator (see each script for its environment).
-# The role is recorded in /tmp/fedmtkd-role for the image's default HEALTHCHECK.
+# Environment:
+#   RUNTIME_DIR  folder of this process's marker files (default /tmp; `coordinator simulate`
+#                gives every process its own): the role is recorded in RUNTIME_DIR/fedmtkd-role
+#                for healthcheck.sh (the image's default HEALTHCHECK)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 role=${1:?usage: entrypoint.sh init-certs|superlink|site|coordinator [ARGS...]}
@@ -10,5 +14,7 @@ case "$role" in
   init-certs|superlink|site|coordinator) ;;
   *) echo "entrypoint: unknown role '$role'" >&2; exit 2 ;;
 esac
-echo "$role" > /tmp/fedmtkd-role
+runtime=${RUNTIME_DIR:-/tmp}
+mkdir -p "$runtime"
+echo "$role" > "$runtime/fedmtkd-role"
 exec "$here/$role.sh" "$@"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One-shot: CA, SuperLink server cert, per-site ECDSA P-384 keys and the SuperExec secret.
-# Environment (all set in docker-compose.yml):
+# One-shot: CA, SuperLink server cert, per-site ECDSA P-384 node-auth keys (PEM + OpenSSH),
+# per-site Ed25519 audit keys (public halves in CERTS_DIR/audit/) and the SuperExec secret
+# (layout: deploy/make_certs.py). Idempotent: existing keys are kept.
+# Environment (all set in docker-compose.yml and by `coordinator simulate`):
 #   CERTS_DIR        output folder (the `certs` volume)
 #   SITES            comma-separated site names, e.g. site-a,site-b,site-c
 #   SUPERLINK_HOSTS  SANs of the SuperLink cert, e.g. localhost,127.0.0.1,superlink

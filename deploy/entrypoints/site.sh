@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# One hospital: (phantom data if asked) -> private teacher -> Flower SuperNode.
-# Environment (all set in docker-compose.yml):
+# One hospital: (phantom data if asked) -> (private teacher if asked) -> `site-node run`, which
+# validates the data, records the start in SITE_STATE/runs.jsonl and execs flower-supernode
+# (the very command hospital IT runs; `coordinator simulate` starts its sites through here too).
+# `site.sh [ARGS...]`: ARGS are appended to `site-node run` (e.g. --dry-run, --policy FILE).
+# Environment (all set in docker-compose.yml and by `coordinator simulate`):
+#   TLS                  "on": TLS + node auth (CA_CERT, SITE_KEY); "off": plaintext (tests only)
 #   SITE_NAME            site name, as registered with the coordinator (site-a)
 #   SITE_DATA            dataset folder (MSD/nnU-Net or CaseNN layout), e.g. /local
 #   SITE_RUN             teacher run folder (best.pt, teacher.json), e.g. /local/run
+#   SITE_STATE           run history and signed egress log (runs.jsonl, audit/), e.g. /local/state
 #   SITE_PHANTOM         "if-missing": write a phantom set when SITE_DATA has no data; "never"
-#   SITE_STYLE           phantom scanner style A|B|C      SITE_SEED   phantom seed
-#   SITE_CASES           phantom cases
-#   SITE_MODEL           teacher architecture             SITE_TEACHER_CONFIG  TeacherTrainConfig
-#   SUPERLINK_ADDRESS    host:port of the SuperLink       SUPERNODE_PORT  local runtime port
-#   CA_CERT              CA certificate                   SITE_KEY  this site's ECDSA key (PEM)
+#     SITE_STYLE         phantom scanner style A|B|C  SITE_SEED  phantom seed  SITE_CASES  cases
+#   SITE_TRAIN_ON_START  "if-missing": train the teacher before starting when SITE_RUN has no
+#                        teacher.json; "never": the coordinator's `train` message trains it
+#     SITE_MODEL         teacher architecture         SITE_TEACHER_CONFIG  TeacherTrainConfig
+#   SITE_COMPRESSION     query logits encoding: fp16 | int8_probs | downsample | fp32
+#   SITE_AUDIT_KEY       Ed25519 key signing the egress log (init-certs: sites/<site>/audit.key)
+#   SUPERLINK_ADDRESS    host:port of the SuperLink (or of a proxy in front of it)
+#   SUPERNODE_BIND_HOST  address of the local ClientApp runtime API (127.0.0.1)
+#   SUPERNODE_PORT       its port (one per site when sites share a machine)
+#   CA_CERT              CA certificate               SITE_KEY  node-auth key (OpenSSH, <site>.ssh)
 set -euo pipefail
-: "${SITE_NAME:?}" "${SITE_DATA:?}" "${SITE_RUN:?}" "${SITE_PHANTOM:?}" "${SITE_MODEL:?}"
-: "${SITE_TEACHER_CONFIG:?}" "${SUPERLINK_ADDRESS:?}" "${SUPERNODE_PORT:?}"
+: "${TLS:?}" "${SITE_NAME:?}" "${SITE_DATA:?}" "${SITE_RUN:?}" "${SITE_STATE:?}"
+: "${SITE_PHANTOM:?}" "${SITE_TRAIN_ON_START:?}" "${SITE_COMPRESSION:?}" "${SITE_AUDIT_KEY:?}"
+: "${SUPERLINK_ADDRESS:?}" "${SUPERNODE_BIND_HOST:?}" "${SUPERNODE_PORT:?}"
 : "${CA_CERT:?}" "${SITE_KEY:?}"
 
 has_data() {
@@ -29,14 +40,19 @@ if ! has_data "$SITE_DATA"; then
   site-node make-phantom --site-style "$SITE_STYLE" --out "$SITE_DATA" \
     --cases "$SITE_CASES" --seed "$SITE_SEED"
 fi
-if [ ! -f "$SITE_RUN/teacher.json" ]; then
+if [ "$SITE_TRAIN_ON_START" = if-missing ] && [ ! -f "$SITE_RUN/teacher.json" ]; then
+  : "${SITE_MODEL:?}" "${SITE_TEACHER_CONFIG:?}"
   echo "site $SITE_NAME: training the private teacher ($SITE_MODEL) into $SITE_RUN"
   site-node train --data "$SITE_DATA" --out "$SITE_RUN" --config "$SITE_TEACHER_CONFIG" \
     --model "$SITE_MODEL" --resume
 fi
-q() { local v=${1//\\/\\\\}; printf '"%s"' "${v//\"/\\\"}"; }
-node_config="data-path=$(q "$SITE_DATA") teacher-dir=$(q "$SITE_RUN") site-name=$(q "$SITE_NAME")"
+case "$TLS" in
+  on) security=(--certs "$CA_CERT" --key "$SITE_KEY") ;;
+  off) security=(--insecure) ;;
+  *) echo "site $SITE_NAME: TLS must be 'on' or 'off', not '$TLS'" >&2; exit 2 ;;
+esac
 echo "site $SITE_NAME: starting the SuperNode ($SUPERLINK_ADDRESS)"
-exec flower-supernode --superlink "$SUPERLINK_ADDRESS" --root-certificates "$CA_CERT" \
-  --auth-supernode-private-key "$SITE_KEY" --port "$SUPERNODE_PORT" \
-  --node-config "$node_config"
+exec site-node run --name "$SITE_NAME" --data "$SITE_DATA" --teacher-dir "$SITE_RUN" \
+  --state-dir "$SITE_STATE" --coordinator "$SUPERLINK_ADDRESS" "${security[@]}" \
+  --audit-key "$SITE_AUDIT_KEY" --compression "$SITE_COMPRESSION" \
+  --host "$SUPERNODE_BIND_HOST" --port "$SUPERNODE_PORT" "$@"

@@ -1,8 +1,9 @@
 """Robustness to a bad teacher (issue 5): the default weighting ignores a corrupted site.
 
 Pure engine test (no Flower, deterministic): two decent teachers (noisy versions of the proxy
-masks) and one that returns random logits or inverted foreground. It checks the fused KD target,
-not a trained student (a CPU student trained for a few steps is too noisy to resolve 0.02):
+masks) and one that returns random logits or inverted foreground (the corruptions of
+:mod:`coordinator.distill.corrupt`). It checks the fused KD target; trained students are checked
+in tests/coordinator/test_robustness_student.py:
 
 * the default ``inverse_dice_loss`` (``mode="softmax"``, tau 0.1) gives the bad teacher ~0 %
   weight and keeps the soft fused target within 0.02 soft Dice of the clean 2-good-teacher
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from common.kd.fusion import build_weighting, fuse_probs
 from common.kd.losses import soft_dice_loss_per_sample, teacher_probs
+from coordinator.distill.corrupt import invert_foreground, random_logits
 
 
 def _masks(tiny_sites: dict) -> Tensor:
@@ -36,9 +38,8 @@ def _good(mask: Tensor, seed: int) -> Tensor:
 
 def _bad(mask: Tensor, kind: str) -> Tensor:
     if kind == "random":
-        g = torch.Generator().manual_seed(99)
-        return 4.0 * torch.randn((mask.shape[0], 2, *mask.shape[1:]), generator=g)
-    return _good(1 - mask, 7)  # confidently inverted foreground
+        return random_logits(torch.zeros(mask.shape[0], 2, *mask.shape[1:]), 4.0, seed=99)
+    return invert_foreground(_good(mask, 7))  # confidently inverted foreground
 
 
 def _hard_dice(probs: Tensor, mask: Tensor) -> float:

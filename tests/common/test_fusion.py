@@ -61,11 +61,32 @@ def test_inverse_hand_computed() -> None:
     probs[1, 0, 1] = torch.tensor([[1.0, 0.0]])  # L = 1 - (2+1)/(1+2+1) = 0.25
     probs[1, 0, 0] = 1 - probs[1, 0, 1]
     mask = torch.tensor([[[1, 1]]])
-    w = build_weighting("inverse_dice_loss", mode="inverse", eps=0.25)(probs, mask)
+    fg = {"classes": "foreground"}
+    w = build_weighting("inverse_dice_loss", mode="inverse", eps=0.25, **fg)(probs, mask)
     assert torch.allclose(w, torch.tensor([[(1 / 0.25) / (4 + 2), (1 / 0.5) / (4 + 2)]]))
-    ws = build_weighting("inverse_dice_loss", mode="softmax", tau=0.25)(probs, mask)
+    ws = build_weighting("inverse_dice_loss", mode="softmax", tau=0.25, **fg)(probs, mask)
     e = torch.exp(torch.tensor(-1.0))
     assert torch.allclose(ws, torch.tensor([[1 / (1 + e), e / (1 + e)]]))
+
+
+def test_dice_losses_over_all_classes_by_hand() -> None:
+    """Empty 1x4 slice, soft teachers: A says p_fg = 0.1, B says p_fg = 0.9 everywhere.
+
+    fg: A 1 - 1/(0.4+1) = 0.285714, B 1 - 1/(3.6+1) = 0.782609;
+    bg: A 1 - (2*3.6+1)/(3.6+4+1) = 0.046512, B 1 - (2*0.4+1)/(0.4+4+1) = 0.666667.
+    """
+    p_fg = torch.tensor([0.1, 0.9]).view(2, 1, 1, 1, 1).expand(2, 1, 1, 1, 4)
+    probs = torch.cat([1 - p_fg, p_fg], dim=2)  # (J=2, B=1, K=2, 1, 4)
+    mask = torch.zeros(1, 1, 4, dtype=torch.long)
+    fg = dice_losses(probs, mask, "foreground")
+    assert torch.allclose(fg, torch.tensor([[0.285714, 0.782609]]), atol=1e-6)
+    both = dice_losses(probs, mask)
+    assert torch.allclose(both, torch.tensor([[(0.285714 + 0.046512) / 2,
+                                                (0.782609 + 0.666667) / 2]]), atol=1e-6)
+    # default softmax tau 0.1 on all classes: B (foreground everywhere) gets ~1 % weight
+    w = build_weighting("inverse_dice_loss")(probs, mask)
+    assert float(w[0, 1]) == pytest.approx(1 / (1 + torch.exp(torch.tensor(5.58525)).item()),
+                                           rel=1e-3)
 
 
 def test_select_best_and_ties() -> None:

@@ -115,3 +115,28 @@ def test_distill_dataset_moves_teacher_maps_with_the_image(tiny_sites: dict) -> 
     flipped_corr = torch.corrcoef(torch.stack([moved, orig.flip(-1).flatten()]))[0, 1]
     still_corr = torch.corrcoef(torch.stack([moved, orig.flatten()]))[0, 1]
     assert flipped_corr > 0.9 and flipped_corr > still_corr + 0.2, (flipped_corr, still_corr)
+
+
+def test_slice_weights_are_per_input_and_ignore_augmentation(tiny_sites: dict) -> None:
+    """Weights come from the cached (un-augmented) outputs: an inverted teacher gets ~0 weight
+    on every slice, empty ones included, and chunking does not change them."""
+    from common.kd.fusion import build_weighting
+    from common.kd.targets import TeacherTargets
+    from coordinator.distill.proxy import load_proxy
+    from coordinator.distill.student import slice_weights
+
+    proxy = load_proxy(tiny_sites["proxy"], 32)
+    n = len(proxy)
+    fg = torch.from_numpy(proxy.masks).float()
+    good = torch.stack([1 - fg, fg], 1) * 4.0 - 2.0
+    logits = torch.stack([good, good.flip(1)])  # teacher 1 = inverted foreground
+    t = TeacherTargets(logits=logits, at_early=torch.zeros(2, n, 16, 16),
+                       at_deep=torch.zeros(2, n, 4, 4), rc_early=torch.zeros(2, n),
+                       rc_deep=torch.zeros(2, n))
+    w = slice_weights(WeightingSpec(name="inverse_dice_loss"), t, proxy.masks, chunk=7)
+    assert w.shape == (n, 2) and torch.allclose(w.sum(1), torch.ones(n))
+    assert (proxy.masks.reshape(n, -1).sum(1) == 0).any()  # the proxy has empty slices
+    assert float(w[:, 1].max()) < 0.01
+    direct = build_weighting("inverse_dice_loss")(torch.softmax(logits, 2),
+                                                  torch.from_numpy(proxy.masks).long())
+    assert torch.allclose(w, direct, atol=1e-6)

@@ -155,14 +155,25 @@ def _write_config(sites: dict, teachers: dict, tmp: Path) -> Path:
 
 def test_federated_run_on_a_local_deployment(tiny_sites: dict, fed_teachers: dict,
                                              tmp_path: Path) -> None:
-    """Real SuperLink + 3 SuperNodes on 127.0.0.1, driven by ``coordinator simulate``."""
+    """``coordinator simulate``: the compose topology (init-certs, SuperLink, coordinator, 3
+    sites) started through the container entrypoints on 127.0.0.1, TLS and node auth on."""
     from coordinator.simulate import SiteNode, simulate
 
     config = _write_config(tiny_sites, fed_teachers, tmp_path)
     nodes = [SiteNode(n, tiny_sites[n], fed_teachers[n]) for n in SITES]
     rc = simulate(nodes, config, tmp_path / "work", {"timeout": 120.0}, timeout=240.0)
-    log = (tmp_path / "work" / "logs" / "flwr-run.log").read_text(errors="replace")
+    log = (tmp_path / "work" / "logs" / "coordinator.log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
+    assert "receipts verified against" in log and "UNVERIFIED" not in log
+    links = (tmp_path / "work" / "logs" / "superlink.log").read_text(errors="replace")
+    for name in SITES:  # site-node run recorded the start of a TLS SuperNode
+        (start,) = [json.loads(x) for x in (tmp_path / "work" / "sites" / name / "runs.jsonl")
+                    .read_text().splitlines()]
+        assert start["tls"] is True and start["site"] == name
+        assert start["pinned_clientapp"] == "site_node.app:app"
+        site_log = (tmp_path / "work" / "logs" / f"site-{name}.log").read_text(errors="replace")
+        assert "checked (data files only); running the installed site_node.app:app" in site_log
+    assert "running on https://127.0.0.1:" in links and "Option `--insecure`" not in links
     res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
     assert res["sites"] == list(SITES) and res["dropped"] == []
     (row,) = res["rows"]

@@ -1,9 +1,10 @@
 """``coordinator distill`` against a running SuperLink, and a site killed mid-run.
 
-The end-to-end test starts a real SuperLink and three SuperNodes on 127.0.0.1 (the helpers of
-``coordinator simulate``), drives them with ``coordinator distill --superlink ...`` (the path
-hospital deployments use) and SIGKILLs site_c's SuperNode as soon as the coordinator has its
-train reply: site_c must be dropped during the query round and the run finish with 2 teachers.
+The end-to-end test runs ``coordinator simulate --insecure``: the compose topology through the
+container entrypoints, whose coordinator drives the run with ``coordinator distill --superlink
+...`` (the path hospital deployments use), and SIGKILLs site_c's SuperNode as soon as the
+coordinator has its train reply: site_c must be dropped during the query round and the run
+finish with 2 teachers.
 """
 
 from __future__ import annotations
@@ -51,6 +52,28 @@ def test_print_command_writes_the_flwr_config(tmp_path: Path,
     assert "epochs: 3" in (tmp_path / "w" / "experiment.yaml").read_text()
 
 
+def test_run_config_file_overrides_the_flags(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """What deploy/entrypoints/coordinator.sh passes: --run-config FILE, --certs CA file."""
+    config = _write_config({"proxy": tmp_path / "p", **{s: tmp_path for s in SITES}},
+                           dict.fromkeys(SITES, tmp_path), tmp_path)
+    (tmp_path / "ca.pem").write_text("CA")
+    (tmp_path / "rc.toml").write_text("min-sites = 2\ntrain = false\nchunk-size = 48\n")
+    argv = _distill(config, "--certs", str(tmp_path / "ca.pem"), "--min-sites", "3",
+                    "--run-config", str(tmp_path / "rc.toml"), "--workdir", str(tmp_path / "w"),
+                    "--print-command")
+    assert main(argv) == 0
+    rc = (tmp_path / "w" / "run_config.toml").read_text()
+    assert "min-sites = 2" in rc and "train = false" in rc and "chunk-size = 48" in rc
+    conn = (tmp_path / "w" / "flwr_home" / "config.toml").read_text()
+    assert f'root-certificates = "{tmp_path / "ca.pem"}"' in conn
+    capsys.readouterr()
+    (tmp_path / "rc.toml").write_text("min_sites = 2\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown keys ['min_sites']" in err and len(err.strip().splitlines()) == 1
+
+
 def test_unreachable_superlink_and_missing_ca_are_one_line_errors(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from coordinator.simulate import free_port
@@ -94,36 +117,35 @@ def _kill_when(log: Path, needle: str, proc: subprocess.Popen, stop: threading.E
 
 def test_a_killed_site_is_dropped_and_the_run_completes(
         tiny_sites: dict, res_teachers: dict, tmp_path: Path) -> None:
-    from coordinator.security import prepare_security
-    from coordinator.simulate import Processes, SiteNode, flwr_env, start_federation
+    from coordinator.simulate import Processes, SiteNode, simulate
 
     config = _write_config(tiny_sites, res_teachers, tmp_path)
     work = tmp_path / "work"
-    sec = prepare_security(work, list(SITES), insecure=True)
-    procs = Processes(work / "logs", flwr_env(work / "flwr_home"), work)
     stop, killed = threading.Event(), []  # type: ignore[var-annotated]
+
+    def watch(procs: Processes) -> None:
+        threading.Thread(target=_kill_when, daemon=True, args=(
+            work / "logs" / "coordinator.log", "site_c: teacher ready",
+            procs.named["site-site_c"], stop, killed)).start()
+
     try:
-        port = start_federation(procs, [SiteNode(n, tiny_sites[n], res_teachers[n])
-                                        for n in SITES], sec)
-        victim = next(p for p in procs.procs if 'site-name="site_c"' in str(p.args))
-        watch = threading.Thread(target=_kill_when, daemon=True, args=(
-            work / "cli" / "flwr-run.log", "site_c: teacher ready", victim, stop, killed))
-        watch.start()
-        rc = main(_distill(config, "--superlink", f"127.0.0.1:{port}", "--insecure",
-                           "--min-sites", "2", "--round-timeout", "240", "--chunk-size", "48",
-                           "--timeout", "480", "--workdir", str(work / "cli")))
+        rc = simulate([SiteNode(n, tiny_sites[n], res_teachers[n]) for n in SITES], config, work,
+                      {"timeout": 240.0, "min-sites": 2, "chunk-size": 48}, timeout=480.0,
+                      insecure=True, on_start=watch)
     finally:
         stop.set()
-        procs.stop_all()
-    log = (work / "cli" / "flwr-run.log").read_text(errors="replace")
+    log = (work / "logs" / "coordinator.log").read_text(errors="replace")
     assert killed, "site_c never reported its teacher: " + log[-3000:]
     assert rc == 0, log[-3000:]
+    assert "federated results:" in log  # printed by `coordinator distill`
     res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
     assert res["sites"] == ["site_a", "site_b"] and len(res["dropped"]) == 1
     assert "dropping site_c" in log
     (row,) = res["rows"]
     assert row["teachers"] == ["site_a", "site_b"] and set(row["sites"]) == {"site_a", "site_b"}
     assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*.pt"))) == 2
+    rc_file = (work / "coordinator" / "run_config.toml").read_text()
+    assert "min-sites = 2" in rc_file and "chunk-size = 48" in rc_file
 
 
 def test_a_run_past_its_timeout_is_torn_down(tmp_path: Path,
@@ -137,3 +159,24 @@ def test_a_run_past_its_timeout_is_torn_down(tmp_path: Path,
     cap = capsys.readouterr()
     assert "Successfully started run 42" in cap.out
     assert "no result after 2 s" in cap.err and "stop run 42" in cap.err
+
+
+def test_sigterm_stops_the_flwr_run_it_started(tmp_path: Path) -> None:
+    """coordinator.sh's teardown SIGTERMs ``coordinator distill``; ``flwr run`` (its own
+    session, out of reach of that group signal) must not survive it."""
+    from coordinator.federated_cli import launch
+
+    pidfile, before = tmp_path / "pid", signal.getsignal(signal.SIGTERM)
+    cmd = ["/bin/sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            launch(cmd, tmp_path, 30.0)
+    finally:
+        timer.cancel()
+    assert exc.value.code == 128 + signal.SIGTERM
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert signal.getsignal(signal.SIGTERM) == before

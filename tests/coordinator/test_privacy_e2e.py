@@ -1,9 +1,10 @@
 """Canary proof: a pattern planted in a site's private images never crosses the wire.
 
-Real SuperLink + 2 SuperNodes on 127.0.0.1 (``coordinator simulate --insecure``: TLS would hide
-the bytes), with a recording TCP proxy between the SuperNodes and the SuperLink: every byte the
-sites exchanged is scanned for the canary's float32 and float16 bytes. A positive control (proxy
-slice bytes sent to the sites) shows the capture does see array payloads in clear.
+Real SuperLink + 2 SuperNodes on 127.0.0.1 (``coordinator simulate --insecure``, the compose
+topology through the container entrypoints: TLS would hide the bytes), with a recording TCP
+proxy between the SuperNodes and the SuperLink: every byte the sites exchanged is scanned for
+the canary's float32 and float16 bytes. A positive control (proxy slice bytes sent to the
+sites) shows the capture does see array payloads in clear.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
                       {"timeout": 120.0}, timeout=240.0, insecure=True, fleet_port=proxy.start)
     finally:
         proxy.close()
-    log = (tmp_path / "work" / "logs" / "flwr-run.log").read_text(errors="replace")
+    log = (tmp_path / "work" / "logs" / "coordinator.log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
     wire = b"".join(s + b"|" for s in proxy.streams())
     assert len(wire) > 100_000
@@ -172,7 +173,8 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
                       load_public_key(out / "coordinator.pub")).ok
     for name in SITES:
         site_log = tmp_path / "work" / "sites" / name / "audit" / "egress.jsonl"
-        pub = load_public_key(tmp_path / "work" / "site_keys" / f"{name}.pub")
+        pub_path = tmp_path / "work" / "certs" / "audit" / f"{name}.pub"
+        pub = load_public_key(pub_path)
         assert verify_log(site_log, pub).ok
         sent = [e for e in _log(site_log) if e["decision"] == "sent"]
         got = [e for e in coord if e["direction"] == "in" and e["decision"] == "received"
@@ -180,37 +182,43 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
         assert len(sent) == len(got) >= 3  # train + query + evaluate at least
         assert sorted(e["entry_hash"] for e in sent) == sorted(e["config"]["receipt"]
                                                               for e in got)
-        assert _audit_cli(site_log, tmp_path / "work" / "site_keys" / f"{name}.pub") == 0
+        assert _audit_cli(site_log, pub_path) == 0
     receipts = _log(out / "receipts.jsonl")
     assert receipts and all(r["verified"] for r in receipts)
 
 
-def test_node_auth_registers_sites_over_tls(tmp_path: Path) -> None:
-    """``simulate --node-auth``: TLS SuperLink with --enable-supernode-auth, keys registered,
-    both SuperNodes come online (no run: the transport admission is under test)."""
-    import subprocess
-    import sys
+def test_node_auth_registers_sites_over_tls(tiny_sites: dict, tmp_path: Path) -> None:
+    """The default TLS topology (entrypoints): the SuperLink runs --enable-supernode-auth, the
+    coordinator registers each site's key, both SuperNodes are admitted (the run itself is not
+    awaited: the transport admission is under test)."""
     import time
 
-    from coordinator.security import prepare_security
-    from coordinator.simulate import Processes, SiteNode, flwr_env, start_federation
+    from coordinator.simulate import Processes, SiteNode, base_env, make_plan, start_topology
 
-    sites = [SiteNode(n, tmp_path, tmp_path) for n in SITES]
-    sec = prepare_security(tmp_path, list(SITES), insecure=False, node_auth=True)
-    procs = Processes(tmp_path / "logs", flwr_env(tmp_path / "flwr_home"), tmp_path)
-    flwr = str(Path(sys.executable).parent / "flwr")
-    online = 0
+    sites = [SiteNode(n, tiny_sites[n], tmp_path / f"teacher_{n}") for n in SITES]
+    config = tmp_path / "exp.toml"
+    config.write_text(f'name = "auth"\nout = "{tmp_path / "exp"}"\n'
+                      f'proxy = "{tiny_sites["proxy"]}"\n'
+                      + "".join(f'[[sites]]\nname = "{n}"\ndata = "{tiny_sites[n]}"\n'
+                                f'teacher_dir = "{tmp_path / n}"\n' for n in SITES))
+    plan = make_plan(sites, config, tmp_path, {}, timeout=60.0, insecure=False)
+    procs = Processes(tmp_path / "logs", base_env(), tmp_path)
+    link_log, argv = tmp_path / "logs" / "superlink.log", {}
     try:
-        start_federation(procs, sites, sec)
+        start_topology(procs, plan)
         deadline = time.monotonic() + 90
-        while online < len(SITES) and time.monotonic() < deadline:
-            time.sleep(3)
-            out = subprocess.run([flwr, "supernode", "ls", "local-deployment", "--format",
-                                  "json"], env=procs.env, capture_output=True, text=True,
-                                 timeout=60, check=False)
-            online = out.stdout.count('"online"')
+        while (link_log.read_text(errors="replace").count("Activated node_id") < len(SITES)
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+        # the entrypoints exec: these pids are flower-superlink and flower-supernode now
+        argv = {name: Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")
+                for name, p in procs.named.items() if p.poll() is None}
     finally:
         procs.stop_all()
-    assert online == len(SITES), (tmp_path / "logs").iterdir()
-    assert all((tmp_path / "logs" / f"register-{n}.log").read_text().count("registered") for n
-               in SITES)
+    logs = {p.stem: p.read_text(errors="replace") for p in (tmp_path / "logs").iterdir()}
+    assert logs["superlink"].count("Activated node_id") == len(SITES), logs
+    assert b"--enable-supernode-auth" in argv["superlink"]
+    for name in SITES:
+        assert b"--auth-supernode-private-key" in argv[f"site-{name}"]
+        assert f"could not register {name}" not in logs["coordinator"]
+    assert logs["coordinator"].count("registered successfully") == len(SITES), logs["coordinator"]

@@ -52,6 +52,21 @@ def test_unset_env_var(repo: Path) -> None:
     assert problems == ["superlink: superlink.sh uses $SERVER_KEY but the service does not set it"]
 
 
+def test_required_and_stray_env_vars(repo: Path) -> None:
+    def edit(d: dict) -> None:
+        d["services"]["coordinator"]["environment"].pop("AUDIT_KEYS_DIR")
+        d["services"]["coordinator"]["environment"]["SITE_KEYS_DIR"] = "/certs/sites"
+    assert sorted(_edit(repo, edit)) == [
+        "coordinator: coordinator.sh uses $AUDIT_KEYS_DIR but the service does not set it",
+        "coordinator: sets SITE_KEYS_DIR but no entrypoint script of role coordinator reads it"]
+
+
+def test_required_vars_parses_the_guard_lines() -> None:
+    text = '#!/bin/bash\n# ${DOC:?}\n: "${A:?}" "${B:?x}"\nif x; then\n  : "${C:?}"\nfi\n'
+    assert cc.required_vars(text) == {"A", "B", "C"}
+    assert cc.required_vars(text, unconditional=True) == {"A", "B"}
+
+
 def test_duplicate_port(repo: Path) -> None:
     problems = _edit(repo, lambda d: d["services"]["coordinator"].update(ports=["8000:9000"]))
     assert any("host port 8000" in p for p in problems)

@@ -56,6 +56,34 @@ def test_dry_run_insecure_with_explicit_run(tiny_sites: dict, tmp_path: Path,
     assert "warning: --insecure" in out
 
 
+def test_dry_run_audit_key_compression_host_and_ca_file(
+        tiny_sites: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The flags deploy/entrypoints/site.sh passes: the egress log is signed in every mode."""
+    (tmp_path / "ca.pem").write_text("CA")
+    (tmp_path / "audit.key").write_text("KEY")
+    argv = _base(tiny_sites["site_a"], tmp_path) + [
+        "--certs", str(tmp_path / "ca.pem"), "--audit-key", str(tmp_path / "audit.key"),
+        "--compression", "int8_probs", "--host", "0.0.0.0"]
+    assert main(argv) == 0
+    cmd = _cmd(capsys.readouterr().out)
+    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    conf = cmd[cmd.index("--node-config") + 1]
+    assert f'audit-key="{tmp_path / "audit.key"}"' in conf and 'compression="int8_probs"' in conf
+    argv[argv.index(str(tmp_path / "audit.key"))] = str(tmp_path / "none.key")
+    assert main(argv) == 2
+    assert f"{tmp_path / 'none.key'}: audit key not found" in capsys.readouterr().err
+
+
+def test_state_dir_default_ignores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import site_node.run as run
+
+    monkeypatch.setenv("FEDMTKD_STATE_DIR", "/somewhere/else")
+    assert importlib.reload(run).DEFAULT_STATE_DIR == Path("~/.fedmtkd/site-node")
+
+
 def test_missing_ca_and_bad_address_are_one_line_errors(
         tiny_sites: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = _base(tiny_sites["site_a"], tmp_path) + ["--certs", str(tmp_path / "nocerts")]
@@ -125,3 +153,14 @@ def test_status_on_a_trained_teacher(tiny_sites: dict, tmp_path: Path,
     assert main(["status", "--state-dir", str(tmp_path / "empty")]) == 0
     out = capsys.readouterr().out
     assert "runs: no start recorded" in out and "teacher: none yet" in out
+
+
+def test_supernode_env_puts_the_pinning_shim_first(tmp_path: Path) -> None:
+    import shutil
+
+    from site_node.run import supernode_env
+
+    env = supernode_env(tmp_path / "state")
+    found = shutil.which("flwr-clientapp", path=env["PATH"])
+    assert found == str(tmp_path / "state" / "bin" / "flwr-clientapp")
+    assert "site_node.pinned_app" in Path(found).read_text()

@@ -1,0 +1,143 @@
+"""``coordinator simulate`` and docker-compose.yml configure the same entrypoints the same way.
+
+Every ``${VAR:?}`` an entrypoint script requires unconditionally must be in the environment
+``coordinator.simulate.role_envs`` builds for that role, every variable it sets must be read
+by a script, and it sets the same variables as the compose service (apart from the phantom and
+teacher-training ones a simulated site does not use). The scripts are shellcheck-clean (when
+shellcheck is installed) and fail early and clearly on a bad environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coordinator.simulate import ENTRYPOINTS, Plan, SiteNode, role_envs
+from tests.deploy._load import ROOT, load_script
+
+cc = load_script("check_compose")
+SCRIPTS = ("entrypoint", "healthcheck", "init-certs", "superlink", "site", "coordinator")
+# only used when a site makes phantom data or trains its teacher at start (never in simulate)
+SITE_ONLY_IN_COMPOSE = {"SITE_STYLE", "SITE_SEED", "SITE_CASES", "SITE_MODEL",
+                        "SITE_TEACHER_CONFIG"}
+
+
+def _plan(tmp: Path, tls: bool = True) -> Plan:
+    sites = tuple(SiteNode(n, tmp / "data" / n, tmp / "run" / n) for n in ("s1", "s2"))
+    return Plan(tmp / "w", sites, tmp / "exp.toml", tmp / "out", tmp / "proxy", tls, 8000,
+                8001, (9001, 9002), run_config=tmp / "rc.toml")
+
+
+def _script(role: str) -> str:
+    return (ENTRYPOINTS / f"{role}.sh").read_text()
+
+
+def _compose_services() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+
+
+def test_simulate_sets_every_variable_each_entrypoint_requires(tmp_path: Path) -> None:
+    roles = role_envs(_plan(tmp_path))
+    assert [r.role for r in roles] == ["init-certs", "superlink", "coordinator", "site", "site"]
+    common = cc.referenced_vars(_script("entrypoint")) | cc.referenced_vars(_script("healthcheck"))
+    for r in roles:
+        required = cc.required_vars(_script(r.role), unconditional=True)
+        assert required, r.role
+        assert not required - set(r.env), f"{r.name}: simulate does not set {required - set(r.env)}"
+        stray = set(r.env) - cc.referenced_vars(_script(r.role)) - common
+        assert not stray, f"{r.name}: simulate sets {stray}, read by no entrypoint script"
+    assert len({r.env["RUNTIME_DIR"] for r in roles}) == len(roles)  # markers never collide
+
+
+def test_simulate_and_compose_set_the_same_variables(tmp_path: Path) -> None:
+    services = _compose_services()
+    by_role = {r.role: r for r in role_envs(_plan(tmp_path))}
+    for service, role in (("init", "init-certs"), ("superlink", "superlink"),
+                          ("coordinator", "coordinator"), ("site-b", "site")):
+        compose = set(cc._as_dict(services[service]["environment"]))
+        ours = set(by_role[role].env)
+        allowed = SITE_ONLY_IN_COMPOSE if role == "site" else set()
+        assert compose - allowed == ours, (service, compose ^ ours)
+
+
+def test_tls_and_ports_reach_the_roles(tmp_path: Path) -> None:
+    on, off = role_envs(_plan(tmp_path)), role_envs(_plan(tmp_path, tls=False))
+    assert {r.env.get("TLS") for r in on[1:]} == {"on"}
+    assert {r.env.get("TLS") for r in off[1:]} == {"off"}
+    site = on[3].env
+    assert site["SUPERLINK_ADDRESS"] == "127.0.0.1:8001"  # the dial port, not the SuperLink's
+    assert site["SUPERNODE_PORT"] == "9001" and on[4].env["SUPERNODE_PORT"] == "9002"
+    assert site["SITE_KEY"].endswith("s1/s1.ssh") and site["SITE_AUDIT_KEY"].endswith(
+        "s1/audit.key")
+    coord = on[2].env
+    assert coord["RUN_CONFIG"] == str(tmp_path / "rc.toml")
+    assert coord["AUDIT_KEYS_DIR"] == str(tmp_path / "w" / "certs" / "audit")
+
+
+def test_scripts_are_strict_and_documented() -> None:
+    for role in SCRIPTS:
+        text = _script(role)
+        assert "set -euo pipefail" in text, role
+        for var in cc.required_vars(text):  # each required variable is listed in the header
+            header = text.split("set -euo pipefail")[0]
+            assert var in header, f"{role}.sh: ${var} not documented in its header"
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck_clean() -> None:
+    out = subprocess.run(["shellcheck", *sorted(str(p) for p in ENTRYPOINTS.glob("*.sh"))],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(argv, env={**base, **env}, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_entrypoint_fails_clearly_and_records_its_role(tmp_path: Path) -> None:
+    entry = str(ENTRYPOINTS / "entrypoint.sh")
+    out = _run([entry, "nope"], {"RUNTIME_DIR": str(tmp_path)})
+    assert out.returncode == 2 and "unknown role 'nope'" in out.stderr
+    out = _run([entry, "superlink"], {"RUNTIME_DIR": str(tmp_path)})
+    assert out.returncode != 0 and "TLS" in out.stderr  # the first required variable
+    assert (tmp_path / "fedmtkd-role").read_text().strip() == "superlink"
+    health = str(ENTRYPOINTS / "healthcheck.sh")
+    assert _run([health, "coordinator"], {"RUNTIME_DIR": str(tmp_path)}).returncode == 1
+    (tmp_path / "fedmtkd-coordinator.alive").touch()
+    assert _run([health, "coordinator"], {"RUNTIME_DIR": str(tmp_path)}).returncode == 0
+
+
+def test_site_entrypoint_runs_site_node_with_the_audit_key(tiny_sites: dict,
+                                                          tmp_path: Path) -> None:
+    """``entrypoint.sh site --dry-run``: the exact flower-supernode command of a site."""
+    import shlex
+    import sys
+
+    mc = load_script("make_certs")
+    mc.make_all(tmp_path / "w" / "certs", ["s1", "s2"], ["localhost"], force=False)
+    plan = _plan(tmp_path)
+    plan = replace(plan, sites=(SiteNode("s1", tiny_sites["site_a"], tmp_path / "t",
+                                         "int8_probs"), plan.sites[1]))
+    site = role_envs(plan)[3]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    out = _run([str(ENTRYPOINTS / "entrypoint.sh"), "site", "--dry-run"],
+               {**site.env, "PATH": path})
+    assert out.returncode == 0, out.stdout + out.stderr
+    cmd = shlex.split(next(ln for ln in out.stdout.splitlines() if "flower-supernode" in ln))
+    certs = tmp_path / "w" / "certs"
+    assert cmd[cmd.index("--root-certificates") + 1] == str(certs / "public" / "ca.crt")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(certs / "sites/s1/s1.ssh")
+    assert cmd[cmd.index("--superlink") + 1] == "127.0.0.1:8001"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "9001"
+    conf = cmd[cmd.index("--node-config") + 1]
+    assert f'audit-key="{certs / "sites/s1/audit.key"}"' in conf
+    assert 'compression="int8_probs"' in conf and 'site-name="s1"' in conf
+    assert f'state-dir="{tmp_path / "w" / "sites" / "s1"}"' in conf
