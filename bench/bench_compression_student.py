@@ -31,14 +31,9 @@ import numpy as np
 import torch
 
 from bench.bench_robustness import load_scenario, summarise_seeds, train_seed
-from common.compress import (
-    CompressionConfig,
-    bytes_per_slice,
-    compress_logits,
-    decompress_logits,
-    noise_features,
-)
+from common.compress import CompressionConfig, bytes_per_slice
 from common.kd.targets import TeacherTargets
+from common.protocol import QueryConfig, decode_teacher_reply, encode_teacher_reply
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.student import DistillData, StudentRun
 
@@ -51,31 +46,18 @@ DEFAULT_MODES = ["fp32", "fp16", "int8_probs", "downsample_2", "fp16_noise_0.05"
 
 
 def encode_decode(targets: TeacherTargets, cfg: CompressionConfig, seed: int) -> TeacherTargets:
-    """Every site's targets ``(J, N, ...)`` as the coordinator decodes them under ``cfg``.
-
-    Logits go through ``compress_logits`` -> ``decompress_logits``; with ``noise_sigma > 0``
-    the attention maps and region-contrast scalars get the site's ``noise_features`` too (maps
-    sent as fp16), as ``common.protocol.encode_teacher_reply`` does.
-    """
-    sites = [_site_reply(targets.teacher(j), cfg, np.random.default_rng([seed, j]))
-             for j in range(targets.num_teachers)]
+    """Every site's targets ``(J, N, ...)`` as the coordinator decodes them under ``cfg``: each
+    site's reply goes through the real wire path, ``encode_teacher_reply`` (site) then
+    ``decode_teacher_reply`` (coordinator), noise drawn from a seeded generator."""
+    n, size = targets.batch_size, int(targets.logits.shape[-1])
+    query = QueryConfig(run_id="bench", chunk=0, n_chunks=1, size=size,
+                        slice_hashes=[""] * n)
+    sites = []
+    for j in range(targets.num_teachers):
+        reply = encode_teacher_reply(f"site{j}", query, targets.teacher(j), cfg,
+                                     np.random.default_rng([seed, j]))
+        sites.append(decode_teacher_reply(reply, n, size, "bench")[1])
     return TeacherTargets.stack(sites)
-
-
-def _site_reply(t: TeacherTargets, cfg: CompressionConfig, rng: np.random.Generator
-                ) -> TeacherTargets:
-    """One site's (J = 1) targets after the wire: decoded logits, optionally noised features."""
-    size, k = t.logits.shape[-1], t.logits.shape[2]
-    x = t.logits[0].float().numpy()
-    logits = torch.from_numpy(decompress_logits(compress_logits(x, cfg, rng), cfg, size, k))
-    maps = {n: getattr(t, n)[0].float().numpy() for n in ("at_early", "at_deep")}
-    scalars = {n: getattr(t, n)[0].float().numpy() for n in ("rc_early", "rc_deep")}
-    if cfg.noise_sigma > 0:
-        feats = noise_features(maps, scalars, cfg.noise_sigma, rng)
-        maps = {n: feats[n].astype(np.float16).astype(np.float32) for n in maps}
-        scalars = {n: feats[n] for n in scalars}
-    return TeacherTargets(logits=logits[None], **{n: torch.from_numpy(v)[None]
-                                                  for n, v in {**maps, **scalars}.items()})
 
 
 def _prob_change(a: TeacherTargets, b: TeacherTargets) -> float:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from common.config import StrictModel
+from common.dp import dp_accounting
 from common.io import atomic_write_bytes
 
 GENESIS = "0" * 64
@@ -314,13 +315,8 @@ def summarise_log(path: Path,
         f"{len(violations)} outgoing message(s) violate the egress rule: " + "; ".join(violations))
     return {"entries": len(entries), "bytes": {k: dict(v) for k, v in nbytes.items()},
             "refused": sum(refused.values()), "refused_by_type": dict(refused),
-            "violations": violations, "statement": statement, "dp": _dp(entries)}
-
-
-def _dp(entries: list[tuple[int, AuditEntry]]) -> list[dict[str, Any]]:
-    from common.dp import dp_accounting
-
-    return dp_accounting([e for _, e in entries])
+            "violations": violations, "statement": statement,
+            "dp": dp_accounting([e for _, e in entries])}
 
 
 

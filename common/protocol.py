@@ -321,9 +321,10 @@ def decode_query(rd: RecordDict, who: str = "coordinator"
 
 
 def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
-                         codec: CompressionConfig | None = None) -> RecordDict:
+                         codec: CompressionConfig | None = None,
+                         rng: np.random.Generator | None = None) -> RecordDict:
     """Site side: one teacher's (J = 1) targets: logits encoded by ``codec`` (default fp16),
-    attention maps fp16, scalars fp32."""
+    attention maps fp16, scalars fp32. ``rng`` draws the noise (default: OS entropy)."""
     from flwr.app import ConfigRecord, RecordDict
 
     from common.compress import CompressionConfig, compress_logits
@@ -331,7 +332,7 @@ def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
     if t.num_teachers != 1:
         raise ProtocolError(f"{site}: a site answers for exactly one teacher, got {t.num_teachers}")
     codec = codec or CompressionConfig()
-    arrays = compress_logits(t.logits[0].detach().cpu().numpy(), codec)
+    arrays = compress_logits(t.logits[0].detach().cpu().numpy(), codec, rng)
     feats: dict[str, np.ndarray] = {str(k): getattr(t, k)[0].detach().cpu().numpy()
                                     for k in FEATURE_KEYS}
     if codec.noise_sigma > 0:
@@ -339,7 +340,7 @@ def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
 
         feats = noise_features({k: feats[k] for k in (Key.AT_EARLY, Key.AT_DEEP)},
                                {k: feats[k] for k in (Key.RC_EARLY, Key.RC_DEEP)},
-                               codec.noise_sigma)
+                               codec.noise_sigma, rng)
     for key, (dtype, _) in reply_schema(t.batch_size, cfg.size).items():
         if key != Key.LOGITS:
             arrays[key] = feats[key].astype(dtype)

@@ -26,6 +26,17 @@ def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return sites
 
 
+def corrupted_copy(src: Path, dst: Path, folder: str, index: int, content: bytes) -> Path:
+    """Copy dataset ``src`` to ``dst`` and overwrite its ``index``-th ``folder/*.nii*`` file
+    (sorted) with ``content``; the corrupted file's path."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    victim = sorted((dst / folder).glob("*.nii*"))[index]
+    victim.write_bytes(content)
+    return victim
+
+
 def tiny_teacher_config(**kw: object):  # type: ignore[no-untyped-def]
     """A fast TeacherTrainConfig for CPU tests."""
     from site_node.train_config import OptimConfig, TeacherTrainConfig

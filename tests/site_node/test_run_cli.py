@@ -97,10 +97,10 @@ def test_missing_ca_and_bad_address_are_one_line_errors(
 
 def test_invalid_data_exits_2_naming_the_file(tiny_sites: dict, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import corrupted_copy
+
     data = tmp_path / "data"
-    shutil.copytree(tiny_sites["site_a"], data)
-    bad = sorted((data / "labelsTr").glob("*.nii*"))[3]
-    bad.write_bytes(b"not a nifti file")
+    bad = corrupted_copy(tiny_sites["site_a"], data, "labelsTr", 3, b"not a nifti file")
     assert main(_base(data, tmp_path) + ["--insecure"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("site-node: error:") and str(bad) in err and len(err.splitlines()) == 1
@@ -156,8 +156,6 @@ def test_status_on_a_trained_teacher(tiny_sites: dict, tmp_path: Path,
 
 
 def test_supernode_env_puts_the_pinning_shim_first(tmp_path: Path) -> None:
-    import shutil
-
     from site_node.run import supernode_env
 
     env = supernode_env(tmp_path / "state")

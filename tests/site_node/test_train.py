@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from common.models.checkpoint import load_model
 from site_node.cli import main as site_main
 from site_node.train import run_training
-from tests.conftest import tiny_teacher_config
+from tests.conftest import corrupted_copy, tiny_teacher_config
 
 
 def test_one_epoch_writes_loadable_checkpoint_and_card(tiny_sites: dict, tmp_path: Path) -> None:
@@ -69,9 +68,8 @@ def test_teacher_loses_dice_on_other_site_style(tiny_sites: dict, tmp_path: Path
 def test_cli_reports_corrupt_nifti_with_its_path(tiny_sites: dict, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
-    shutil.copytree(tiny_sites["site_b"], data)
-    victim = sorted((data / "imagesTr").glob("*.nii.gz"))[0]
-    victim.write_bytes(b"\x1f\x8b not really a gzip stream")
+    victim = corrupted_copy(tiny_sites["site_b"], data, "imagesTr", 0,
+                            b"\x1f\x8b not really a gzip stream")
     code = site_main(["train", "--data", str(data), "--out", str(tmp_path / "o"),
                       "--model", "tiny_unet", "--epochs", "1", "--size", "64", "--device", "cpu"])
     err = capsys.readouterr().err
