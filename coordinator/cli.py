@@ -71,9 +71,6 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="skip the train round (sites are then named node<id>)")
     p.add_argument("--insecure", action="store_true",
                    help="plaintext gRPC without TLS (local simulation only; prints a warning)")
-    p.add_argument("--node-auth", dest="node_auth", action="store_true",
-                   help="no effect, kept for old scripts: SuperNode authentication is always "
-                        "on with TLS, as in docker compose")
     p.add_argument("--compression", default="fp16",
                    choices=["fp16", "int8_probs", "downsample", "fp32"],
                    help="how every site encodes its query logits (node config `compression`)")
