@@ -47,6 +47,6 @@ def _print_human(log: Path, report: object, summary: dict, signed: bool) -> None
     for d in summary.get("dp", []):
         print(f"  dp: run {d['run_id']}: {d['slices']} slices with noise sigma {d['sigma']:g}: "
               f"epsilon {d['epsilon_advanced']:.3g} (advanced composition; linear "
-              f"{d['epsilon_linear']:.3g}), delta {d['delta']:g} per slice, assumed L2 "
+              f"{d['epsilon_linear']:.3g}), delta {d['delta']:g} per slice, derived L2 "
               f"sensitivity {d['sensitivity']:g}")
     print(f"  {summary.get('statement', '')}")

@@ -190,9 +190,8 @@ def dp_epsilon(sigma: float, sensitivity: float, delta: float, n_queries: int,
     advanced composition theorem with ``delta' = delta``:
     ``sqrt(2 n ln(1/delta)) eps0 + n eps0 (e^eps0 - 1)`` (total delta ``(n + 1) * delta``).
     Both are conservative (an RDP/moments accountant is tighter). ``sensitivity`` is the L2
-    sensitivity of ONE query's whole released vector to one patient's data, which the caller
-    must justify (bounded only for PATE-style aggregates or clipped outputs); it is not
-    derived here, so treat the result as PATE-style accounting of the noise, not a proof.
+    sensitivity of ONE query's whole released vector to one patient's data (in units of the
+    noise std); :func:`common.dp.release_sensitivity` derives it from the output ranges.
     """
     if sigma <= 0 or sensitivity < 0 or not 0 < delta < 1 or n_queries < 0:
         raise ValueError("need sigma > 0, sensitivity >= 0, 0 < delta < 1, n_queries >= 0")

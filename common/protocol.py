@@ -36,7 +36,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from common.config import StrictModel
 
@@ -117,6 +117,7 @@ class QueryConfig(StrictModel):
     at_form: Literal["zagoruyko", "paper"] = "zagoruyko"
     p: int = 2
     batch_size: int = 16
+    temperature: float = Field(default=1.0, gt=0.0)  # the student's KD temperature (int8 codec)
     slice_hashes: list[str]
 
 
@@ -133,6 +134,7 @@ class QueryEcho(StrictModel):
     temperature: float = 1.0
     noise_sigma: float = 0.0
     noise_on: Literal["probs", "logits"] = "probs"
+    at_form: Literal["zagoruyko", "paper"] = "zagoruyko"  # unit-L2 maps or not (DP accounting)
 
     def codec(self) -> CompressionConfig:
         """The compression config this reply was encoded with."""
@@ -345,7 +347,7 @@ def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
         if key != Key.LOGITS:
             arrays[key] = feats[key].astype(dtype)
     flat = codec.model_dump()
-    echo = QueryEcho(run_id=cfg.run_id, chunk=cfg.chunk, n=t.batch_size,
+    echo = QueryEcho(run_id=cfg.run_id, chunk=cfg.chunk, n=t.batch_size, at_form=cfg.at_form,
                      compression=flat.pop("mode"), **flat)
     return RecordDict({Key.SITE: _site_record(site), Key.CONFIG: ConfigRecord(echo.model_dump()),
                        Key.ARRAYS: _array_record(arrays)})

@@ -213,7 +213,8 @@ def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConf
     for i, sl in enumerate(parts_of):
         qc = QueryConfig(run_id=run_id, chunk=i, n_chunks=len(parts_of), size=cfg.student.size,
                          at_form=cfg.kd.at_form, p=cfg.kd.at_p, slice_hashes=proxy.hashes[sl],
-                         batch_size=cfg.student.teacher_batch_size)
+                         batch_size=cfg.student.teacher_batch_size,
+                         temperature=cfg.kd.temperature)
         rd = encode_query(proxy.images[sl], proxy.masks[sl], qc)
         nodes = [n for n in parts if n in roster.names]
         n = sl.stop - sl.start

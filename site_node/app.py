@@ -158,7 +158,7 @@ def query(msg: Message, context: Context) -> Message:
         targets = handle_query(node, cfg, images, masks)
         print(f"[site {node.site_name}] query chunk {cfg.chunk}: {len(images)} slices",
               flush=True)
-        codec = codec_from_node_config(dict(context.node_config))
+        codec = codec_from_node_config(dict(context.node_config), cfg.temperature)
         return encode_teacher_reply(node.site_name, cfg, targets, codec)
 
     return Message(_gate(node, context).respond(req, msg.content, compute), reply_to=msg)

@@ -36,14 +36,18 @@ if TYPE_CHECKING:
     from flwr.app import RecordDict
 
 
-def codec_from_node_config(node_config: dict[str, Any]) -> CompressionConfig:
+def codec_from_node_config(node_config: dict[str, Any],
+                           query_temperature: float = 1.0) -> CompressionConfig:
     """Node config ``compression`` (fp16 | int8_probs | downsample | fp32, default fp16),
-    ``downsample-factor`` (2), ``noise-sigma`` (0: no noise), ``noise-on`` (probs | logits)."""
+    ``downsample-factor`` (2), ``noise-sigma`` (0: no noise), ``noise-on`` (probs | logits),
+    ``temperature`` of int8 probabilities and probability noise (default: the query's, i.e. the
+    student's KD temperature, so quantisation keeps the soft tails the student learns from)."""
     return CompressionConfig.model_validate({
         "mode": str(node_config.get("compression", "fp16")),
         "downsample_factor": int(node_config.get("downsample-factor", 2)),
         "noise_sigma": float(node_config.get("noise-sigma", 0.0)),
-        "noise_on": str(node_config.get("noise-on", "probs"))})
+        "noise_on": str(node_config.get("noise-on", "probs")),
+        "temperature": float(node_config.get("temperature", query_temperature))})
 
 
 class EgressRefused(RuntimeError):

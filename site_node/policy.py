@@ -71,7 +71,7 @@ class EgressPolicy(StrictModel):
 
 #: Scalars of a query reply saying how its logits are encoded (``common.protocol.QueryEcho``).
 CODEC_KEYS = ["compression", "downsample_factor", "int8_classes", "temperature", "noise_sigma",
-              "noise_on"]
+              "noise_on", "at_form"]
 
 
 def default_policy() -> EgressPolicy:

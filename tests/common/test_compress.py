@@ -14,6 +14,7 @@ from common.compress import (
     decompress_logits,
     dp_epsilon,
     payload_schema,
+    softmax,
     upsample_bilinear,
 )
 
@@ -135,16 +136,60 @@ def test_noised_reply_noises_every_array_and_still_decodes() -> None:
             assert changed == (sigma > 0), (key, sigma)
 
 
+def test_release_sensitivity_hand_computed() -> None:
+    from common.audit import digest_arrays
+    from common.dp import release_sensitivity
+
+    n = 3
+    arrays = digest_arrays({"logits": np.zeros((n, 2, 4, 4), np.float16),
+                            "at_early": np.zeros((n, 2, 2), np.float16),
+                            "at_deep": np.zeros((n, 1, 1), np.float16),
+                            "rc_early": np.zeros(n, np.float32),
+                            "rc_deep": np.zeros(n, np.float32)})
+    # probs 2 * 16 pixels = 32; maps 2 * 4 + 2 * 1 = 10; cosines 4 * 2 = 8 -> sqrt(50)
+    assert release_sensitivity(arrays, {"noise_on": "probs"}) == pytest.approx(math.sqrt(50))
+    ds = digest_arrays({"logits_ds": np.zeros((n, 2, 2, 2), np.float16)})  # 4 pooled pixels
+    assert release_sensitivity(ds, {}) == pytest.approx(math.sqrt(8))
+    u8 = digest_arrays({"probs_u8": np.zeros((n, 1, 4, 4), np.uint8)})  # K-1 channels, 16 px
+    assert release_sensitivity(u8, {}) == pytest.approx(math.sqrt(32))
+    assert release_sensitivity(arrays, {"noise_on": "logits"}) == math.inf
+    assert release_sensitivity(arrays, {"at_form": "paper"}) == math.inf
+    assert release_sensitivity([], {}) == math.inf
+
+
 def test_dp_accounting_per_run_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from common.audit import AuditLog, summarise_log
     from common.compress import dp_epsilon
 
     log = AuditLog(tmp_path / "egress.jsonl")
+    arrays = {"probs_u8": np.zeros((1, 1, 1, 1), np.uint8)}  # sensitivity sqrt(2) per slice
     for run, n in (("r1", 4), ("r1", 6), ("r2", 5)):
         log.append(run_id=run, peer="c", direction="out", msg_type="query.teacher_outputs",
-                   config={"noise_sigma": 10.0 if run == "r1" else 0.0, "n": n})
-    (dp,) = summarise_log(tmp_path / "egress.jsonl")["dp"]  # r2 sent no noise: not listed
+                   arrays=arrays, config={"noise_sigma": 10.0 if run == "r1" else 0.0, "n": n})
+    log.append(run_id="r3", peer="c", direction="out", msg_type="query.teacher_outputs",
+               arrays=arrays, config={"noise_sigma": 10.0, "noise_on": "logits", "n": 2})
+    dp, dp3 = summarise_log(tmp_path / "egress.jsonl")["dp"]  # r2 sent no noise: not listed
     assert (dp["run_id"], dp["slices"], dp["sigma"]) == ("r1", 10, 10.0)
-    # per slice eps0 = 0.4844805 (test_dp_epsilon); 10 slices, linear: 4.844805
-    assert dp["epsilon_linear"] == pytest.approx(4.844805, abs=1e-5)
-    assert dp["epsilon_advanced"] == pytest.approx(dp_epsilon(10.0, 1.0, 1e-5, 10, "advanced"))
+    assert dp["sensitivity"] == pytest.approx(math.sqrt(2))
+    # per slice eps0 = 0.4844805 * sqrt(2) = 0.6851589 (test_dp_epsilon); 10 slices, linear
+    assert dp["epsilon_linear"] == pytest.approx(6.851589, abs=1e-5)
+    assert dp["epsilon_advanced"] == pytest.approx(dp_epsilon(10.0, math.sqrt(2), 1e-5, 10,
+                                                              "advanced"))
+    assert dp3["run_id"] == "r3" and dp3["epsilon_linear"] == math.inf  # logit noise: unbounded
+
+
+def test_int8_at_the_kd_temperature_keeps_the_soft_tail() -> None:
+    # a confident background pixel, logit margin -20: at T = 4 the student's target is
+    # sigmoid(-5) = 0.00669. Quantised at T = 1, p_fg rounds to 0, is clipped to 0.5/255 and
+    # softens to sigmoid(ln(0.00196/0.99804) / 4) = 0.1737; quantised at T = 4 it is
+    # round(0.00669 * 255) = 2 -> 2/255 = 0.00784.
+    logits = np.zeros((1, 2, 2, 2), np.float32)
+    logits[:, 1] = -20.0
+
+    def soft_fg(temperature: float) -> float:
+        cfg = CompressionConfig(mode="int8_probs", temperature=temperature)
+        back = decompress_logits(compress_logits(logits, cfg), cfg, size=2)
+        return float(softmax(back / 4.0)[0, 1, 0, 0])
+
+    assert soft_fg(1.0) == pytest.approx(0.1737, abs=1e-3)
+    assert soft_fg(4.0) == pytest.approx(0.00784, abs=1e-4)

@@ -121,7 +121,8 @@ def _config(setup: dict, tmp: Path) -> Path:
         lines += ["[[sites]]", f'name = "{name}"', f'data = "{setup["data"][name]}"',
                   f'teacher_dir = "{setup["teachers"][name]}"']
     lines += ["[student]", 'model = "enet"', "size = 32", "epochs = 1", "batch_size = 16",
-              'device = "cpu"', "step_size_up = 20", "[runs]", "baseline = false",
+              'device = "cpu"', "step_size_up = 20", "[kd]", "temperature = 3.0", "[runs]",
+              "baseline = false",
               "single_teacher = false", "[[runs.weightings]]", 'name = "inverse_dice_loss"']
     path = tmp / "exp.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -180,6 +181,9 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
         got = [e for e in coord if e["direction"] == "in" and e["decision"] == "received"
                and e["config"].get("site_name") == name]
         assert len(sent) == len(got) >= 3  # train + query + evaluate at least
+        queries = [e for e in sent if e["msg_type"] == "query.teacher_outputs"]
+        # the site's codec works at the student's KD temperature, carried by the query
+        assert queries and all(e["config"]["temperature"] == 3.0 for e in queries)
         assert sorted(e["entry_hash"] for e in sent) == sorted(e["config"]["receipt"]
                                                               for e in got)
         assert _audit_cli(site_log, pub_path) == 0

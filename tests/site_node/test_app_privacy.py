@@ -177,3 +177,12 @@ def test_coordinator_verifies_receipts_and_audits(tmp_path: Path,
                                                str(log / "coordinator.pub")])) == 0
     assert "1 replies accepted (1 with a verified site receipt), 1 rejected" in (
         capsys.readouterr().out)
+
+
+def test_codec_quantises_at_the_query_temperature_unless_the_site_overrides() -> None:
+    from site_node.egress import codec_from_node_config
+
+    assert codec_from_node_config({"compression": "int8_probs"}, 4.0).temperature == 4.0
+    assert codec_from_node_config({"compression": "int8_probs"}).temperature == 1.0
+    pinned = codec_from_node_config({"compression": "int8_probs", "temperature": "2"}, 4.0)
+    assert pinned.temperature == 2.0
