@@ -62,3 +62,39 @@ def test_repeated_experiment_writes_seed_folders_and_sd_column(
     assert table[1][-2:] == ["-", "1"] and table[-1][-1] == "2"  # teacher row, repeated row
     assert [r["run"] for r in result_rows(tmp_path / "exp")] == ["multi_inverse_dice_loss"]
     assert (tmp_path / "exp" / "export" / "student.onnx").exists()
+
+
+def test_federated_repeats_score_every_seed_at_the_sites(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ServerApp path trains one student per seed and has the sites score each of them."""
+    import torch
+
+    from coordinator import server_app
+    from coordinator.distill.config import ExperimentConfig, WeightingSpec
+    from coordinator.distill.student import StudentRun
+
+    trained: list[int] = []
+
+    def fake_train(run, data, cfg, folder):  # type: ignore[no-untyped-def]
+        folder.mkdir(parents=True)
+        torch.save({"model": {"w": torch.tensor([float(cfg.seed)])}}, folder / "last.pt")
+        trained.append(cfg.seed)
+        return {"run": run.name, "teachers": ["a"], "weighting": "x", "train_seconds": 1.0}
+
+    def fake_eval(grid, roster, name, state, cfg, s, run_id):  # type: ignore[no-untyped-def]
+        dice = 0.5 + 0.1 * float(state["w"][0])  # seed 3: 0.8, seed 4: 0.9
+        return {"site_a": {"dice_mean": dice, "voe_mean": 1 - dice, "hd95_mean": 2.0,
+                           "eval_name": name}}
+
+    monkeypatch.setattr(server_app, "train_student", fake_train)
+    monkeypatch.setattr(server_app, "eval_round", fake_eval)
+    site = {"name": "site_a", "data": "d", "teacher_dir": "t"}
+    cfg = ExperimentConfig.model_validate({"name": "t", "out": str(tmp_path), "proxy": "p",
+                                           "sites": [site], "seed": 3, "repeats": 2})
+    run = StudentRun("multi_x", [0], WeightingSpec(name="equal"))
+    row = server_app.train_and_score(None, None, run, None, cfg, None, "r")  # type: ignore[arg-type]
+    assert trained == [3, 4]
+    assert row["seed_mean_dice"] == pytest.approx([0.8, 0.9])
+    assert row["mean_dice"] == pytest.approx(0.85)
+    summary = json.loads((tmp_path / "runs" / "multi_x" / "summary.json").read_text())
+    assert summary["checkpoint_dir"].endswith("seed3")
