@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.data.augment import build_augment
+from common.data.augment import build_augment, reseed_worker
 from common.data.layout import DatasetInfo, discover_dataset
 from common.data.nifti import load_nifti
 from common.data.slices import SliceDataset, Volume, load_volumes
@@ -129,7 +129,7 @@ def _loader(vols: list[Volume], cfg: TeacherTrainConfig, gen: torch.Generator) -
     ds = SliceDataset(vols, augment=aug, skip_empty_fraction=cfg.skip_empty_fraction)
     return DataLoader(
         ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
-        num_workers=cfg.num_workers, generator=gen,
+        num_workers=cfg.num_workers, generator=gen, worker_init_fn=reseed_worker,
     )
 
 

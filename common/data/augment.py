@@ -119,6 +119,11 @@ class JointAugment:
         self._geo = A.Compose(_geometric(cfg), additional_targets={"maps": "image"}, seed=seed)
         self._photo = A.Compose(_photometric(cfg), seed=photo_seed)
 
+    def reseed(self, seed: int) -> None:
+        """Restart both random streams from ``seed`` (see :func:`reseed_worker`)."""
+        self._geo.set_random_seed(seed)
+        self._photo.set_random_seed(seed + 1_000_003)
+
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, maps: Maps | None = None
     ) -> tuple[np.ndarray, np.ndarray, Maps | None]:
@@ -135,6 +140,29 @@ class JointAugment:
         img = self._photo(image=out["image"])["image"].astype(np.float32)
         new_maps = _unstack_maps(out["maps"], maps) if maps else maps
         return img, out["mask"].astype(np.uint8), new_maps
+
+
+def reseed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a random stream of its own for each worker.
+
+    Every worker process gets a copy of the dataset, and with it of the same seeded augmenter,
+    so without this all workers repeat the same transforms (the classic PyTorch + NumPy
+    fault). Torch gives worker ``k`` the seed ``base + k`` with ``base`` drawn from the
+    loader's generator each epoch, so runs stay reproducible and epochs differ.
+    """
+    import random
+
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    seed = int(info.seed % 2**32)
+    random.seed(seed)
+    np.random.seed(seed)
+    augment = getattr(info.dataset, "augment", None)
+    if isinstance(augment, JointAugment):
+        augment.reseed(seed)
 
 
 def build_augment(cfg: AugmentConfig, seed: int | None = None) -> JointAugment:

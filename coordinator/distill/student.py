@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.data.augment import build_augment
+from common.data.augment import build_augment, reseed_worker
 from common.data.slices import Volume
 from common.evaluate import evaluate_volumes, save_case_overlays
 from common.io import atomic_write_json
@@ -122,7 +122,7 @@ def _loader(t: TeacherTargets | None, data: DistillData, cfg: ExperimentConfig) 
                         renormalise_at=cfg.kd.at_form == "zagoruyko")
     gen = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(ds, batch_size=cfg.student.batch_size, shuffle=True, generator=gen,
-                      drop_last=len(ds) > cfg.student.batch_size)
+                      drop_last=len(ds) > cfg.student.batch_size, worker_init_fn=reseed_worker)
 
 
 def _epoch(model: SegModel, loader: DataLoader, step: _Step, parts: tuple, cfg: ExperimentConfig,

@@ -99,3 +99,36 @@ def test_disabled_is_identity() -> None:
     np.testing.assert_array_equal(out_mask, mask)
     assert out_maps is not None
     np.testing.assert_array_equal(out_maps["att"], maps["att"])
+
+
+class _SameSlice:
+    """Every item is the same slice, augmented: differences come from the augmenter only."""
+
+    def __init__(self) -> None:
+        self.augment = build_augment(AugmentConfig(**GEO_ONLY), seed=5)
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.augment(*_sample())[0]
+
+
+def _worker_batches(init: object) -> list[np.ndarray]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_SameSlice(), batch_size=1, num_workers=2, worker_init_fn=init,
+                        generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    return [b[0].numpy() for b in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
+
+
+def test_workers_draw_their_own_augmentations_reproducibly() -> None:
+    from common.data.augment import reseed_worker
+
+    plain = _worker_batches(None)
+    np.testing.assert_array_equal(plain[0], plain[1])  # the fault: both workers repeat the same
+    first = _worker_batches(reseed_worker)
+    assert not np.array_equal(first[0], first[1])
+    for a, b in zip(first, _worker_batches(reseed_worker), strict=True):
+        np.testing.assert_array_equal(a, b)  # same loader seed, same augmentations
