@@ -73,7 +73,7 @@ def data_fingerprint(info: DatasetInfo, split: Split) -> dict[str, Any]:
     train = [c for c in info.cases if c.case_id in set(split.train)]
     means, stds, p99, slices = [], [], [], 0
     for ref in train:
-        arr, _ = load_nifti(ref.image)
+        arr, _ = load_nifti(ref.image, first_channel=True)
         means.append(float(arr.mean()))
         stds.append(float(arr.std()))
         p99.append(float(np.percentile(arr, 99.5)))

@@ -42,9 +42,11 @@ def _read_xyz(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     return data, zooms
 
 
-def _check_array(path: Path, data: np.ndarray, allow_empty: bool) -> np.ndarray:
-    """Validate a raw array: 3D (or 4D with one frame), finite, non-empty. Returns (x, y, z)."""
-    if data.ndim == 4 and data.shape[3] == 1:
+def _check_array(path: Path, data: np.ndarray, allow_empty: bool,
+                 first_channel: bool = False) -> np.ndarray:
+    """Validate a raw array: 3D (or 4D with one frame, or any 4D with ``first_channel``),
+    finite, non-empty. Returns (x, y, z)."""
+    if data.ndim == 4 and (data.shape[3] == 1 or first_channel):
         data = data[..., 0]
     if data.ndim != 3:
         raise data_error(path, f"expected a 3D volume, got shape {tuple(data.shape)}")
@@ -57,8 +59,10 @@ def _check_array(path: Path, data: np.ndarray, allow_empty: bool) -> np.ndarray:
     return data
 
 
-def load_nifti(path: Path | str, allow_empty: bool = False) -> tuple[np.ndarray, Spacing]:
-    """Load a 3D NIfTI file.
+def load_nifti(path: Path | str, allow_empty: bool = False,
+               first_channel: bool = False) -> tuple[np.ndarray, Spacing]:
+    """Load a 3D NIfTI file (``first_channel``: a 4D multi-channel image gives channel 0, as
+    ``_0000`` of the nnU-Net naming, e.g. T2 of MSD Task05's T2 + ADC).
 
     Returns ``(array, spacing)``: ``array`` float32 of shape (D, H, W) = (z, y, x) and
     ``spacing`` = (sz, sy, sx) in mm. Raises :class:`DataError` (message starts with the path)
@@ -67,7 +71,7 @@ def load_nifti(path: Path | str, allow_empty: bool = False) -> tuple[np.ndarray,
     """
     path = Path(path)
     data, zooms = _read_xyz(path)
-    data = _check_array(path, data, allow_empty)
+    data = _check_array(path, data, allow_empty, first_channel)
     sx, sy, sz = (round(z, 6) for z in zooms[:3])
     return np.ascontiguousarray(data.transpose(2, 1, 0), dtype=np.float32), (sz, sy, sx)
 

@@ -47,7 +47,7 @@ def load_volume(ref: CaseRef, modality: str, size: int) -> Volume:
     """
     if ref.label is None:
         raise data_error(ref.image, "case has no label")
-    image, sp_img = load_nifti(ref.image)
+    image, sp_img = load_nifti(ref.image, first_channel=True)
     label, sp_lab = load_nifti(ref.label)
     check_pair(image, label, ref.image, ref.label)
     if max(abs(a - b) for a, b in zip(sp_img, sp_lab, strict=True)) > _SPACING_TOL:

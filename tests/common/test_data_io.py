@@ -70,6 +70,28 @@ def test_4d_single_frame_is_accepted(tmp_path: Path) -> None:
     assert arr.shape == (6, 5, 4)
 
 
+def test_4d_multichannel_image_reads_channel_0_and_a_4d_label_is_refused(tmp_path: Path) -> None:
+    """MSD Task05 style: image (x, y, z, 2) = T2 + ADC, 3D label; the case loads with T2."""
+    import nibabel as nib
+
+    t2, adc = _vol(seed=1).transpose(2, 1, 0), _vol(seed=2).transpose(2, 1, 0)  # (x, y, z)
+    image = tmp_path / "imagesTr" / "p_0.nii.gz"
+    image.parent.mkdir()
+    affine = np.diag([0.7, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.stack([t2, adc], -1), affine), str(image))
+    with pytest.raises(DataError, match="expected a 3D volume"):
+        load_nifti(image)  # a label (or a caller that did not ask for channel 0) is refused
+    arr, spacing = load_nifti(image, first_channel=True)
+    np.testing.assert_array_equal(arr, _vol(seed=1))
+    assert spacing == (2.0, 0.7, 0.7)
+    label = tmp_path / "labelsTr" / "p_0.nii.gz"
+    save_nifti(label, _label(), (2.0, 0.7, 0.7), np.uint8)
+    from common.data.layout import CaseRef
+
+    vol = load_volume(CaseRef("p_0", image, label), "MRI", 16)
+    assert vol.image.shape == (5, 16, 16) and vol.label.any()
+
+
 def _write_msd(root: Path, label_shape: tuple[int, int, int] = (5, 12, 10)) -> None:
     for i in range(3):
         save_nifti(root / "imagesTr" / f"spl_{i}.nii.gz", _vol(seed=i), (2.0, 0.7, 0.7))
