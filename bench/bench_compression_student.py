@@ -136,13 +136,15 @@ def _paired(rows: list[dict], ref: list[float], prefix: str) -> None:
 def add_changes(rows: list[dict]) -> None:
     """Student mean-Dice change vs fp32 (``dice_change``) and, when the null control ran, vs the
     uncompressed pool: per seed the mean of the fp32 and null-jitter students
-    (``dice_change_vs_pool``), both paired per seed with a 95 % CI of the mean."""
+    (``dice_change_vs_pool``) and vs the null student alone (``dice_change_vs_null``, a
+    perturbed run like every compressed one), all paired per seed with a 95 % CI of the mean."""
     _paired(rows, [s["mean_dice"] for s in rows[0]["per_seed"]], "dice_change")
     null = [r for r in rows if r["mode"] == "null_jitter"]
     if null:
         pool = [(a["mean_dice"] + b["mean_dice"]) / 2
                 for a, b in zip(rows[0]["per_seed"], null[0]["per_seed"], strict=True)]
         _paired(rows, pool, "dice_change_vs_pool")
+        _paired(rows, [s["mean_dice"] for s in null[0]["per_seed"]], "dice_change_vs_null")
 
 
 def markdown(res: dict) -> str:
@@ -151,7 +153,7 @@ def markdown(res: dict) -> str:
     head = ["mode", "logits B/slice", "of fp32", "KD target KL/px", *[f"{s} Dice" for s in sites],
             "mean Dice",
             "change vs fp32 (95 % CI)", "per seed"]
-    head += ["change vs fp32+null pool (95 % CI)"] if pool else []
+    head += ["change vs fp32+null pool (95 % CI)", "change vs null (95 % CI)"] if pool else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res["rows"]:
         per = " / ".join(f"{d:+.3f}" for d in r["dice_change_per_seed"])
@@ -160,7 +162,7 @@ def markdown(res: dict) -> str:
                  f"{r['mean_dice']:.4f}",
                  _ci(r, "dice_change"), per + (" (same logits)" if r["identical_to_fp32"]
                                                 else "")]
-        cells += [_ci(r, "dice_change_vs_pool")] if pool else []
+        cells += [_ci(r, "dice_change_vs_pool"), _ci(r, "dice_change_vs_null")] if pool else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
