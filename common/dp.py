@@ -66,7 +66,8 @@ def dp_accounting(entries: list[AuditEntry], delta: float = DP_DELTA,
     """Per run: noised slices sent (``noise_sigma`` > 0 in the reply's logged config) and the
     (epsilon, delta) of :func:`common.compress.dp_epsilon` with linear and advanced composition
     over those slices (one Gaussian release per slice; ``inf`` = no guarantee at that sigma).
-    ``sensitivity`` None derives it per reply (:func:`release_sensitivity`)."""
+    ``sensitivity`` None derives it per reply (:func:`release_sensitivity`); an unbounded one
+    gives ``inf`` (``dp_epsilon``'s per-slice bound exceeds 1)."""
     from common.compress import dp_epsilon
 
     per_run: dict[tuple[str, float, float], int] = defaultdict(int)
@@ -76,11 +77,6 @@ def dp_accounting(entries: list[AuditEntry], delta: float = DP_DELTA,
             sens = release_sensitivity(e.arrays, e.config) if sensitivity is None else sensitivity
             per_run[(e.run_id, sigma, sens)] += int(e.config.get("n") or 1)
     return [{"run_id": run, "sigma": sigma, "slices": n, "delta": delta, "sensitivity": sens,
-             "epsilon_linear": _eps(sigma, sens, delta, n, "linear", dp_epsilon),
-             "epsilon_advanced": _eps(sigma, sens, delta, n, "advanced", dp_epsilon)}
+             "epsilon_linear": dp_epsilon(sigma, sens, delta, n, "linear"),
+             "epsilon_advanced": dp_epsilon(sigma, sens, delta, n, "advanced")}
             for (run, sigma, sens), n in sorted(per_run.items())]
-
-
-def _eps(sigma: float, sens: float, delta: float, n: int, comp: str, fn: Any) -> float:
-    """``dp_epsilon`` that is ``inf`` for an unbounded sensitivity."""
-    return math.inf if math.isinf(sens) else float(fn(sigma, sens, delta, n, comp))
