@@ -45,8 +45,8 @@ from coordinator.audit_trail import CoordinatorTrail
 from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.proxy import ProxySet, load_proxy
-from coordinator.distill.repeats import mean_row, seed_folders
-from coordinator.distill.student import DistillData, StudentRun, train_student
+from coordinator.distill.repeats import train_repeats
+from coordinator.distill.student import DistillData, StudentRun
 
 app = ServerApp()
 T = TypeVar("T")
@@ -298,23 +298,18 @@ def train_and_score(grid: Grid, roster: Roster, run: StudentRun, data: DistillDa
                     cfg: ExperimentConfig, s: FedSettings, run_id: str) -> dict:
     """Train ``run`` once per seed (``cfg.repeats``, resumable), have the sites score each
     student on their test data, and return the (mean over seeds) result row."""
-    folder = cfg.out / "runs" / run.name
-    plan = seed_folders(folder, cfg)
-    rows = []
-    for seed, sub in plan:
-        row = train_student(run, data, cfg.model_copy(update={"seed": seed}), sub)
+    several = cfg.repeats > 1
+
+    def score(row: dict, seed: int, sub: Path) -> dict:
         state = torch.load(sub / "last.pt", map_location="cpu", weights_only=False)["model"]
-        name = run.name if len(plan) == 1 else f"{run.name}_seed{seed}"
+        name = f"{run.name}_seed{seed}" if several else run.name
         row["sites"] = eval_round(grid, roster, name, state, cfg, s, run_id)
         row["mean_dice"] = sum(v["dice_mean"] for v in row["sites"].values()) / max(
             len(row["sites"]), 1)
         row["checkpoint_dir"] = str(sub)
-        rows.append(row)
-    if len(rows) == 1:
-        return rows[0]
-    mean = mean_row(rows, [seed for seed, _ in plan], plan[0][1])
-    atomic_write_json(folder / "summary.json", mean)
-    return mean
+        return row
+
+    return train_repeats(run, data, cfg, cfg.out / "runs" / run.name, score)
 
 
 def write_federated(rows: list[dict], cfg: ExperimentConfig, roster: Roster,

@@ -70,6 +70,7 @@ def test_federated_repeats_score_every_seed_at_the_sites(tmp_path: Path,
     import torch
 
     from coordinator import server_app
+    from coordinator.distill import repeats
     from coordinator.distill.config import ExperimentConfig, WeightingSpec
     from coordinator.distill.student import StudentRun
 
@@ -86,7 +87,7 @@ def test_federated_repeats_score_every_seed_at_the_sites(tmp_path: Path,
         return {"site_a": {"dice_mean": dice, "voe_mean": 1 - dice, "hd95_mean": 2.0,
                            "eval_name": name}}
 
-    monkeypatch.setattr(server_app, "train_student", fake_train)
+    monkeypatch.setattr(repeats, "train_student", fake_train)
     monkeypatch.setattr(server_app, "eval_round", fake_eval)
     site = {"name": "site_a", "data": "d", "teacher_dir": "t"}
     cfg = ExperimentConfig.model_validate({"name": "t", "out": str(tmp_path), "proxy": "p",
