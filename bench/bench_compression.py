@@ -14,7 +14,6 @@ is measured by ``bench/bench_compression_student.py`` (demo scenario). Writes JS
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -22,8 +21,9 @@ import numpy as np
 import torch
 
 from common.compress import CompressionConfig, bytes_per_slice, compress_logits, decompress_logits
-from common.kd.fusion import build_weighting, fuse_probs
-from common.kd.losses import soft_dice_loss_per_sample, teacher_probs
+from common.io import strict_json_dumps
+from common.kd.functional import fuse_probs, soft_dice_loss_per_sample, teacher_probs
+from common.kd.fusion import build_weighting
 
 MODES = {"fp32": CompressionConfig(mode="fp32"), "fp16": CompressionConfig(mode="fp16"),
          "int8_probs": CompressionConfig(mode="int8_probs"),
@@ -92,7 +92,7 @@ def main() -> None:
     torch.manual_seed(0)
     res = run(args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    args.out.write_text(strict_json_dumps(res, indent=2) + "\n")
     for name, r in res["modes"].items():
         print(f"{name:<16} {r['logits_bytes_per_slice']:>7} B/slice "
               f"({r['fraction_of_fp32_logits']:.3f} of fp32)  "

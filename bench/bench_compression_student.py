@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 
 from bench.bench_robustness import load_scenario, summarise_seeds, train_seed
 from common.compress import CompressionConfig, bytes_per_slice
+from common.io import strict_json_dumps
 from common.kd.targets import TeacherTargets
 from common.protocol import QueryConfig, decode_teacher_reply, encode_teacher_reply
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
@@ -195,7 +195,7 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(), "rows": rows,
            "wall_seconds": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    args.out.write_text(strict_json_dumps(res, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(res))
     print(markdown(res) + f"wrote {args.out}")
 

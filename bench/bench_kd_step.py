@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from common.io import strict_json_dumps
 from common.kd.fusion import build_weighting
 from common.kd.losses import KDLoss
 from common.kd.targets import TeacherTargets
@@ -126,7 +127,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    args.out.write_text(strict_json_dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 
 

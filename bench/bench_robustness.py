@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from common.config import load_config
+from common.io import strict_json_dumps
 from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.corrupt import CORRUPTIONS, Corruption, corrupt_teacher
@@ -151,7 +152,7 @@ def markdown(res: dict) -> str:
 def write(res: dict, out: Path) -> None:
     """JSON to ``out`` and the markdown table next to it (``.md``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out.write_text(strict_json_dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))
     print(markdown(res) + f"wrote {out} and {out.with_suffix('.md')}")
 

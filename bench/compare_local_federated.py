@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from common.config import load_config
+from common.io import strict_json_dumps
 from coordinator.distill.config import ExperimentConfig, RunsConfig, WeightingSpec
 
 
@@ -43,7 +44,7 @@ def run_local(cfg_path: Path) -> tuple[dict, float]:
 
 def run_federated(cfg_path: Path, workdir: Path, n_sites: int) -> tuple[dict, float]:
     """Loopback SuperLink + SuperNodes; returns the multi-teacher row and wall seconds."""
-    from coordinator.simulate import experiment_out, simulate, sites_from_config
+    from coordinator.topology.simulate import experiment_out, simulate, sites_from_config
 
     sites = sites_from_config(cfg_path, n_sites)
     t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def main() -> None:
            "max_abs_dice_diff": max(diff.values()), "local_wall_s": t_local,
            "federated_wall_s": t_fed, "federated_over_local": t_fed / t_local}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    args.out.write_text(strict_json_dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 
 

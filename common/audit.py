@@ -18,34 +18,51 @@ before checking hash and signature (:func:`verify_receipt`).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
-import html
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, get_args
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
 from common.config import StrictModel
-from common.dp import dp_accounting
 from common.io import atomic_write_bytes
 
 GENESIS = "0" * 64
 Scalar = str | int | float | bool | None
-#: Array names a site may send, per message type (the teacher outputs of ``common.protocol``).
+#: Config key of an entry whose record held NaN/inf: the keys, their values and why they are null.
+NONFINITE_KEY = "_nonfinite"
+#: ``msg_type`` of the entry that records a torn final line moved aside (:meth:`AuditLog.recover`).
+RECOVERY = "log.recovery"
+
+
+def teacher_output_names() -> frozenset[str]:
+    """Every array name a teacher answer may carry: the logits under each compression mode
+    (``common.compress.payload_schema``: ``logits``, ``probs_u8``, ``logits_ds``) plus the
+    attention maps and region-contrast cosines (``common.protocol.FEATURE_KEYS``)."""
+    from common.compress import CompressionConfig, payload_schema
+    from common.protocol import FEATURE_KEYS
+
+    modes = get_args(CompressionConfig.model_fields["mode"].annotation)
+    logits = {k for m in modes for k in payload_schema(CompressionConfig(mode=m), 1, 16)}
+    return frozenset(logits | {str(k) for k in FEATURE_KEYS})
+
+
+#: Array names a site may send, per message type (the teacher outputs of ``common.protocol``
+#: in every compression mode); ``site-node audit --policy`` uses the policy's names instead.
 TEACHER_OUTPUTS: dict[str, frozenset[str]] = {
     "train": frozenset(),
-    "query.teacher_outputs": frozenset({"logits", "at_early", "at_deep", "rc_early", "rc_deep"}),
+    "query.teacher_outputs": teacher_output_names(),
     "evaluate": frozenset(),
 }
 CLEAN_STATEMENT = ("No array other than teacher outputs on coordinator-provided proxy data "
@@ -73,11 +90,11 @@ class AuditEntry(StrictModel):
     time: str
     run_id: str
     peer: str
-    direction: Literal["in", "out"]
+    direction: Literal["in", "out", "local"]  # "local": the log's own upkeep (recovery)
     msg_type: str
     arrays: list[ArrayDigest]
     config: dict[str, Scalar]
-    decision: Literal["sent", "refused", "received"]
+    decision: Literal["sent", "refused", "received", "recovered"]
     reason: str | None
     prev_hash: str
     signer: str
@@ -145,19 +162,35 @@ def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
     return priv_path, pub_path
 
 
+def _key_bytes(path: Path, kind: str) -> bytes:
+    """The key file's bytes; a missing or unreadable file is an AuditError naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read {kind} key ({exc.strerror or exc})") from None
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Load a PEM Ed25519 private key; refused when group/other may read it."""
+    data = _key_bytes(path, "private")
     if path.stat().st_mode & 0o077:
         raise AuditError(f"{path}: private key is readable by others (chmod 600 it)")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise AuditError(f"{path}: not a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise AuditError(f"{path}: not an Ed25519 private key")
     return key
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load a PEM Ed25519 public key."""
-    key = serialization.load_pem_public_key(path.read_bytes())
+    """Load a PEM Ed25519 public key; a missing file or another kind of key is one line."""
+    data = _key_bytes(path, "public")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise AuditError(f"{path}: not a PEM public key (a private key or another file?)") from None
     if not isinstance(key, Ed25519PublicKey):
         raise AuditError(f"{path}: not an Ed25519 public key")
     return key
@@ -172,57 +205,146 @@ def _signature_ok(pub: Ed25519PublicKey, entry_hash: str, signature: str) -> boo
 
 
 # ----------------------------------------------------------------------------- the log
-def _last_line(path: Path) -> bytes:
-    """The last non-empty line of ``path`` (read backwards; b"" for an empty file)."""
-    with path.open("rb") as fh:
-        end = fh.seek(0, os.SEEK_END)
-        pos, buf = end, b""
-        while pos > 0 and buf.rstrip(b"\n").count(b"\n") == 0:
-            step = min(4096, pos)
-            pos -= step
-            fh.seek(pos)
-            buf = fh.read(step) + buf
-    return buf.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+def _final_line(fh: IO[bytes]) -> tuple[int, bytes]:
+    """``(offset, bytes)`` of the file's final line, its newline included (``(0, b"")`` if empty).
+
+    Read backwards in 4 KiB steps, so a long log costs one small read."""
+    end = fh.seek(0, os.SEEK_END)
+    pos, buf = end, b""
+    while pos > 0:
+        step = min(4096, pos)
+        pos -= step
+        fh.seek(pos)
+        buf = fh.read(step) + buf
+        cut = buf.rfind(b"\n", 0, len(buf) - 1)  # the newline ending the line before the last
+        if cut >= 0:
+            return pos + cut + 1, buf[cut + 1:]
+    return 0, buf
+
+
+def _parse(raw: bytes) -> AuditEntry | None:
+    try:
+        return AuditEntry.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def _finite_scalar(value: Any) -> Scalar:
+    """``value`` as a loggable scalar: numpy scalars unwrapped, others named by their type."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def clean_config(config: Mapping[str, Any]) -> dict[str, Scalar]:
+    """``config`` made loggable: NaN/inf become null and :data:`NONFINITE_KEY` says which keys
+    held what (``"hd95_mean=nan: ..."``); numpy scalars are unwrapped, other values named by type.
+    So logging a record, e.g. the refusal of a reply with an undefined metric, never raises."""
+    out: dict[str, Scalar] = {}
+    bad: list[str] = []
+    for key, value in config.items():
+        v = _finite_scalar(value)
+        if isinstance(v, float) and not math.isfinite(v):
+            bad.append(f"{key}={v}")
+            v = None
+        out[str(key)] = v
+    if bad:
+        out[NONFINITE_KEY] = (", ".join(bad) + ": not finite, logged as null "
+                              "(strict JSON has no NaN/Infinity)")
+    return out
 
 
 class AuditLog:
-    """Append-only JSONL log; ``append`` continues the chain of an existing file."""
+    """Append-only JSONL log; ``append`` continues the chain of an existing file.
+
+    A torn final line (a crash or power loss mid-append) is found when the log is opened and
+    moved aside by :meth:`recover`, so it never blocks later appends and is never lost."""
 
     def __init__(self, path: Path, key: Ed25519PrivateKey | None = None) -> None:
         self.path = path
         self.key = key
         self.signer = fingerprint(key.public_key()) if key is not None else ""
+        if path.is_file():
+            self.recover()
 
-    def _tail(self) -> tuple[int, str]:
-        if self.path.stat().st_size == 0:
+    def _locked(self) -> IO[bytes]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+b")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        return fh
+
+    def recover(self) -> AuditEntry | None:
+        """Move a torn final line aside (file-locked); the signed recovery entry, or None.
+
+        The torn bytes go to ``<log>.torn-<sha256[:16]>`` (fsynced) before the log is cut back
+        to its last complete line; the entry ``log.recovery`` (direction ``local``, decision
+        ``recovered``) records their sha256, length, offset and side file. A complete final
+        entry that only lacks its newline is kept and given the newline."""
+        with self._locked() as fh:
+            return self._recover(fh)
+
+    def _recover(self, fh: IO[bytes]) -> AuditEntry | None:
+        offset, raw = _final_line(fh)
+        if not raw or (raw.endswith(b"\n") and _parse(raw) is not None):
+            return None
+        if _parse(raw) is not None:  # whole entry, only the newline missing
+            self._write(fh, b"\n")
+            return None
+        sha = hashlib.sha256(raw).hexdigest()
+        side = self.path.with_name(f"{self.path.name}.torn-{sha[:16]}")
+        atomic_write_bytes(side, raw)
+        os.ftruncate(fh.fileno(), offset)
+        return self._append_locked(fh, run_id="", peer="", direction="local", msg_type=RECOVERY,
+                                   arrays=None, decision="recovered",
+                                   config={"torn_sha256": sha, "torn_bytes": len(raw),
+                                           "torn_offset": offset, "side_file": side.name},
+                                   reason="torn final line (crash or power loss during an "
+                                          "append) moved aside at start-up")
+
+    def _tail(self, fh: IO[bytes]) -> tuple[int, str]:
+        _, raw = _final_line(fh)
+        if not raw:
             return 0, GENESIS
-        try:
-            last = AuditEntry.model_validate_json(_last_line(self.path))
-        except ValidationError as exc:
-            raise AuditError(f"{self.path}: last line is not a valid entry; run verify") from exc
+        last = _parse(raw)
+        if last is None:
+            raise AuditError(f"{self.path}: last line is not a valid entry; run verify")
         return last.seq, last.entry_hash
 
-    def append(self, *, run_id: str, peer: str, direction: Literal["in", "out"], msg_type: str,
-               arrays: Mapping[str, np.ndarray] | None = None,
-               config: Mapping[str, Scalar] | None = None,
-               decision: Literal["sent", "refused", "received"] = "sent",
+    @staticmethod
+    def _write(fh: IO[bytes], data: bytes) -> None:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    def append(self, *, run_id: str, peer: str, direction: Literal["in", "out", "local"],
+               msg_type: str, arrays: Mapping[str, np.ndarray] | None = None,
+               config: Mapping[str, Any] | None = None,
+               decision: Literal["sent", "refused", "received", "recovered"] = "sent",
                reason: str | None = None) -> AuditEntry:
-        """Digest ``arrays``, chain, sign and durably append one entry (file-locked)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            seq, prev = self._tail()
-            entry = AuditEntry(seq=seq + 1, time=datetime.now(UTC).isoformat(), run_id=run_id,
-                               peer=peer, direction=direction, msg_type=str(msg_type),
-                               arrays=digest_arrays(arrays or {}), config=dict(config or {}),
-                               decision=decision, reason=reason, prev_hash=prev,
-                               signer=self.signer)
-            entry.entry_hash = entry_hash_of(entry)
-            if self.key is not None:
-                entry.signature = self.key.sign(entry.entry_hash.encode("ascii")).hex()
-            fh.write(canonical_json(entry.model_dump()) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Digest ``arrays``, clean ``config`` (:func:`clean_config`), chain, sign and durably
+        append one entry (file-locked; a torn final line is first moved aside)."""
+        with self._locked() as fh:
+            self._recover(fh)
+            return self._append_locked(fh, run_id=run_id, peer=peer, direction=direction,
+                                       msg_type=msg_type, arrays=arrays, config=config,
+                                       decision=decision, reason=reason)
+
+    def _append_locked(self, fh: IO[bytes], *, run_id: str, peer: str,
+                       direction: Literal["in", "out", "local"], msg_type: str,
+                       arrays: Mapping[str, np.ndarray] | None, config: Mapping[str, Any] | None,
+                       decision: Literal["sent", "refused", "received", "recovered"],
+                       reason: str | None) -> AuditEntry:
+        seq, prev = self._tail(fh)
+        entry = AuditEntry(seq=seq + 1, time=datetime.now(UTC).isoformat(), run_id=str(run_id),
+                           peer=str(peer), direction=direction, msg_type=str(msg_type),
+                           arrays=digest_arrays(arrays or {}), config=clean_config(config or {}),
+                           decision=decision, reason=reason, prev_hash=prev, signer=self.signer)
+        entry.entry_hash = entry_hash_of(entry)
+        if self.key is not None:
+            entry.signature = self.key.sign(entry.entry_hash.encode("ascii")).hex()
+        self._write(fh, canonical_json(entry.model_dump()) + b"\n")
         return entry
 
 
@@ -301,24 +423,36 @@ def _violations(entries: list[tuple[int, AuditEntry]],
 
 def summarise_log(path: Path,
                   allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS) -> dict[str, Any]:
-    """Bytes per (msg_type, direction), refusals, and the egress statement for a site log."""
-    entries = list(read_entries(path))
+    """Bytes per (msg_type, direction), refusals, and the egress statement for a site log.
+
+    No DP accounting here: :func:`common.audit_report.site_report` adds it."""
+    return summarise_entries(list(read_entries(path)), allowed)
+
+
+def summarise_entries(entries: list[tuple[int, AuditEntry]],
+                      allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS) -> dict[str, Any]:
+    """:func:`summarise_log` of already read ``(line number, entry)`` pairs."""
     nbytes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     refused: dict[str, int] = defaultdict(int)
     for _, e in entries:
         if e.decision == "refused":
             refused[e.msg_type] += 1
-        else:
+        elif e.direction != "local":
             nbytes[e.msg_type][e.direction] += sum(a.nbytes for a in e.arrays)
     violations = _violations(entries, allowed)
     statement = CLEAN_STATEMENT if not violations else (
         f"{len(violations)} outgoing message(s) violate the egress rule: " + "; ".join(violations))
     return {"entries": len(entries), "bytes": {k: dict(v) for k, v in nbytes.items()},
             "refused": sum(refused.values()), "refused_by_type": dict(refused),
-            "violations": violations, "statement": statement,
-            "dp": dp_accounting([e for _, e in entries])}
+            "recoveries": recoveries(entries), "violations": violations, "statement": statement}
 
 
+def recoveries(entries: list[tuple[int, AuditEntry]]) -> list[dict[str, Any]]:
+    """The torn final lines :meth:`AuditLog.recover` moved aside: line, time, side file,
+    byte count and sha256 of the torn bytes."""
+    return [{"line": i, "time": e.time, "side_file": e.config.get("side_file"),
+             "torn_bytes": e.config.get("torn_bytes"), "torn_sha256": e.config.get("torn_sha256")}
+            for i, e in entries if e.msg_type == RECOVERY and e.decision == "recovered"]
 
 # ----------------------------------------------------------------------------- receipts
 RECEIPT_KEYS = ("entry_hash", "signature", "signer", "header")
@@ -354,49 +488,3 @@ def verify_receipt(receipt: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                    public_key: Ed25519PublicKey) -> bool:
     """True when the site's signed log entry covers exactly the received ``arrays``."""
     return receipt_problem(receipt, arrays, public_key) is None
-
-
-# ----------------------------------------------------------------------------- HTML report
-def _row(i: int, e: AuditEntry, bad_line: int | None) -> str:
-    arrays = ", ".join(f"{a.name} {a.dtype}{tuple(a.shape)} {a.nbytes} B" for a in e.arrays)
-    cells = [str(i), e.time, e.run_id, e.peer, e.direction, e.msg_type, arrays or "-",
-             json.dumps(e.config, sort_keys=True), e.decision, e.reason or "",
-             e.entry_hash[:12], "yes" if e.signature else "no"]
-    cls = ' class="bad"' if i == bad_line else ""
-    cls = ' class="refused"' if not cls and e.decision == "refused" else cls
-    return f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-
-
-def _readable_entries(path: Path) -> list[tuple[int, AuditEntry]]:
-    """Entries up to the first unreadable line (the verification banner names that line)."""
-    out: list[tuple[int, AuditEntry]] = []
-    with contextlib.suppress(AuditError):
-        out.extend(read_entries(path))
-    return out
-
-
-def render_html(path: Path, report: VerifyReport, summary: Mapping[str, Any]) -> str:
-    """A standalone HTML page: verification banner, summary and a table of entries (escaped)."""
-    esc = html.escape
-    status = ("VERIFIED: chain intact" + (", signatures valid" if report.signatures_checked
-                                          else " (signatures not checked)")
-              if report.ok else f"FAILED: {report.reason}")
-    head = ["#", "time", "run", "peer", "dir", "type", "arrays", "config", "decision", "reason",
-            "hash", "signed"]
-    rows = "\n".join(_row(i, e, report.first_bad_line) for i, e in _readable_entries(path))
-    summ = esc(json.dumps({k: v for k, v in summary.items() if k != "statement"}, indent=2,
-                          sort_keys=True))
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Audit log {esc(path.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:90%}}
-td,th{{border:1px solid #bbb;padding:3px 6px}}.ok{{color:#070}}.fail{{color:#b00}}
-tr.bad{{background:#fcc}}tr.refused{{background:#ffe9b3}}</style></head><body>
-<h1>Audit log: {esc(str(path))}</h1>
-<p class="{'ok' if report.ok else 'fail'}"><b>{esc(status)}</b> &middot; {report.n_entries}
-valid entries &middot; head {esc(report.head_hash)}</p>
-<h2>Statement</h2><p>{esc(str(summary.get('statement', '')))}</p>
-<h2>Summary</h2><pre>{summ}</pre>
-<h2>Entries</h2><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>
-{rows}
-</table></body></html>
-"""

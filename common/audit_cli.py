@@ -5,33 +5,66 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.audit_report import Report
 
 
 def add_audit_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by both CLIs' ``audit`` subcommands."""
     p.add_argument("--log", type=Path, required=True, help="exchange log (JSONL)")
-    p.add_argument("--pub", type=Path, help="signer's Ed25519 public key (PEM) to check signatures")
+    sig = p.add_mutually_exclusive_group()
+    sig.add_argument("--pub", type=Path,
+                     help="signer's Ed25519 public key (PEM) to check signatures")
+    sig.add_argument("--no-signatures", action="store_true",
+                     help="check the hash chain only; without --pub or this flag audit fails")
     p.add_argument("--head", help="expected entry_hash of the last entry (detects truncation)")
     p.add_argument("--html", type=Path, help="also write a readable HTML report here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def run_audit(args: argparse.Namespace) -> int:
-    """Verify chain and signatures; print a summary; exit 1 when verification fails."""
-    from common.audit import load_public_key, render_html, summarise_log, verify_log
+def run_audit(args: argparse.Namespace, summarise: Report | None = None) -> int:
+    """Verify chain and signatures; print a summary and the statement; exit status 0 only when
+    the log verifies, no egress violation is found and signatures were checked (or waived with
+    ``--no-signatures``); otherwise 1, with the statement withheld
+    (:func:`common.audit_report.final_statement`).
+
+    ``summarise`` builds the summary (default :func:`common.audit_report.site_report`;
+    ``coordinator audit`` passes :func:`common.audit_report.coordinator_report`)."""
+    from common.audit import AuditError, load_public_key, verify_log
+    from common.audit_report import audit_passed, final_statement, render_html, site_report
     from common.io import atomic_write_bytes
 
+    log = Path(args.log)
+    if not log.is_file():
+        raise AuditError(f"{log}: log file not found" if not log.exists()
+                         else f"{log}: not a regular file")
     pub = load_public_key(args.pub) if args.pub else None
-    report = verify_log(args.log, pub, expected_head=args.head)
-    summary = summarise_log(args.log)
+    report = verify_log(log, pub, expected_head=args.head)
+    summary = (summarise or site_report)(log)
+    waived = bool(getattr(args, "no_signatures", False))
+    summary["statement"] = final_statement(report, summary, waived)
     if args.json:
         print(json.dumps({"verify": report.model_dump(), "summary": summary}, indent=2))
     else:
-        _print_human(args.log, report, summary, signed=pub is not None)
+        _print_human(log, report, summary, signed=pub is not None)
     if args.html:
-        atomic_write_bytes(args.html, render_html(args.log, report, summary).encode())
+        try:
+            atomic_write_bytes(args.html, render_html(log, report, summary).encode())
+        except OSError as exc:
+            raise AuditError(f"{args.html}: cannot write the HTML report "
+                             f"({exc.strerror or exc})") from None
         print(f"HTML report: {args.html}")
-    return 0 if report.ok else 1
+    return 0 if audit_passed(report, summary, waived) else 1
+
+
+def _print_dp(rows: list[dict]) -> None:
+    for d in rows:
+        print(f"  dp: run {d['run_id']}: {d['slices']} noised slices ({d['releases']}): "
+              f"epsilon {d['epsilon']:.4g} at delta {d['delta']:g} (RDP accountant, "
+              f"order {d['rdp_order']:g}); covers the released answers for any change of the "
+              "site's data, not the teacher's training (no DP there)")
 
 
 def _print_human(log: Path, report: object, summary: dict, signed: bool) -> None:
@@ -44,9 +77,11 @@ def _print_human(log: Path, report: object, summary: dict, signed: bool) -> None
         parts = ", ".join(f"{d} {b:,} B" for d, b in sorted(per_dir.items()))
         print(f"  {msg_type}: {parts}")
     print(f"  refused replies: {summary.get('refused', 0)}")
-    for d in summary.get("dp", []):
-        print(f"  dp: run {d['run_id']}: {d['slices']} slices with noise sigma {d['sigma']:g}: "
-              f"epsilon {d['epsilon_advanced']:.3g} (advanced composition; linear "
-              f"{d['epsilon_linear']:.3g}), delta {d['delta']:g} per slice, derived L2 "
-              f"sensitivity {d['sensitivity']:g}")
+    for r in summary.get("recoveries", []):
+        state = "intact" if r.get("side_file_ok") else "MISSING OR ALTERED"
+        print(f"  recovered torn line: line {r['line']} ({r['time']}): {r['torn_bytes']} B moved "
+              f"to {r['side_file']} (sha256 {str(r['torn_sha256'])[:16]}..., {state})")
+    for v in summary.get("violations", []):
+        print(f"  VIOLATION: {v}")
+    _print_dp(summary.get("dp", []))
     print(f"  {summary.get('statement', '')}")

@@ -22,7 +22,8 @@ as log-probabilities) or on logits, drawn from OS entropy unless a generator is 
 ``(N,h,w)`` get per-element std ``sigma/sqrt(h*w)`` (the scale of a unit-L2 map, so the noise
 has expected L2 norm ``sigma`` per map) and region-contrast cosines ``(N,)`` get std ``sigma``
 (clipped to [-1, 1]).
-:func:`dp_epsilon` accounts for it; see its docstring for what that bound does and does not mean.
+:func:`common.dp.dp_epsilon` accounts for it; see its docstring for what that bound does and
+does not mean.
 Only numpy is imported.
 """
 
@@ -46,9 +47,9 @@ class CompressionConfig(StrictModel):
     mode: Literal["fp32", "fp16", "int8_probs", "downsample"] = "fp16"
     downsample_factor: Literal[2, 4] = 2
     int8_classes: Literal["foreground", "all"] = "foreground"
-    noise_sigma: float = Field(default=0.0, ge=0.0)
+    noise_sigma: float = Field(default=0.0, ge=0.0, le=1e6)
     noise_on: Literal["probs", "logits"] = "probs"
-    temperature: float = Field(default=1.0, gt=0.0)
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
 
 
 def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -178,29 +179,3 @@ def bytes_per_slice(cfg: CompressionConfig, size: int, num_classes: int = 2) -> 
         total += np.dtype(dtype).itemsize * math.prod(shape)
     return total
 
-
-def dp_epsilon(sigma: float, sensitivity: float, delta: float, n_queries: int,
-               composition: Literal["linear", "advanced"] = "linear") -> float:
-    """Privacy loss epsilon of ``n_queries`` Gaussian-mechanism releases (per run, per site).
-
-    Per query, the classic bound (Dwork & Roth 2014, Thm A.1) gives
-    ``eps0 = sqrt(2 ln(1.25/delta)) * sensitivity / sigma``; it only holds for ``eps0 <= 1``,
-    so ``inf`` (no guarantee) is returned above that. ``"linear"`` composition returns
-    ``n * eps0`` (total delta ``n * delta``); ``"advanced"`` returns the smaller of that and the
-    advanced composition theorem with ``delta' = delta``:
-    ``sqrt(2 n ln(1/delta)) eps0 + n eps0 (e^eps0 - 1)`` (total delta ``(n + 1) * delta``).
-    Both are conservative (an RDP/moments accountant is tighter). ``sensitivity`` is the L2
-    sensitivity of ONE query's whole released vector to one patient's data (in units of the
-    noise std); :func:`common.dp.release_sensitivity` derives it from the output ranges.
-    """
-    if sigma <= 0 or sensitivity < 0 or not 0 < delta < 1 or n_queries < 0:
-        raise ValueError("need sigma > 0, sensitivity >= 0, 0 < delta < 1, n_queries >= 0")
-    eps0 = math.sqrt(2.0 * math.log(1.25 / delta)) * sensitivity / sigma
-    if eps0 > 1.0:
-        return math.inf
-    linear = n_queries * eps0
-    if composition == "linear":
-        return linear
-    adv = (math.sqrt(2.0 * n_queries * math.log(1.0 / delta)) * eps0
-           + n_queries * eps0 * math.expm1(eps0))
-    return min(linear, adv)

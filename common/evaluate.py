@@ -34,17 +34,58 @@ def predict_volume(
     return np.concatenate(out, axis=0)
 
 
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module, image: np.ndarray, device: torch.device, batch_size: int = 16,
+    amp: bool = True,
+) -> np.ndarray:
+    """Softmax probabilities of a prepared volume, slice by slice.
+
+    Args:
+        image: ``(D, S, S)`` float32 (``Volume.image`` / ``PreparedCase.image``).
+    Returns:
+        ``(D, K, S, S)`` float32 probabilities (input to :func:`common.data.native.to_native`).
+    """
+    model.eval()
+    out = []
+    for start in range(0, image.shape[0], batch_size):
+        batch = np.ascontiguousarray(image[start : start + batch_size, None], np.float32)
+        x = torch.from_numpy(batch).to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out, axis=0).astype(np.float32)
+
+
 def evaluate_volumes(
     model: nn.Module, volumes: list[Volume], device: torch.device, batch_size: int = 16
 ) -> tuple[dict[str, SegScores], dict[str, np.ndarray]]:
-    """3D Dice/VOE/HD95 per case (HD95 in mm from ``vol.spacing``) and the predictions."""
+    """3D Dice/VOE/HD95 per case at NATIVE resolution, and the prepared-grid predictions.
+
+    For a volume loaded from disk (``vol.case`` and ``vol.native_label`` set) the softmax
+    probabilities are mapped back to the file's original grid and orientation
+    (:func:`common.data.native.to_native`) and scored against the untouched original label
+    with the file's own spacing (HD95 in mm). In-memory volumes without them are scored on the
+    prepared grid with ``vol.spacing``. Returns ``(scores, preds)``; ``preds[case_id]`` is the
+    ``(D, S, S)`` uint8 argmax on the prepared grid (for overlays).
+    """
     scores: dict[str, SegScores] = {}
     preds: dict[str, np.ndarray] = {}
     for vol in volumes:
-        pred = predict_volume(model, vol, device, batch_size)
-        preds[vol.case_id] = pred
-        scores[vol.case_id] = score_volume(pred, vol.label, vol.spacing)
+        probs = predict_probs(model, vol.image, device, batch_size)
+        preds[vol.case_id] = probs.argmax(1).astype(np.uint8)
+        scores[vol.case_id] = score_native(probs, vol)
     return scores, preds
+
+
+def score_native(probs: np.ndarray, vol: Volume) -> SegScores:
+    """Scores of ``(D, K, S, S)`` probabilities for ``vol`` (native grid when it has one)."""
+    if vol.case is None or vol.native_label is None:
+        return score_volume(probs.argmax(1).astype(np.uint8), vol.label, vol.spacing)
+    from common.data.native import to_native
+
+    native = to_native(probs, vol.case)
+    return score_volume(native, vol.native_label, vol.case.native_zooms)
 
 
 def mean_dice(scores: dict[str, SegScores]) -> float:

@@ -10,8 +10,12 @@ Empty-mask conventions (documented once, used everywhere):
   undefined). Aggregators (:func:`summarise`) use a nan-aware mean and report how many
   HD95 values were undefined (``hd95_undefined``) so the nans are never silently dropped.
 
-Spacing tuples are in array-axis order: for a ``(D, H, W)`` volume ``spacing = (sz, sy, sx)``
-in millimetres.
+Spacing is in the ARRAY's axis order, one positive finite value (mm) per axis: for the
+canonical ``(D, H, W)`` arrays of :mod:`common.data` it is ``(sz, sy, sx)``; for a mask in a NIfTI
+file's own ``(X, Y, Z)`` order it is the header zooms ``(zx, zy, zz)``. Wrong length, zero,
+negative, NaN or infinite entries raise ``ValueError`` (:func:`check_spacing`); the order itself
+cannot be checked, so pass the spacing that belongs with the array (``PreparedCase.native_zooms``
+for native masks, ``Volume.spacing`` for prepared-grid masks).
 
 The paper's Eq. 9 ``1 - |P∩G| / (|P| + |G|)`` is not the standard volumetric overlap error
 (a perfect prediction scores 0.5); :func:`voe` is the standard ``1 - |P∩G| / |P∪G|`` and
@@ -20,6 +24,8 @@ The paper's Eq. 9 ``1 - |P∩G| / (|P| + |G|)`` is not the standard volumetric o
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +33,7 @@ from scipy import ndimage
 
 __all__ = [
     "SegScores",
+    "check_spacing",
     "VolumeAccumulator",
     "dice",
     "hd95",
@@ -83,17 +90,33 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return np.logical_and(mask, np.logical_not(eroded))
 
 
-def hd95(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> float:
-    """95th percentile of the symmetric surface distances, in mm.
+def check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
+    """Validate a spacing for an ``ndim``-D array: ``ndim`` finite values > 0 (mm)."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"spacing {spacing!r} is not a sequence of numbers") from exc
+    if len(values) != ndim:
+        raise ValueError(f"spacing {spacing} has {len(values)} entries for a {ndim}-D mask")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing {spacing} must be finite and > 0 mm on every axis")
+    return values
 
-    Surface voxels of each mask are found by a face-connected erosion; distances from every
-    surface voxel of one mask to the nearest surface voxel of the other are computed with
-    ``scipy.ndimage.distance_transform_edt(sampling=spacing)``; both directions are pooled and
-    the 95th percentile (linear interpolation) is returned. 0.0 if both empty, nan if one is.
+
+def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
+    """HD95 in mm: 95th percentile of the POOLED directed surface distances (medpy's ``hd95``).
+
+    Convention (identical to ``medpy.metric.binary.hd95`` with connectivity 1): surface voxels
+    of each mask are the voxels removed by one face-connected erosion (border counts as
+    background); the distances from every surface voxel of P to the nearest surface voxel of G
+    and from every surface voxel of G to the nearest of P are computed with
+    ``scipy.ndimage.distance_transform_edt(sampling=spacing)``; both sets are pooled into one
+    array and its 95th percentile (linear interpolation) is returned. This is NOT the max of
+    the two directed 95th percentiles. ``spacing``: mm per axis in the arrays' axis order
+    (module doc), validated by :func:`check_spacing`. 0.0 if both masks are empty, nan if one is.
     """
     p, g = _binary_pair(pred, gt)
-    if len(spacing) != p.ndim:
-        raise ValueError(f"spacing {spacing} has {len(spacing)} entries for a {p.ndim}-D mask")
+    spacing = check_spacing(spacing, p.ndim)
     if not p.any() and not g.any():
         return 0.0
     if not p.any() or not g.any():
@@ -115,9 +138,15 @@ class SegScores:
 
 
 def score_volume(
-    pred_dhw: np.ndarray, gt_dhw: np.ndarray, spacing: tuple[float, ...]
+    pred_dhw: np.ndarray, gt_dhw: np.ndarray, spacing: Sequence[float]
 ) -> SegScores:
-    """Dice, VOE and HD95 of a whole volume; ``spacing`` in array-axis order."""
+    """Dice, VOE and HD95 (mm) of a whole volume.
+
+    ``spacing``: mm per axis in the arrays' axis order ((sz, sy, sx) for canonical (D, H, W)
+    arrays, the NIfTI zooms (zx, zy, zz) for masks in a file's (X, Y, Z) order); validated
+    before anything is computed (:func:`check_spacing`).
+    """
+    check_spacing(spacing, np.asarray(pred_dhw).ndim)
     return SegScores(dice(pred_dhw, gt_dhw), voe(pred_dhw, gt_dhw), hd95(pred_dhw, gt_dhw, spacing))
 
 

@@ -36,9 +36,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from common.config import StrictModel
+from common.config import MAX_NAME_LEN, RunId, RunName, SafeName, StrictModel
 
 if TYPE_CHECKING:
     import torch
@@ -87,17 +87,24 @@ FEATURE_KEYS = (Key.AT_EARLY, Key.AT_DEEP, Key.RC_EARLY, Key.RC_DEEP)  # teacher
 class TrainConfig(StrictModel):
     """``train`` request: reuse the site's teacher unless ``force_retrain``; optional overrides."""
 
-    run_id: str = ""
+    run_id: RunId = ""
     force_retrain: bool = False
-    model: str = ""  # "" = the site's default architecture
-    epochs: int = 0  # 0 = the site's default
-    size: int = 0  # 0 = the site's default
+    model: str = Field(default="", max_length=MAX_NAME_LEN)  # "" = the site's default
+    epochs: int = Field(default=0, ge=0, le=100_000)  # 0 = the site's default
+    size: int = Field(default=0, ge=0, le=1024)  # 0 = the site's default, else >= 16
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if 0 < v < 16:
+            raise ValueError(f"size must be 0 (site default) or 16..1024, got {v}")
+        return v
 
 
 class SiteInfo(StrictModel):
     """Who answers: the site's name (``site-name`` node config)."""
 
-    site_name: str
+    site_name: SafeName  # names the site's key file on the coordinator: no path characters
 
 
 class TrainReply(StrictModel):
@@ -110,29 +117,35 @@ class TrainReply(StrictModel):
 class QueryConfig(StrictModel):
     """``query.teacher_outputs`` request: one chunk of proxy slices and how to compute maps."""
 
-    run_id: str
-    chunk: int
-    n_chunks: int
-    size: int
+    run_id: RunId
+    chunk: int = Field(ge=0)
+    n_chunks: int = Field(ge=1, le=1_000_000)
+    size: int = Field(ge=16, le=1024)
     at_form: Literal["zagoruyko", "paper"] = "zagoruyko"
-    p: int = 2
-    batch_size: int = 16
-    temperature: float = Field(default=1.0, gt=0.0)  # the student's KD temperature (int8 codec)
-    slice_hashes: list[str]
+    p: int = Field(default=2, ge=1, le=8)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0)  # the student's KD temperature
+    slice_hashes: list[str] = Field(max_length=100_000)
+
+    @model_validator(mode="after")
+    def _chunk_in_range(self) -> QueryConfig:
+        if self.chunk >= self.n_chunks:
+            raise ValueError(f"chunk {self.chunk} out of range for {self.n_chunks} chunks")
+        return self
 
 
 class QueryEcho(StrictModel):
     """``query.teacher_outputs`` reply header: which chunk this answers, how logits are encoded
     (``common.compress.CompressionConfig`` fields, flattened; the site's ``compression``)."""
 
-    run_id: str
-    chunk: int
-    n: int
+    run_id: RunId
+    chunk: int = Field(ge=0)
+    n: int = Field(ge=0, le=100_000)
     compression: Literal["fp32", "fp16", "int8_probs", "downsample"] = "fp16"
     downsample_factor: Literal[2, 4] = 2
     int8_classes: Literal["foreground", "all"] = "foreground"
-    temperature: float = 1.0
-    noise_sigma: float = 0.0
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    noise_sigma: float = Field(default=0.0, ge=0.0, le=1e6)
     noise_on: Literal["probs", "logits"] = "probs"
     at_form: Literal["zagoruyko", "paper"] = "zagoruyko"  # unit-L2 maps or not (DP accounting)
 
@@ -148,10 +161,10 @@ class QueryEcho(StrictModel):
 class EvalConfig(StrictModel):
     """``evaluate`` request: the student's architecture (weights travel as an ArrayRecord)."""
 
-    run_id: str
-    run_name: str
-    model_name: str
-    size: int
+    run_id: RunId
+    run_name: RunName
+    model_name: str = Field(max_length=MAX_NAME_LEN)
+    size: int = Field(ge=16, le=1024)
 
 
 class EvalReply(StrictModel):
@@ -190,7 +203,7 @@ def reply_schema(n: int, size: int, codec: CompressionConfig | None = None
 
 
 def slice_hash(image: np.ndarray) -> str:
-    """sha256 of one slice's float32 bytes (C order); same as ``coordinator.distill.proxy``."""
+    """sha256 of one slice's float32 bytes (C order); the proxy set's hashes use it too."""
     return hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).hexdigest()
 
 

@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.audit import AuditLog, load_public_key, receipt_problem
+from common.audit import AuditLog, clean_config, load_public_key, receipt_problem
+from common.config import ConfigError, safe_name
+from common.io import strict_json_dumps
 from common.protocol import Key
 from common.records import load_or_create_key, loggable, record_contents
 
@@ -47,12 +49,16 @@ class CoordinatorTrail:
             return None
         if receipt is None:
             return "reply carries no signed receipt"
+        try:
+            safe_name(site, "site name")  # it names a key file: no path characters
+        except ConfigError as exc:
+            return str(exc)
         pub = self.keys_dir / f"{site}.pub"
         if not pub.is_file():
             return f"no public key {pub} for site {site!r}"
         why = receipt_problem(receipt, arrays, load_public_key(pub))
         header = json.loads(str(receipt["header"])) if why is None else {}
-        if why is None and header.get("config") != loggable(scalars):
+        if why is None and header.get("config") != clean_config(loggable(scalars)):
             why = "receipt does not match the received scalars"
         if why is None and header.get("run_id") != self.run_id:
             why = f"receipt is for run {header.get('run_id')!r}, not {self.run_id!r} (replay?)"
@@ -76,37 +82,14 @@ class CoordinatorTrail:
         line = {"site": site, "node": node, "msg_type": msg_type, "receipt": receipt,
                 "verified": self.keys_dir is not None and why is None, "problem": why}
         with self.receipts.open("a") as fh:
-            fh.write(json.dumps(line, sort_keys=True) + "\n")
+            fh.write(strict_json_dumps(line, sort_keys=True) + "\n")
         return content, why
-
-
-
-def coordinator_statement(log: Path) -> str:
-    """One line for ``coordinator audit``: replies received, verified receipts, rejections."""
-    from common.audit import read_entries
-
-    got = [e for _, e in read_entries(log) if e.direction == "in"]
-    ok = sum(1 for e in got if e.decision == "received")
-    verified = sum(1 for e in got if e.config.get("receipt_verified") is True)
-    return (f"coordinator log: {ok} replies accepted ({verified} with a verified site receipt), "
-            f"{len(got) - ok} rejected or error replies")
 
 
 def run_coordinator_audit(args: Any) -> int:
     """``coordinator audit``: like ``site-node audit``, but the egress statement (which is about
     a site's outgoing arrays) is replaced by the coordinator's receipt statistics."""
-    import common.audit as audit
     from common.audit_cli import run_audit
+    from common.audit_report import coordinator_report
 
-    original = audit.summarise_log
-
-    def summary(path: Path, allowed: Any = None) -> dict[str, Any]:
-        out = original(path, allowed={"": frozenset()})
-        out.update(violations=[], statement=coordinator_statement(path))
-        return out
-
-    audit.summarise_log = summary  # type: ignore[assignment]
-    try:
-        return run_audit(args)
-    finally:
-        audit.summarise_log = original
+    return run_audit(args, coordinator_report)

@@ -2,15 +2,25 @@
 
 Subcommands: ``models`` (Table 2: params and FLOPs), ``make-proxy`` (synthetic public proxy
 set), ``distill --local`` (the whole Tables 3-5 experiment on one machine), ``distill``
-without ``--local`` (the same against a running SuperLink, see :mod:`coordinator.federated_cli`).
+without ``--local`` (the same against a running SuperLink, see :mod:`coordinator.federated_cli`),
+``simulate`` (that run on a local deployment), ``export``, ``audit``, ``predict`` /
+``evaluate`` (segment NIfTI with the exported student; score predictions). ``-v``/``-q`` (before or
+after the subcommand) set the log level; logs go to stderr, results to stdout.
+
+Adding a subcommand: write ``_add_<name>(sub)`` (``sub.add_parser`` + ``set_defaults(func=...)``,
+the handler takes the parsed args and returns the exit code) and call it in
+:func:`build_parser`; it gets ``-v``/``-q`` and the error guard automatically.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -22,18 +32,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_proxy(args: argparse.Namespace) -> int:
-    from common.data.phantom import make_proxy
+    from common.config import validated_copy
+    from common.data.phantom import PhantomSpec, make_proxy
 
-    out = make_proxy(args.out, n_cases=args.cases, seed=args.seed,
-                     shape=(args.depth, args.size, args.size))
-    print(f"wrote proxy phantom set ({args.cases} cases, all site styles) to {out}")
+    spec = validated_copy(PhantomSpec(), {"n_cases": args.cases, "seed": args.seed,
+                                          "shape": (args.depth, args.size, args.size)},
+                          "make-proxy")
+    out = make_proxy(args.out, n_cases=spec.n_cases, seed=spec.seed, shape=spec.shape)
+    log.info("wrote proxy phantom set (%d cases, all site styles) to %s", args.cases, out)
     return 0
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.config import load_config, validated_copy
     from coordinator.distill.config import ExperimentConfig, paper_preset
     from coordinator.distill.experiment import run_experiment
+    from coordinator.export import export_best_multi
 
     cfg = load_config(args.config, ExperimentConfig).resolve_paths(args.config.parent.resolve())
     if args.paper:
@@ -41,19 +55,19 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.out is not None:
         cfg = cfg.model_copy(update={"out": args.out.resolve()})
     if args.epochs is not None:
-        cfg = cfg.model_copy(update={"student": cfg.student.model_copy(
-            update={"epochs": args.epochs})})
+        cfg = cfg.model_copy(update={"student": validated_copy(
+            cfg.student, {"epochs": args.epochs}, "--epochs")})
     if not args.local:
         from coordinator.federated_cli import main_federated
 
         return main_federated(args, cfg)
-    run_experiment(cfg)
-    print(f"results: {cfg.out / 'results.md'}")
+    export_best_multi(cfg.out, run_experiment(cfg), cfg)  # as the federated ServerApp does
+    print(f"results: {cfg.out / 'results.md'}")  # the command's answer: where the table is
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from coordinator.simulate import main_simulate
+    from coordinator.topology.simulate import main_simulate
 
     return main_simulate(args)
 
@@ -65,7 +79,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
     p.add_argument("--workdir", type=Path, required=True, help="logs, Flower state, FLWR_HOME")
     p.add_argument("--min-sites", dest="min_sites", type=int, default=0)
-    p.add_argument("--round-timeout", dest="round_timeout", type=float, default=300.0)
+    p.add_argument("--round-timeout", dest="round_timeout", type=float,
+                   help="seconds per round (default: the Flower app's pyproject.toml)")
     p.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
     p.add_argument("--no-train", dest="no_train", action="store_true",
                    help="skip the train round (sites are then named node<id>)")
@@ -88,6 +103,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``coordinator`` argument parser."""
+    from common.logs import add_verbosity_everywhere
+    from common.predict_cli import add_predict_commands
     from coordinator.federated_cli import add_export_parser, add_federated_args
 
     parser = argparse.ArgumentParser(prog="coordinator", description=__doc__)
@@ -114,14 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     _add_simulate(sub)
     _add_audit(sub)
+    add_predict_commands(sub, "coordinator")  # predict, evaluate
+    add_verbosity_everywhere(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known input errors become one clear line and exit code 2."""
     from common.cli_errors import run_guarded
+    from common.logs import setup_logging, verbosity
 
     args = build_parser().parse_args(argv)
+    setup_logging(verbosity(args))
     return run_guarded(lambda: args.func(args), "coordinator")
 
 

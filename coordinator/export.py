@@ -4,6 +4,11 @@
 atomically) and verifies them: the TorchScript file is reloaded and must reproduce the eager
 model's logits, and the ONNX graph must pass ``onnx.checker``. :func:`export_best_multi` picks
 the default-weighting multi-teacher run of an experiment and exports it to ``<out>/export/``.
+
+Each file carries the student's preprocessing plan (:class:`common.data.plan.Plan` as JSON) so
+that ``coordinator predict`` needs no other file: ONNX ``metadata_props`` key
+:data:`common.predict.PLAN_KEY`, the TorchScript extra file :data:`common.predict.PLAN_EXTRA_FILE`
+and ``model_card.json["plan"]``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -22,12 +29,14 @@ from torch.nn.modules.utils import _pair
 
 from common.io import atomic_write_bytes, atomic_write_json
 from common.models.base import SegModel, count_params
+from common.predict import PLAN_EXTRA_FILE, PLAN_KEY
 
 if TYPE_CHECKING:
     from coordinator.distill.config import ExperimentConfig
 
 OPSET = 17
 TOLERANCE = 1e-4
+log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
@@ -74,13 +83,15 @@ def _example(size: int) -> torch.Tensor:
     return torch.randn(1, 1, size, size, generator=gen)
 
 
-def export_torchscript(model: SegModel, x: torch.Tensor, path: Path) -> float:
-    """Trace ``model.forward`` on ``x``, save to ``path``; return max |reloaded - eager|."""
+def export_torchscript(model: SegModel, x: torch.Tensor, path: Path,
+                       extra_files: dict[str, str] | None = None) -> float:
+    """Trace ``model.forward`` on ``x``, save to ``path`` (with ``extra_files``, e.g. the
+    plan); return max |reloaded - eager|."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shapes turned into constants
         traced = torch.jit.trace(exportable(model), x, check_trace=False)
         buf = io.BytesIO()
-        torch.jit.save(traced, buf)
+        torch.jit.save(traced, buf, _extra_files=extra_files or {})
         atomic_write_bytes(path, buf.getvalue())
         reloaded = torch.jit.load(str(path), map_location="cpu")
         diffs = [float((reloaded(v) - model(v)).abs().max()) for v in (x, x.flip(-1) * 0.5)]
@@ -90,8 +101,10 @@ def export_torchscript(model: SegModel, x: torch.Tensor, path: Path) -> float:
     return diff
 
 
-def export_onnx(model: SegModel, x: torch.Tensor, path: Path) -> int:
-    """Export ``model.forward`` to ONNX (opset 17, dynamic batch), check it; return node count."""
+def export_onnx(model: SegModel, x: torch.Tensor, path: Path,
+                metadata: dict[str, str] | None = None) -> int:
+    """Export ``model.forward`` to ONNX (opset 17, dynamic batch) with ``metadata`` in its
+    ``metadata_props``, check it; return node count."""
     import onnx
 
     buf: Any = io.BytesIO()  # torch's stubs say path-only; file objects work with dynamo=False
@@ -100,13 +113,14 @@ def export_onnx(model: SegModel, x: torch.Tensor, path: Path) -> int:
         torch.onnx.export(exportable(model), (x,), buf, opset_version=OPSET, dynamo=False,
                           input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-    data = buf.getvalue()
-    graph = onnx.load_from_string(data)
+    graph = onnx.load_from_string(buf.getvalue())
+    if metadata:
+        onnx.helper.set_model_props(graph, metadata)
     try:
         onnx.checker.check_model(graph)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: ONNX graph failed the checker: {exc}") from exc
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, graph.SerializeToString())
     return len(graph.graph.node)
 
 
@@ -120,20 +134,27 @@ def fedmtkd_version() -> str:
         return "unknown"
 
 
-def export_student(model: SegModel, out_dir: Path, size: int, card: dict) -> dict[str, Path]:
+def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
+                   plan: dict | None = None) -> dict[str, Path]:
     """Write and verify ``student.ts``, ``student.onnx`` and ``model_card.json`` in ``out_dir``.
 
     ``card`` adds to (and may override) the computed fields: e.g. ``architecture``, ``sites``,
-    ``fusion_weights``, ``site_metrics``, ``bytes_exchanged``. ``model`` is put in eval mode on
-    the CPU; the traced copy has ENet's unpooling swapped (:func:`exportable`). Returns the
-    three paths keyed ``torchscript``, ``onnx``, ``card``.
+    ``fusion_weights``, ``site_metrics``, ``bytes_exchanged``. ``plan`` (a
+    :class:`common.data.plan.Plan` as JSON dict, its ``size`` equal to ``size``) goes into all
+    three files. ``model`` is put in eval mode on the CPU; the traced copy has ENet's unpooling
+    swapped (:func:`exportable`). Returns the three paths keyed ``torchscript``, ``onnx``,
+    ``card``.
     """
+    if plan is not None and int(plan.get("size", size)) != size:
+        raise ExportError(f"{out_dir}: plan size {plan.get('size')} != export size {size}")
     model = model.eval().cpu()
     x = _example(size)
     paths = {"torchscript": out_dir / "student.ts", "onnx": out_dir / "student.onnx",
              "card": out_dir / "model_card.json"}
-    diff = export_torchscript(model, x, paths["torchscript"])
-    nodes = export_onnx(model, x, paths["onnx"])
+    text = json.dumps(plan, sort_keys=True) if plan is not None else None
+    diff = export_torchscript(model, x, paths["torchscript"],
+                              {PLAN_EXTRA_FILE: text} if text else None)
+    nodes = export_onnx(model, x, paths["onnx"], {PLAN_KEY: text} if text else None)
     with torch.no_grad():
         classes = int(model(x).shape[1])
     full: dict[str, Any] = {
@@ -146,6 +167,7 @@ def export_student(model: SegModel, out_dir: Path, size: int, card: dict) -> dic
                          "onnx_opset": OPSET, "onnx_nodes": nodes},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "fedmtkd_version": fedmtkd_version(),
+        **({"plan": plan} if plan is not None else {}),
         **card,
     }
     atomic_write_json(paths["card"], full)
@@ -184,13 +206,13 @@ def exchanged_bytes(out: Path) -> dict[str, Any] | None:
     """Array bytes per message type and direction from ``<out>/audit/coordinator.jsonl``."""
     from common.audit import AuditError, summarise_log
 
-    log = out / "audit" / "coordinator.jsonl"
-    if not log.is_file():
+    path = out / "audit" / "coordinator.jsonl"
+    if not path.is_file():
         return None
     try:
-        by_type = summarise_log(log)["bytes"]
+        by_type = summarise_log(path)["bytes"]
     except (AuditError, ValueError, OSError) as exc:
-        print(f"[export] {log}: unreadable exchange log ({exc}); bytes not reported")
+        log.warning("%s: unreadable exchange log (%s); bytes not reported", path, exc)
         return None
     total = sum(int(b) for per_dir in by_type.values() for b in per_dir.values())
     return {"total": total, "by_type": by_type}
@@ -214,6 +236,27 @@ def result_rows(out: Path) -> list[dict]:
     return rows
 
 
+def student_plan(ckpt: dict, cfg: ExperimentConfig) -> dict:
+    """The preprocessing plan the student was trained with, as JSON: the checkpoint's ``plan``
+    when it records one, else the proxy set's plan recomputed exactly as
+    :func:`coordinator.distill.proxy.load_proxy` makes it (fingerprint of ``cfg.proxy`` at the
+    student size, ``cfg.proxy_label``); the default plan with a warning when the proxy set
+    cannot be read."""
+    if ckpt.get("plan"):
+        return dict(ckpt["plan"])
+    from common.data.errors import DataError
+    from common.data.fingerprint import plan_for_dataset
+    from common.data.layout import discover_dataset
+    from common.data.plan import default_plan
+
+    try:
+        plan = plan_for_dataset(discover_dataset(cfg.proxy), cfg.student.size, cfg.proxy_label)
+    except DataError as exc:
+        log.warning("proxy set unreadable (%s); the exported plan is the default MRI plan", exc)
+        plan = default_plan("MRI", cfg.student.size)
+    return plan.model_dump(mode="json")
+
+
 def main_export(args: Any) -> int:
     """Handler of ``coordinator export``; 1 when there is no multi-teacher run to export."""
     from common.config import load_config
@@ -228,14 +271,14 @@ def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
                       bytes_exchanged: int | None = None) -> dict[str, Path] | None:
     """Export ``<out>/runs/<default multi run>/last.pt`` to ``<out>/export/``.
 
-    Returns the written paths, or ``None`` (with one printed line) when ``rows`` hold no
+    Returns the written paths, or ``None`` (with one logged warning) when ``rows`` hold no
     multi-teacher run.
     """
     from common.models.checkpoint import load_model
 
     row = pick_default_multi(rows, cfg)
     if row is None:
-        print("[export] no multi-teacher run in the results; nothing exported")
+        log.warning("no multi-teacher run in the results; nothing exported")
         return None
     folder = Path(row.get("checkpoint_dir") or out / "runs" / row["run"])
     model, ckpt = load_model(folder / "last.pt")
@@ -253,6 +296,8 @@ def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
     if bytes_exchanged is not None or traffic is not None:
         card["bytes_exchanged"] = int(bytes_exchanged if bytes_exchanged is not None
                                       else traffic["total"] if traffic else 0)
-    paths = export_student(model, out / "export", cfg.student.size, card)
-    print(f"[export] {row['run']}: {paths['torchscript']}, {paths['onnx']}, {paths['card']}")
+    paths = export_student(model, out / "export", cfg.student.size, card,
+                           plan=student_plan(ckpt, cfg))
+    log.info("[export] %s: %s, %s, %s", row["run"], paths["torchscript"], paths["onnx"],
+             paths["card"])
     return paths

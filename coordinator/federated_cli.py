@@ -10,12 +10,17 @@ and ``WORKDIR/run_config.toml`` (flags, then ``--run-config FILE`` values on top
 runs where the SuperLink runs it (subprocess isolation) or where a ``flower-superexec`` attached
 to it runs (process isolation: the coordinator role of ``deploy/entrypoints/coordinator.sh``,
 which drives its run with this command); the experiment config and out folder must be
-reachable there under the same paths.
+reachable there under the same paths. Run-config defaults come from the Flower app's
+``pyproject.toml`` (:func:`coordinator.topology.env.app_defaults`), flags and ``--run-config``
+go on top, and the result is validated as :class:`coordinator.run_config.RunConfig`. Only the
+pure environment builder of the topology (:mod:`coordinator.topology.env`) is imported here.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shlex
 import signal
 import socket
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 
 FEDERATION = "fedmtkd-deployment"
 PROG = "coordinator distill"
+log = logging.getLogger(__name__)
+APP_DEFAULT = "(default: the Flower app's pyproject.toml)"
 
 
 class SuperLinkUnreachable(RuntimeError):
@@ -48,17 +55,17 @@ def add_federated_args(p: argparse.ArgumentParser) -> None:
                      help="the federation's CA certificate, or a folder with its ca.crt "
                           "(TLS; default ./certs)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
-    g.add_argument("--min-sites", dest="min_sites", type=int, default=0,
-                   help="fewest sites to go on with (0 = the config's min_sites)")
+    g.add_argument("--min-sites", dest="min_sites", type=int,
+                   help=f"fewest sites to go on with (0 = the config's min_sites) {APP_DEFAULT}")
     g.add_argument("--expected-sites", dest="expected_sites", type=int, default=0,
                    help="sites to wait for (0 = all sites of the config)")
-    g.add_argument("--round-timeout", dest="round_timeout", type=float, default=300.0,
-                   help="seconds per round and for the sites to connect")
+    g.add_argument("--round-timeout", dest="round_timeout", type=float,
+                   help=f"seconds per round and for the sites to connect {APP_DEFAULT}")
     g.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
     g.add_argument("--no-train", dest="no_train", action="store_true",
                    help="skip the train round (sites are then named node<id>)")
-    g.add_argument("--chunk-size", dest="chunk_size", type=int, default=256,
-                   help="proxy slices per query message")
+    g.add_argument("--chunk-size", dest="chunk_size", type=int,
+                   help=f"proxy slices per query message {APP_DEFAULT}")
     g.add_argument("--site-keys", dest="site_keys", type=Path,
                    help="folder of <site>.pub audit keys: every receipt must verify")
     g.add_argument("--workdir", type=Path, help="FLWR_HOME, run config, log (default OUT/flwr)")
@@ -92,23 +99,23 @@ def parse_superlink(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def connection_lines(args: argparse.Namespace) -> str:
-    """The TLS lines of the federation in ``config.toml`` (CA checked to exist)."""
+def connection_tls(args: argparse.Namespace) -> dict[str, object]:
+    """The TLS keys of the federation in ``config.toml`` (CA checked to exist)."""
     if args.insecure:
-        return "insecure = true\n"
+        return {"insecure": True}
     ca = args.certs if args.certs.is_file() else args.certs / "ca.crt"
     if not ca.is_file():
         raise FileNotFoundError(f"{ca}: CA certificate not found (pass --certs DIR, or "
                                 "--insecure for a test federation without TLS)")
-    return f'root-certificates = "{ca.resolve()}"\n'
+    return {"root-certificates": str(ca.resolve())}
 
 
-def write_connection(flwr_home: Path, address: str, tls_lines: str) -> Path:
+def write_connection(flwr_home: Path, address: str, tls: dict[str, object]) -> Path:
     """``FLWR_HOME/config.toml`` naming the one federation :data:`FEDERATION` at ``address``."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    path = flwr_home / "config.toml"
-    path.write_text(f'[superlink.{FEDERATION}]\naddress = "{address}"\n{tls_lines}')
-    return path
+    from coordinator.topology.env import write_toml
+
+    return write_toml(flwr_home / "config.toml",
+                      {"superlink": {FEDERATION: {"address": address, **tls}}})
 
 
 def experiment_file(args: argparse.Namespace, cfg: ExperimentConfig, workdir: Path) -> Path:
@@ -124,22 +131,25 @@ def experiment_file(args: argparse.Namespace, cfg: ExperimentConfig, workdir: Pa
 
 def run_values(args: argparse.Namespace, cfg: ExperimentConfig, config: Path
                ) -> dict[str, object]:
-    """The ServerApp's run config (see :mod:`coordinator.server_app`)."""
-    values: dict[str, object] = {
-        "config-path": str(config), "out": str(cfg.out), "timeout": float(args.round_timeout),
-        "train": not args.no_train, "min-sites": int(args.min_sites),
-        "chunk-size": int(args.chunk_size),
-        "expected-sites": int(args.expected_sites or len(cfg.sites))}
-    if args.site_keys is not None:
-        values["site-keys-dir"] = str(args.site_keys.resolve())
+    """The ServerApp's run config: the app's defaults, the flags given, then ``--run-config``
+    values; validated as :class:`~coordinator.run_config.RunConfig` (one-line ValueError)."""
+    from coordinator.run_config import RunConfig
+    from coordinator.topology.env import app_defaults
+
+    flags: dict[str, object | None] = {
+        "config-path": str(config), "out": str(cfg.out), "timeout": args.round_timeout,
+        "train": not args.no_train, "min-sites": args.min_sites, "chunk-size": args.chunk_size,
+        "expected-sites": int(args.expected_sites or len(cfg.sites)),
+        "site-keys-dir": str(args.site_keys.resolve()) if args.site_keys is not None else None}
+    values = {**app_defaults(app_dir(args)), **{k: v for k, v in flags.items() if v is not None}}
     if args.run_config is not None:
         values.update(read_run_config(args.run_config, app_dir(args)))
-    return values
+    return RunConfig.from_run_config(values, "run config").to_run_config()
 
 
 def app_dir(args: argparse.Namespace) -> Path:
     """The Flower app folder: ``--app`` or this source tree's ``deploy/flwr_app``."""
-    from coordinator.simulate import APP_DIR
+    from coordinator.topology.env import APP_DIR
 
     return (args.app or APP_DIR).resolve()
 
@@ -148,11 +158,13 @@ def read_run_config(path: Path, app: Path) -> dict[str, object]:
     """Values of a run-config TOML file; keys the app does not declare are a one-line error."""
     import tomllib
 
+    from coordinator.topology.env import app_defaults
+
     try:
         values = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"--run-config {path}: cannot read: {exc}") from None
-    known = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    known = app_defaults(app)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"--run-config {path}: unknown keys {unknown} (known: {sorted(known)})")
@@ -161,12 +173,12 @@ def read_run_config(path: Path, app: Path) -> dict[str, object]:
 
 def prepare(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[list[str], Path]:
     """Write FLWR_HOME and the run config; return the ``flwr run`` argv and the workdir."""
-    from coordinator.simulate import run_config_file
+    from coordinator.topology.env import run_config_file
 
     parse_superlink(args.superlink)
     workdir = (args.workdir or cfg.out / "flwr").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    write_connection(workdir / "flwr_home", args.superlink, connection_lines(args))
+    write_connection(workdir / "flwr_home", args.superlink, connection_tls(args))
     rc_file = run_config_file(workdir, run_values(args, cfg, experiment_file(args, cfg, workdir)))
     flwr = str(Path(sys.executable).parent / "flwr")
     return [flwr, "run", str(app_dir(args)), FEDERATION, "--stream", "--run-config",
@@ -184,12 +196,12 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                                    "flower-superlink running there?") from None
 
 
-def follow(proc: subprocess.Popen, log: Path, timeout: float) -> int | None:
-    """Echo ``log`` while ``proc`` runs; its exit code, or None after ``timeout`` seconds."""
+def follow(proc: subprocess.Popen, logfile: Path, timeout: float) -> int | None:
+    """Echo ``logfile`` while ``proc`` runs; its exit code, or None after ``timeout`` seconds."""
     deadline, pos = time.monotonic() + timeout, 0
     while True:
         done = proc.poll() is not None
-        with log.open("rb") as fh:
+        with logfile.open("rb") as fh:
             fh.seek(pos)
             chunk = fh.read()
         pos += len(chunk)
@@ -220,38 +232,54 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def launch(cmd: list[str], workdir: Path, timeout: float) -> int:
-    """Run ``flwr run`` in its own process group (always torn down); its exit code or 124."""
-    from coordinator.simulate import Processes, flwr_env
+def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM ``proc``'s process group, SIGKILL what is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
 
-    env = flwr_env(workdir / "flwr_home")
-    procs = Processes(workdir, env, workdir)
-    try:
-        with sigterm_as_exit():
-            rc = follow(procs.start("flwr-run", cmd), workdir / "flwr-run.log", timeout)
-    finally:
-        procs.stop_all()
+
+def launch(cmd: list[str], workdir: Path, timeout: float) -> int:
+    """Run ``flwr run`` in its own process group (always torn down), its output in
+    ``WORKDIR/flwr-run.log``; its exit code or 124."""
+    from coordinator.topology.env import flwr_env
+
+    env, out = flwr_env(workdir / "flwr_home"), workdir / "flwr-run.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                start_new_session=True)
+        try:
+            with sigterm_as_exit():
+                rc = follow(proc, out, timeout)
+        finally:
+            _stop_group(proc)
     if rc is None:
-        print(f"{PROG}: error: no result after {timeout:.0f} s; see {workdir / 'flwr-run.log'}",
-              file=sys.stderr)
-        stop_run(cmd[0], workdir / "flwr-run.log", env)
+        log.error("%s: no result after %.0f s; see %s", PROG, timeout, out)
+        stop_run(cmd[0], out, env)
         return 124
     return rc
 
 
-def stop_run(flwr: str, log: Path, env: dict[str, str]) -> None:
+def stop_run(flwr: str, logfile: Path, env: dict[str, str]) -> None:
     """``flwr stop RUN_ID``: a killed ``flwr run --stream`` leaves the ServerApp running."""
     import re
 
-    m = re.search(r"started run (\d+)", log.read_text(errors="replace"))
+    m = re.search(r"started run (\d+)", logfile.read_text(errors="replace"))
     if m is None:
         return
     try:
         subprocess.run([flwr, "stop", m.group(1), FEDERATION], env=env, timeout=60,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        print(f"{PROG}: asked the SuperLink to stop run {m.group(1)}", file=sys.stderr)
+        log.warning("%s: asked the SuperLink to stop run %s", PROG, m.group(1))
     except subprocess.TimeoutExpired:
-        print(f"{PROG}: could not stop run {m.group(1)}; use `flwr stop`", file=sys.stderr)
+        log.error("%s: could not stop run %s; use `flwr stop`", PROG, m.group(1))
 
 
 def main_federated(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
@@ -272,5 +300,5 @@ def main_federated(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
               f"{workdir / 'flwr-run.log'}", file=sys.stderr)
         return 3
     if rc == 0:
-        print(f"federated results: {results}")
+        print(f"federated results: {results}")  # the command's answer
     return rc

@@ -1,6 +1,7 @@
 """The coordinator side of the federated transport: a Flower ``ServerApp`` (Deployment Engine).
 
-Run config (``flwr run ... --run-config``): ``config-path`` (ExperimentConfig TOML/YAML),
+Run config (``flwr run ... --run-config``, parsed into :class:`coordinator.run_config.RunConfig`;
+defaults only in ``deploy/flwr_app/pyproject.toml``): ``config-path`` (ExperimentConfig TOML/YAML),
 ``min-sites`` (fewest live sites to go on, 0 = the config's ``min_sites``), ``expected-sites``
 (nodes to wait for, 0 = number of sites in the config), ``timeout`` (seconds per round),
 ``train`` (send ``train`` first), ``chunk-size`` (proxy slices per query message), ``out``
@@ -15,18 +16,19 @@ A site whose reply times out, carries an error or fails validation is dropped wi
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from pydantic import ConfigDict, Field
 
 from common.io import atomic_write_json
-from common.kd.batching import concat_batches, stack_teachers
 from common.kd.targets import TeacherTargets
 from common.protocol import (
     EvalConfig,
@@ -47,40 +49,25 @@ from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
+from coordinator.run_config import RunConfig
 
 app = ServerApp()
 T = TypeVar("T")
-
-
-_T0 = time.monotonic()
+_log = logging.getLogger(__name__)
 
 
 def log(msg: str) -> None:
-    """One line on the ServerApp's stdout (streamed by ``flwr run --stream``)."""
-    print(f"[coordinator +{time.monotonic() - _T0:.1f}s] {msg}", flush=True)
+    """One INFO line of the ServerApp (its output is streamed by ``flwr run --stream``)."""
+    _log.info(msg)
 
 
-@dataclass
-class FedSettings:
-    """The run config of one federated experiment."""
+class FedSettings(RunConfig):
+    """The run config of one federated experiment (:class:`RunConfig`), plus the exchange
+    trail that :func:`run_federated` sets once the out folder is known."""
 
-    config_path: Path
-    min_sites: int = 0
-    expected_sites: int = 0
-    timeout: float = 300.0
-    train: bool = True
-    chunk_size: int = 256
-    out: str = ""
-    site_keys_dir: str = ""
-    trail: CoordinatorTrail | None = None  # set by run_federated once the out folder is known
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    @staticmethod
-    def from_run_config(rc: dict[str, Any]) -> FedSettings:
-        """Parse ``context.run_config`` (dash-separated keys)."""
-        return FedSettings(Path(str(rc["config-path"])), int(rc.get("min-sites", 0)),
-                           int(rc.get("expected-sites", 0)), float(rc.get("timeout", 300)),
-                           bool(rc.get("train", True)), int(rc.get("chunk-size", 256)),
-                           str(rc.get("out", "")), str(rc.get("site-keys-dir", "")))
+    trail: CoordinatorTrail | None = Field(default=None, exclude=True)
 
 
 @dataclass
@@ -133,7 +120,7 @@ def fuse_sites(parts: dict[str, TeacherTargets], min_sites: int
         raise RuntimeError(f"only {len(parts)} site(s) left ({sorted(parts)}), "
                            f"need at least {min_sites}")
     names = sorted(parts)
-    return names, stack_teachers([parts[n] for n in names])
+    return names, TeacherTargets.stack([parts[n] for n in names])
 
 
 def plan_federated(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
@@ -209,6 +196,8 @@ def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Ro
 def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
                 s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
     """Every live node's teacher outputs on all proxy chunks, validated and concatenated."""
+    if cfg.kd.feature_taps != "emkd":  # the query protocol carries the EMKD maps only
+        raise ValueError("federated runs support [kd] feature_taps = 'emkd' only (issue 18)")
     parts: dict[int, list[TeacherTargets]] = {n: [] for n in roster.names}
     parts_of = chunks(len(proxy), s.chunk_size)
     for i, sl in enumerate(parts_of):
@@ -230,7 +219,8 @@ def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConf
                 roster.drop(node, f"answered as {site!r}, registered as {roster.names[node]!r}")
             else:
                 parts[node].append(t)
-    return {roster.names[n]: concat_batches(p) for n, p in parts.items() if n in roster.names}
+    return {roster.names[n]: TeacherTargets.concat(p) for n, p in parts.items()
+            if n in roster.names}
 
 
 def eval_round(grid: Grid, roster: Roster, run: str, state: dict[str, torch.Tensor],
@@ -280,7 +270,7 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     roster = train_round(grid, nodes, s, run_id) if s.train else Roster()
     if not s.train:
         roster.names = {n: f"node{n}" for n in nodes}
-    proxy = load_proxy(cfg.proxy, cfg.student.size)
+    proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
     names, targets = fuse_sites(gather_targets(grid, roster, proxy, cfg, s, run_id), min_sites)
     data = DistillData(proxy, targets, names, site_tests={})
     rows = []
@@ -330,5 +320,8 @@ def write_federated(rows: list[dict], cfg: ExperimentConfig, roster: Roster,
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """ServerApp entry point."""
+    from common.logs import ensure_logging
+
+    ensure_logging()
     s = FedSettings.from_run_config(dict(context.run_config))
     run_federated(grid, s, str(context.run_id))

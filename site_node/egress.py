@@ -1,6 +1,10 @@
 """The site's egress gate: every message in and out is logged, every reply checked and signed.
 
-Node config keys (all optional):
+The gate is a Flower mod (:func:`egress_mod`) installed on the ``ClientApp`` as a whole
+(``ClientApp(mods=[egress_mod])`` in :mod:`site_node.app`): Flower wraps every handler
+registered on that app, present or future, so no handler can answer without passing the gate.
+
+Node config keys (all optional; parsed by :class:`site_node.node_config.EgressConfig`):
 
 * ``state-dir``: where the gate keeps its state (default ``<teacher-dir>/site_state``):
   ``audit/egress.jsonl`` (the signed, hash-chained exchange log), ``query_budget.json``;
@@ -21,6 +25,7 @@ the :class:`~site_node.policy.QueryBudget`, compute the reply, check it with
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,24 +35,22 @@ from common.audit import AuditLog, make_receipt
 from common.compress import CompressionConfig
 from common.protocol import Key
 from common.records import load_or_create_key, loggable, record_contents
+from site_node.node_config import EgressConfig
 from site_node.policy import EgressPolicy, QueryBudget, check_reply, default_policy
 
 if TYPE_CHECKING:
-    from flwr.app import RecordDict
+    from flwr.app import Context, Message, RecordDict
+
+log = logging.getLogger(__name__)
 
 
 def codec_from_node_config(node_config: dict[str, Any],
                            query_temperature: float = 1.0) -> CompressionConfig:
-    """Node config ``compression`` (fp16 | int8_probs | downsample | fp32, default fp16),
-    ``downsample-factor`` (2), ``noise-sigma`` (0: no noise), ``noise-on`` (probs | logits),
-    ``temperature`` of int8 probabilities and probability noise (default: the query's, i.e. the
-    student's KD temperature, so quantisation keeps the soft tails the student learns from)."""
-    return CompressionConfig.model_validate({
-        "mode": str(node_config.get("compression", "fp16")),
-        "downsample_factor": int(node_config.get("downsample-factor", 2)),
-        "noise_sigma": float(node_config.get("noise-sigma", 0.0)),
-        "noise_on": str(node_config.get("noise-on", "probs")),
-        "temperature": float(node_config.get("temperature", query_temperature))})
+    """Node config ``compression`` (fp16 | int8_probs | downsample | fp32), ``downsample-factor``,
+    ``noise-sigma``, ``noise-on`` (probs | logits), ``temperature`` of int8 probabilities and
+    probability noise (default: the query's, i.e. the student's KD temperature, so quantisation
+    keeps the soft tails the student learns from); unset keys: :class:`CompressionConfig`."""
+    return EgressConfig.from_node_config(node_config).codec(query_temperature)
 
 
 class EgressRefused(RuntimeError):
@@ -77,15 +80,22 @@ class EgressGate:
         self.budget = QueryBudget(state_dir / "query_budget.json", self.policy)
 
     @staticmethod
-    def from_node_config(node_config: dict[str, Any], teacher_dir: Path) -> EgressGate:
-        """Parse ``state-dir``, ``audit-key`` and ``policy-path`` (see the module docstring)."""
+    def from_node_config(node_config: dict[str, Any], teacher_dir: Path | None = None
+                         ) -> EgressGate:
+        """Parse ``state-dir``, ``audit-key`` and ``policy-path`` (see the module docstring);
+        ``teacher_dir`` stands in for a missing ``teacher-dir`` key."""
+        cfg = EgressConfig.from_node_config(node_config)
+        if cfg.teacher_dir is None and teacher_dir is not None:
+            cfg = cfg.model_copy(update={"teacher_dir": teacher_dir})
+        return EgressGate.from_config(cfg)
+
+    @staticmethod
+    def from_config(cfg: EgressConfig) -> EgressGate:
+        """The gate of a parsed node config."""
         from common.config import load_config
 
-        state = Path(str(node_config.get("state-dir") or teacher_dir / "site_state"))
-        key = node_config.get("audit-key")
-        pol = node_config.get("policy-path")
-        policy = load_config(Path(str(pol)), EgressPolicy) if pol else None
-        return EgressGate(state, Path(str(key)) if key else None, policy)
+        policy = load_config(cfg.policy_path, EgressPolicy) if cfg.policy_path else None
+        return EgressGate(cfg.resolved_state_dir(), cfg.audit_key, policy)
 
     def refuse(self, req: RequestInfo, why: str, arrays: dict | None = None,
                scalars: dict | None = None) -> EgressRefused:
@@ -121,3 +131,45 @@ class EgressGate:
                                 decision="sent")
         reply[Key.RECEIPT] = ConfigRecord(dict(make_receipt(entry)))  # type: ignore[arg-type]
         return reply
+
+
+# ----------------------------------------------------------------------------- Flower mod
+def request_info(msg: Message) -> RequestInfo:
+    """What the gate needs from a request: its type, ``run_id`` and, for ``query.*`` messages,
+    the slice count ``n`` (``len(slice_hashes)``, 0 when undeclared: such a query is refused
+    by the budget) and the side ``size`` of the ``config`` record."""
+    mtype = str(msg.metadata.message_type)
+    cfg = msg.content.config_records.get(str(Key.CONFIG))
+    fields: dict[str, Any] = dict(cfg) if cfg is not None else {}
+    n: int | None = None
+    side: int | None = None
+    if mtype.split(".")[0] == "query":
+        hashes = fields.get("slice_hashes")
+        n = len(hashes) if isinstance(hashes, list) else 0
+        side = int(fields["size"]) if isinstance(fields.get("size"), int) else None
+    return RequestInfo(mtype, str(fields.get("run_id", "")), f"node {msg.metadata.src_node_id}",
+                       n, side)
+
+
+def egress_mod(msg: Message, context: Context,
+               call_next: Callable[[Message, Context], Message]) -> Message:
+    """Flower mod gating every handler: log the request, admit it, run the handler, check its
+    reply against the egress policy, then refuse (:class:`EgressRefused`, logged) or log it
+    ``sent`` and attach the signed receipt."""
+    from flwr.app import Message
+
+    from common.logs import ensure_logging
+
+    ensure_logging()
+    gate = EgressGate.from_config(EgressConfig.from_node_config(dict(context.node_config)))
+    req = request_info(msg)
+
+    def compute() -> RecordDict:
+        reply = call_next(msg, context)
+        if reply.has_error():
+            raise gate.refuse(req, f"handler error reply {reply.error.code}")
+        return reply.content
+
+    content = gate.respond(req, msg.content, compute)
+    log.debug("%s %s: reply sealed", req.msg_type, req.run_id)
+    return Message(content, reply_to=msg)

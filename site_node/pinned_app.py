@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import stat
 import sys
 import tomllib
@@ -34,6 +35,7 @@ PINNED_CLIENTAPP = "site_node.app:app"
 SHIM_NAME = "flwr-clientapp"
 DATA_SUFFIXES = (".toml", ".md", ".txt")
 FLOWER_MANIFEST = ".info/CONTENT"
+log = logging.getLogger(__name__)
 
 
 class UntrustedAppError(RuntimeError):
@@ -84,9 +86,12 @@ def check_fab(content: bytes) -> str:
 
 def _checked_install(fab_content: bytes, *_: Any, **__: Any) -> Path:
     """Stand-in for Flower's ``install_from_fab``: check, log, install nothing."""
+    from common.logs import ensure_logging
+
+    ensure_logging()
     digest = check_fab(fab_content)
-    print(f"fedmtkd: FAB {digest} checked (data files only); running the installed "
-          f"{PINNED_CLIENTAPP}", flush=True)
+    log.info("fedmtkd: FAB %s checked (data files only); running the installed %s", digest,
+             PINNED_CLIENTAPP)
     return Path(".")
 
 

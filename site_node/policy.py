@@ -94,6 +94,12 @@ def default_policy() -> EgressPolicy:
         "query.teacher_outputs": query, "evaluate": evaluate})
 
 
+def allowed_arrays(policy: EgressPolicy) -> dict[str, frozenset[str]]:
+    """Array names ``policy`` lets leave, per message type (what ``site-node audit`` checks a
+    log against; the default policy allows every compression mode's logits array)."""
+    return {t: frozenset(rule.arrays) for t, rule in policy.replies.items()}
+
+
 # ----------------------------------------------------------------------------- reply checks
 def expected_shape(rule: ArrayRule, n: int | None, side: int | None) -> tuple[int, ...] | str:
     """The exact shape ``rule`` allows for a request of ``n`` slices of ``side``, or why not."""

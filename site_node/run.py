@@ -13,7 +13,7 @@ log of the egress gate lands in ``<state-dir>/audit/egress.jsonl``, signed with 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import shlex
 import shutil
@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from common.data.errors import DataError, data_error
+from common.io import strict_json_dumps
 
 DEFAULT_STATE_DIR = Path("~/.fedmtkd/site-node")
 COMPRESSION = ("fp16", "int8_probs", "downsample", "fp32")
 EVENTS = "runs.jsonl"
+log = logging.getLogger(__name__)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -70,11 +72,14 @@ def check_header(path: Path) -> tuple[int, ...]:
     """Read only the NIfTI header of ``path``; a 3D volume (or 4D with one frame) passes."""
     import nibabel as nib
 
+    from common.data.nifti import check_claimed_size
+
     try:
         img: Any = nib.load(str(path))
         shape = tuple(int(v) for v in img.header.get_data_shape())
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise data_error(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
+    check_claimed_size(path, img.header)
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)) or 0 in shape:
         raise data_error(path, f"expected a 3D volume, header says shape {shape}")
     return shape
@@ -105,21 +110,20 @@ def teacher_warnings(teacher_dir: Path) -> list[str]:
     return []
 
 
-def _q(v: object) -> str:
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def node_config(args: argparse.Namespace, teacher_dir: Path) -> str:
-    """The ``--node-config`` string read by ``site_node.app`` and ``site_node.egress``."""
-    items = {"data-path": args.data.resolve(), "teacher-dir": teacher_dir.resolve(),
-             "site-name": args.name, "state-dir": args.state_dir.expanduser().resolve()}
-    if args.policy is not None:
-        items["policy-path"] = args.policy.resolve()
-    if args.audit_key is not None:
-        items["audit-key"] = args.audit_key.resolve()
-    if args.compression is not None:
-        items["compression"] = args.compression
-    return " ".join(f"{k}={_q(v)}" for k, v in items.items())
+    """The ``--node-config`` string read by ``site_node.app`` and ``site_node.egress`` (written
+    from :class:`~site_node.node_config.NodeSettings`, the readers' own model)."""
+    from site_node.node_config import NodeSettings
+
+    def resolved(p: Path | None) -> Path | None:
+        return p.resolve() if p is not None else None
+
+    settings = NodeSettings.model_validate({
+        "data-path": args.data.resolve(), "teacher-dir": teacher_dir.resolve(),
+        "site-name": args.name, "state-dir": args.state_dir.expanduser().resolve(),
+        "policy-path": resolved(args.policy), "audit-key": resolved(args.audit_key),
+        "compression": args.compression})
+    return settings.to_node_config()
 
 
 def _supernode_exe() -> str:
@@ -170,7 +174,7 @@ def record_event(state_dir: Path, event: dict[str, Any]) -> None:
     """Append one JSON line to ``<state_dir>/runs.jsonl``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / EVENTS).open("a") as fh:
-        fh.write(json.dumps(event, sort_keys=True) + "\n")
+        fh.write(strict_json_dumps(event, sort_keys=True) + "\n")
 
 
 def main_run(args: argparse.Namespace) -> int:
@@ -178,15 +182,15 @@ def main_run(args: argparse.Namespace) -> int:
     args.state_dir = args.state_dir.expanduser()
     teacher_dir = args.teacher_dir or args.state_dir / "teacher"
     summary = validate_data(args.data)
-    print(f"site-node: data OK: {summary['cases']} cases ({summary['dataset']}, "
-          f"{summary['modality']}) in {summary['path']}")
+    log.info("data OK: %d cases (%s, %s) in %s", summary["cases"], summary["dataset"],
+             summary["modality"], summary["path"])
     for line in teacher_warnings(teacher_dir):
-        print(f"site-node: warning: {line}")
+        log.warning(line)
     cmd = supernode_command(args, teacher_dir)
     if args.insecure:
-        print("site-node: warning: --insecure: traffic to the coordinator is NOT encrypted")
+        log.warning("--insecure: traffic to the coordinator is NOT encrypted")
     if args.dry_run:
-        print(shlex.join(cmd))
+        print(shlex.join(cmd))  # the command's result: what would be started
         return 0
     record_event(args.state_dir, {"event": "start", "time": time.time(), "site": args.name,
                                   "coordinator": args.coordinator, "data": summary,
@@ -194,6 +198,8 @@ def main_run(args: argparse.Namespace) -> int:
                                   "tls": not args.insecure, "port": args.port,
                                   "compression": args.compression or "fp16",
                                   "pinned_clientapp": "site_node.app:app"})
+    log.info("starting %s", shlex.join(cmd))
     sys.stdout.flush()
+    sys.stderr.flush()
     os.execve(cmd[0], cmd, supernode_env(args.state_dir.resolve()))
     return 1  # pragma: no cover (execv does not return)

@@ -54,18 +54,23 @@ def data_lines(data: Path | None) -> list[str]:
     return [f"data: {s['cases']} cases ({s['dataset']}, {s['modality']}) in {s['path']}"]
 
 
+def _num(value: Any) -> float:
+    """A card number; JSON null (no held-out score) reads as NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def teacher_lines(teacher_dir: Path) -> list[str]:
     """The teacher card's key facts, or a note that there is no trained teacher yet."""
     card_path = teacher_dir / "teacher.json"
     if not card_path.is_file():
         return [f"teacher: none yet in {teacher_dir} (trained on the coordinator's train message)"]
     card = json.loads(card_path.read_text())
-    test = card.get("test", {})
+    test = card.get("test") or {}  # null: no held-out cases (small_site = "train_on_all")
     lines = [f"teacher: {card.get('architecture', '?')} ({card.get('params', 0):,} params) "
              f"in {teacher_dir}",
-             f"  val Dice {float(card.get('val_dice', float('nan'))):.4f} "
+             f"  val Dice {_num(card.get('val_dice')):.4f} "
              f"(best epoch {card.get('best_epoch', '?')}), test Dice "
-             f"{float(test.get('dice_mean', float('nan'))):.4f} on {int(test.get('n', 0))} cases"]
+             f"{_num(test.get('dice_mean')):.4f} on {int(test.get('n', 0))} cases"]
     return lines + [f"  trained {card.get('created', '?')}"]
 
 
@@ -100,7 +105,7 @@ def audit_lines(log: Path) -> list[str]:
         counts[f"{e.get('msg_type', '?')} {e.get('decision', e.get('direction', '?'))}"] += 1
     parts = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     return [f"audit: {n} entries in {log}" + (f" ({parts})" if parts else ""),
-            "  verify with: site-node audit --log " + str(log), *key_line]
+            f"  verify with: site-node audit --log {log} --pub {pub}", *key_line]
 
 
 def status_lines(state_dir: Path, teacher_dir: Path | None, data: Path | None,

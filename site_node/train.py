@@ -7,6 +7,7 @@ model card that describes the data by counts and intensity statistics only (neve
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,22 +18,32 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.data.augment import build_augment, reseed_worker
+from common.data.errors import data_error, refuse_inside
+from common.data.fingerprint import plan_for_dataset
 from common.data.layout import DatasetInfo, discover_dataset
 from common.data.nifti import load_nifti
+from common.data.plan import Plan
 from common.data.slices import SliceDataset, Volume, load_volumes
-from common.data.split import Split, load_split, save_split, split_cases
+from common.data.split import (
+    MIN_SPLIT_CASES,
+    Split,
+    load_split,
+    save_split,
+    split_cases,
+    train_only_split,
+)
 from common.evaluate import evaluate_volumes, mean_dice, save_case_overlays
 from common.io import atomic_write_json
 from common.kd.losses import SegLoss
 from common.metrics import summarise
 from common.models import build_model, count_params
 from common.models.base import SegModel
-from common.models.checkpoint import model_state
 from common.training import (
-    Checkpointer,
     CsvLog,
     EarlyStopping,
-    autocast,
+    OptimSpec,
+    Trainer,
+    fit_epochs,
     iterate_progress,
     plot_curves,
     seed_everything,
@@ -41,6 +52,8 @@ from common.training import (
 from site_node.train_config import TeacherTrainConfig
 
 LOG_FIELDS = ["epoch", "train_loss", "val_dice", "lr", "seconds"]
+_KW: dict[str, Any] = {"in_channels": 1, "num_classes": 2}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +65,7 @@ class SiteData:
     train: list[Volume]
     val: list[Volume]
     test: list[Volume]
+    plan: Plan | None = None
 
 
 def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData:
@@ -61,11 +75,34 @@ def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData
     if split_path.exists():
         split = load_split(split_path)
     else:
-        ids = [c.case_id for c in info.cases]
-        split = split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        split = site_split([c.case_id for c in info.cases], cfg, data_dir)
         save_split(split_path, split)
-    vols = {s: load_volumes(info, getattr(split, s), cfg.size) for s in ("train", "val", "test")}
-    return SiteData(info, split, vols["train"], vols["val"], vols["test"])
+    if not (split.val and split.test) and cfg.small_site == "refuse":
+        raise data_error(split_path, f"no validation or test case; {_SMALL_HINT}")
+    plan = plan_for_dataset(info, cfg.size, cfg.label, split.train, cache=out / "plan.json")
+    vols = {s: load_volumes(info, getattr(split, s), plan.size, plan=plan)
+            for s in ("train", "val", "test")}
+    if not any(v.label.any() for v in vols["train"]):
+        raise data_error(data_dir, f"no training label has a voxel of the target "
+                                   f"{plan.label_name or 'foreground'}: nothing to learn")
+    return SiteData(info, split, vols["train"], vols["val"], vols["test"], plan)
+
+
+_SMALL_HINT = (f"a teacher needs at least {MIN_SPLIT_CASES} cases (1 train, 1 validation, "
+               "1 test). Add cases, or opt in with small_site = \"train_on_all\" in the train "
+               "config (trains on every case; no held-out score)")
+
+
+def site_split(ids: list[str], cfg: TeacherTrainConfig, data_dir: Path) -> Split:
+    """Case-level split; below MIN_SPLIT_CASES refuse, or with ``small_site = "train_on_all"``
+    put every case in train (no validation, no test)."""
+    if len(ids) >= MIN_SPLIT_CASES:
+        return split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if cfg.small_site == "train_on_all":
+        log.warning("%s: %d case(s) < %d: training on all of them, no held-out score",
+                    data_dir, len(ids), MIN_SPLIT_CASES)
+        return train_only_split(ids)
+    raise data_error(data_dir, f"only {len(ids)} case(s); {_SMALL_HINT}")
 
 
 def data_fingerprint(info: DatasetInfo, split: Split) -> dict[str, Any]:
@@ -88,38 +125,27 @@ def data_fingerprint(info: DatasetInfo, split: Split) -> dict[str, Any]:
     }
 
 
-def make_optim(
-    model: SegModel, cfg: TeacherTrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.CyclicLR]:
+def optim_spec(cfg: TeacherTrainConfig) -> OptimSpec:
     """Adam (default betas) with a CyclicLR between ``base_lr`` and ``max_lr``."""
     o = cfg.optim
-    opt = torch.optim.Adam(model.parameters(), lr=o.max_lr, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.CyclicLR(
-        opt, base_lr=o.base_lr, max_lr=o.max_lr, step_size_up=o.step_size_up,
-        mode=o.cyclic_mode, cycle_momentum=False,
-    )
-    return opt, sched
+    return OptimSpec(max_lr=o.max_lr, base_lr=o.base_lr, step_size_up=o.step_size_up,
+                     weight_decay=o.weight_decay, mode=o.cyclic_mode)
 
 
 def train_epoch(
-    model: SegModel, loader: DataLoader, parts: tuple[Any, Any, Any], device: torch.device,
-    cfg: TeacherTrainConfig, desc: str,
+    tr: Trainer[SegModel], loader: DataLoader, loss_fn: SegLoss, cfg: TeacherTrainConfig, desc: str
 ) -> float:
     """One pass over ``loader``; returns the mean training loss."""
-    loss_fn, opt, sched = parts
-    model.train()
+    tr.model.train()
     total, n = 0.0, 0
     for step, batch in enumerate(iterate_progress(loader, desc)):
         if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
             break
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["mask"].to(device, non_blocking=True)
-        with autocast(device, cfg.amp):
-            loss = loss_fn(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        x = batch["image"].to(tr.device, non_blocking=True)
+        y = batch["mask"].to(tr.device, non_blocking=True)
+        with tr.autocast():
+            loss = loss_fn(tr.model(x).float(), y)
+        tr.step(loss)
         total, n = total + float(loss.detach()), n + 1
     return total / max(n, 1)
 
@@ -133,80 +159,95 @@ def _loader(vols: list[Volume], cfg: TeacherTrainConfig, gen: torch.Generator) -
     )
 
 
-def _restore(ckpt: Checkpointer, model: SegModel, parts: tuple, early: EarlyStopping) -> int:
-    """Load ``last.pt`` into model/optimizer/scheduler/early-stopping; return the next epoch."""
-    state = ckpt.load("last.pt")
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    parts[1].load_state_dict(state["optimizer"])
-    parts[2].load_state_dict(state["scheduler"])
-    early.best, early.best_epoch, early.bad_epochs = state["early"]
-    torch.set_rng_state(state["rng"])
-    return int(state["epoch"]) + 1
+def _validate(tr: Trainer[SegModel], val: list[Volume], early: EarlyStopping, epoch: int) -> str:
+    """Val 3D Dice as a log cell; keeps ``best.pt`` on improvement. ``""`` with no val cases."""
+    if not val:
+        return ""
+    dice = mean_dice(evaluate_volumes(tr.model, val, tr.device)[0])
+    if early.step(dice, epoch):
+        tr.save_best(epoch)
+    return f"{dice:.5f}"
 
 
 def fit(
     data: SiteData, cfg: TeacherTrainConfig, out: Path, resume: bool = False
 ) -> tuple[SegModel, EarlyStopping]:
-    """Train with early stopping; returns the best model (loaded from ``best.pt``)."""
+    """Train; return the deployed model and the early-stopping record.
+
+    With validation cases: early stopping on val 3D Dice, the best epoch's weights
+    (``best.pt``). Without (``small_site = "train_on_all"``): all ``epochs`` epochs, and
+    ``best.pt`` holds the final weights (never chosen on an empty validation set).
+    """
     device = select_device(cfg.device)
     gen = seed_everything(cfg.seed)
-    kwargs = {"in_channels": 1, "num_classes": 2}
-    model = build_model(cfg.model, **kwargs).to(device)
-    opt, sched = make_optim(model, cfg)
-    parts = (SegLoss(cfg.dice_weight, cfg.lovasz_weight), opt, sched)
-    ckpt, early = Checkpointer(out), EarlyStopping(cfg.patience)
-    log = CsvLog(out / "metrics.csv", LOG_FIELDS)
-    start = _restore(ckpt, model, parts, early) if resume else 0
-    log.truncate_after(start - 1) if log.path.exists() else None
-    loader = _loader(data.train, cfg, gen)
-    for epoch in range(start, cfg.epochs):
+    model = build_model(cfg.model, **_KW).to(device)
+    loader, early = _loader(data.train, cfg, gen), EarlyStopping(cfg.patience)
+    tr = Trainer(model, (cfg.model, _KW), optim_spec(cfg), device, out, cfg.amp, [loader],
+                 {"early": early})
+    loss_fn = SegLoss(cfg.dice_weight, cfg.lovasz_weight)
+
+    def one_epoch(epoch: int) -> tuple[dict[str, Any], bool]:
         t0 = time.perf_counter()
-        loss = train_epoch(model, loader, parts, device, cfg, f"epoch {epoch}")
-        dice = mean_dice(evaluate_volumes(model, data.val, device)[0])
-        if early.step(dice, epoch):
-            ckpt.save("best.pt", {**model_state(model, cfg.model, kwargs), "epoch": epoch})
-        ckpt.save("last.pt", {
-            **model_state(model, cfg.model, kwargs), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
-            "early": (early.best, early.best_epoch, early.bad_epochs),
-        })
-        row = {"epoch": epoch, "train_loss": f"{loss:.5f}", "val_dice": f"{dice:.5f}",
-               "lr": f"{sched.get_last_lr()[0]:.3g}", "seconds": f"{time.perf_counter() - t0:.1f}"}
-        log.append(row)
-        print(f"[train] epoch {epoch}: loss {loss:.4f}  val 3D Dice {dice:.4f}", flush=True)
+        loss = train_epoch(tr, loader, loss_fn, cfg, f"epoch {epoch}")
+        dice = _validate(tr, data.val, early, epoch)
+        log.info("epoch %d: loss %.4f  val 3D Dice %s", epoch, loss, dice or "n/a")
         if early.should_stop:
-            print(f"[train] early stop: no val improvement for {cfg.patience} epochs")
-            break
-    plot_curves(log.read(), ["train_loss", "val_dice"], out / "curves.png", f"teacher {cfg.model}")
-    best = ckpt.load("best.pt", device)
-    if best is not None:
-        model.load_state_dict(best["model"])
+            log.info("early stop: no val improvement for %d epochs", cfg.patience)
+        return {"train_loss": f"{loss:.5f}", "val_dice": dice, "lr": f"{tr.lr:.3g}",
+                "seconds": f"{time.perf_counter() - t0:.1f}"}, early.should_stop
+
+    csv_log = CsvLog(out / "metrics.csv", LOG_FIELDS)
+    fit_epochs(tr, cfg.epochs, one_epoch, csv_log, resume)
+    plot_curves(csv_log.read(), ["train_loss", "val_dice"], out / "curves.png",
+                f"teacher {cfg.model}")
+    if data.val:
+        tr.load_best()
+    else:
+        tr.save_best(cfg.epochs - 1)
     return model.eval(), early
 
 
 def run_training(data_dir: Path, cfg: TeacherTrainConfig, out: Path, resume: bool = False) -> dict:
-    """Full ``site-node train``: fit, test on held-out volumes, write overlays and teacher.json."""
+    """Full ``site-node train``: fit, test on held-out volumes, write overlays and teacher.json.
+
+    ``teacher.json`` is strict JSON. Without held-out cases (``small_site = "train_on_all"``)
+    ``val_dice``, ``best_epoch`` and ``test`` are null and ``held_out_score`` is false.
+    """
+    refuse_inside(out, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train_config.json", cfg.model_dump())
     data = prepare_data(data_dir, cfg, out)
     model, early = fit(data, cfg, out, resume)
     scores, preds = evaluate_volumes(model, data.test, next(model.parameters()).device)
     save_case_overlays(data.test, preds, out / "overlays")
-    test = summarise(scores)
+    test = summarise(scores) if scores else None
     card: dict[str, Any] = {
         "architecture": cfg.model,
         "params": count_params(model),
-        "input": {"in_channels": 1, "num_classes": 2, "size": cfg.size},
-        "checkpoint": "best.pt",
-        "best_epoch": early.best_epoch,
-        "val_dice": early.best,
+        "input": {"in_channels": 1, "num_classes": 2,
+                  "size": data.plan.size if data.plan else cfg.size},
+        "plan": data.plan.model_dump(mode="json") if data.plan else None,
+        **_selection(data, early, cfg),
         "test": test,
         "data_fingerprint": data_fingerprint(data.info, data.split),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     atomic_write_json(out / "teacher.json", card)
     atomic_write_json(out / "test_scores.json", {k: vars(v) for k, v in scores.items()})
-    print(f"[train] test 3D Dice {test['dice_mean']:.4f} on {len(scores)} held-out cases")
+    if test is None:
+        log.warning("no held-out cases: the teacher has no test score (see teacher.json)")
+    else:
+        log.info("test 3D Dice %.4f on %d held-out cases", test["dice_mean"], len(scores))
     return card
+
+
+def _selection(data: SiteData, early: EarlyStopping, cfg: TeacherTrainConfig) -> dict[str, Any]:
+    """How ``best.pt`` was chosen, for ``teacher.json``."""
+    if data.val:
+        return {"checkpoint": "best.pt", "checkpoint_selection": "best_val_dice",
+                "best_epoch": early.best_epoch, "val_dice": early.best,
+                "held_out_score": bool(data.test)}
+    return {"checkpoint": "best.pt", "checkpoint_selection": "final_epoch",
+            "best_epoch": None, "val_dice": None, "held_out_score": False,
+            "note": f"small_site={cfg.small_site}: all {len(data.split.train)} case(s) used "
+                    "for training; no validation or test score exists"}

@@ -1,11 +1,17 @@
-"""Shared fixtures: tiny phantom sites and tiny trained teachers, built once per session."""
+"""Shared fixtures: tiny phantom sites and tiny trained teachers, built once per session.
+
+Plain helpers (configs, TOML writers, corrupted copies) are in ``tests/_helpers.py``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests._helpers import QUICK_TEACHER, SITES, tiny_teacher_config
 
 TINY_SHAPE = (16, 64, 64)
 
@@ -26,38 +32,25 @@ def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return sites
 
 
-def corrupted_copy(src: Path, dst: Path, folder: str, index: int, content: bytes) -> Path:
-    """Copy dataset ``src`` to ``dst`` and overwrite its ``index``-th ``folder/*.nii*`` file
-    (sorted) with ``content``; the corrupted file's path."""
-    import shutil
-
-    shutil.copytree(src, dst)
-    victim = sorted((dst / folder).glob("*.nii*"))[index]
-    victim.write_bytes(content)
-    return victim
-
-
-def tiny_teacher_config(**kw: object):  # type: ignore[no-untyped-def]
-    """A fast TeacherTrainConfig for CPU tests."""
-    from site_node.train_config import OptimConfig, TeacherTrainConfig
-
-    base = dict(model="tiny_unet", size=64, epochs=1, batch_size=8, patience=20, device="cpu",
-                skip_empty_fraction=0.6,
-                optim=OptimConfig(max_lr=0.005, base_lr=1e-5, step_size_up=100))
-    base.update(kw)
-    return TeacherTrainConfig.model_validate(base)
-
-
 @pytest.fixture(scope="session")
 def tiny_teachers(tiny_sites: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                   ) -> dict[str, Path]:
-    """A tiny_unet teacher per site, trained 3 epochs at 64px (run folders; mechanics only)."""
+    """A barely trained tiny_unet teacher run folder per site (``QUICK_TEACHER``: 1 epoch of 2
+    steps at 32 px): the mechanics, transport and caching are under test, never teacher
+    quality. Shared read-only by every test: copy a folder before changing it."""
     from site_node.train import run_training
 
     root = tmp_path_factory.mktemp("teachers")
-    out = {}
-    for name in ("site_a", "site_b", "site_c"):
-        cfg = tiny_teacher_config(epochs=3)
-        run_training(tiny_sites[name], cfg, root / name)
-        out[name] = root / name
-    return out
+    for name in SITES:
+        run_training(tiny_sites[name], tiny_teacher_config(**QUICK_TEACHER), root / name)
+    return {name: root / name for name in SITES}
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    busy 2-core box, 2 spinning threads run ~6x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -36,8 +36,8 @@ class AugmentConfig(StrictModel):
     grid_distortion_p: float = Field(default=0.1, ge=0, le=1)
     optical_distortion_p: float = Field(default=0.1, ge=0, le=1)
     brightness_contrast_p: float = Field(default=0.2, ge=0, le=1)
-    brightness_limit: float = Field(default=0.2, ge=0)
-    contrast_limit: float = Field(default=0.2, ge=0)
+    brightness_limit: float = Field(default=0.2, ge=0, le=10)
+    contrast_limit: float = Field(default=0.2, ge=0, le=1)
     coarse_dropout_p: float = Field(default=0.2, ge=0, le=1)
 
 
@@ -110,7 +110,9 @@ class JointAugment:
     """Callable ``(image (H, W) float32, mask (H, W) uint8, maps | None) -> same triple``.
 
     Each map is float32 (C, h, w) or (h, w) at any resolution and comes back with its own
-    shape and dtype float32. With ``cfg.enabled`` False the call is the identity.
+    shape and dtype float32. With ``cfg.enabled`` False the call is the identity. Borders are
+    filled with 0, so an all-ones map passed along comes back as the validity of each pixel
+    (< 1 where padding came in; coordinator/distill/dataset.py uses this).
     """
 
     def __init__(self, cfg: AugmentConfig, seed: int | None = None) -> None:
@@ -123,6 +125,19 @@ class JointAugment:
         """Restart both random streams from ``seed`` (see :func:`reseed_worker`)."""
         self._geo.set_random_seed(seed)
         self._photo.set_random_seed(seed + 1_000_003)
+
+    def rng_state(self) -> list[tuple[Any, Any]]:
+        """(numpy, python) state of every random stream of both pipelines (exact resume)."""
+        return [(t.random_generator.bit_generator.state, t.py_random.getstate())
+                for t in _streams(self._geo) + _streams(self._photo)]
+
+    def set_rng_state(self, state: list[tuple[Any, Any]]) -> None:
+        """Restore what :meth:`rng_state` returned."""
+        for t, (np_state, py_state) in zip(
+            _streams(self._geo) + _streams(self._photo), state, strict=True
+        ):
+            t.random_generator.bit_generator.state = np_state
+            t.py_random.setstate(py_state)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, maps: Maps | None = None
@@ -163,6 +178,11 @@ def reseed_worker(worker_id: int) -> None:
     augment = getattr(info.dataset, "augment", None)
     if isinstance(augment, JointAugment):
         augment.reseed(seed)
+
+
+def _streams(node: Any) -> list[Any]:
+    """``node`` and every transform nested in it: each owns its own seeded random streams."""
+    return [node, *(t for child in getattr(node, "transforms", []) for t in _streams(child))]
 
 
 def build_augment(cfg: AugmentConfig, seed: int | None = None) -> JointAugment:

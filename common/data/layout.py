@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.data.errors import DataError, data_error
+from common.data.errors import DataError, data_error, utf8_name
 
 _CASE_RE = re.compile(r"^(Case\d+)(_[sS]egmentation)?\.nii(\.gz)?$")
 _NII_SUFFIXES = (".nii.gz", ".nii")
@@ -48,15 +48,40 @@ def discover_dataset(root: Path | str) -> DatasetInfo:
     root = Path(root)
     if not root.is_dir():
         raise data_error(root, "dataset folder not found")
+    _check_names(root)
     if (root / "dataset.json").is_file():
-        return _discover_msd(root)
+        return _checked(root, _discover_msd(root))
     if any(_CASE_RE.match(p.name) for p in root.iterdir()):
-        return _discover_prostate_sites(root)
+        return _checked(root, _discover_prostate_sites(root))
     raise data_error(
         root,
         "matches no known layout (need dataset.json + imagesTr/ + labelsTr/, "
         "or CaseNN.nii.gz + CaseNN_segmentation.nii.gz)",
     )
+
+
+def _check_names(root: Path) -> None:
+    """Refuse a file name that is not valid UTF-8 in the folders discovery scans (Python
+    would carry it as surrogate escapes into case ids, logs and plots)."""
+    for folder in (root, root / "imagesTr", root / "labelsTr"):
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            utf8_name(entry)
+
+
+def _checked(root: Path, info: DatasetInfo) -> DatasetInfo:
+    """Refuse duplicate case ids and case files (after symlinks) outside ``root``."""
+    seen: set[str] = set()
+    inside = root.resolve()
+    for case in info.cases:
+        if case.case_id in seen:
+            raise data_error(root / "dataset.json" if (root / "dataset.json").is_file()
+                             else root, f"duplicate case id {case.case_id!r}")
+        seen.add(case.case_id)
+        for path in (case.image, case.label):
+            if path is not None and not path.resolve().is_relative_to(inside):
+                raise data_error(path, f"resolves to {path.resolve()}, outside the data "
+                                       f"folder {inside} (paths and symlinks must stay in it)")
+    return info
 
 
 def _read_json(path: Path) -> dict[str, Any]:

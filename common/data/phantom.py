@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy import ndimage
 
-from common.config import StrictModel
+from common.config import MAX_SEED, StrictModel
 from common.data.nifti import save_nifti
 from common.io import atomic_write_json
 
@@ -58,9 +58,16 @@ class PhantomSpec(StrictModel):
 
     preset: Literal["prostate", "spleen"] = "prostate"
     site_style: Literal["A", "B", "C"] = "A"
-    n_cases: int = Field(default=12, ge=1)
+    n_cases: int = Field(default=12, ge=1, le=10_000)
     shape: tuple[int, int, int] = _DEFAULT_SHAPE
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(4 <= n <= 1024 for n in v):
+            raise ValueError(f"shape sides must be 4..1024, got {v}")
+        return v
 
 
 def style_spacing(style: str, shape: Shape = _DEFAULT_SHAPE) -> tuple[float, float, float]:

@@ -3,7 +3,11 @@
 CT normalisation is fixed (no per-volume statistics): HU are clipped to ``ct_window``, scaled to
 [0, 1], then standardised with the fixed constants ``CT_MEAN = 0.5`` and ``CT_STD = 0.5``, so the
 window maps exactly to [-1, 1] (e.g. with the default (-160, 240) window: -160 HU -> -1,
-40 HU -> 0, 240 HU -> +1). MRI has no absolute scale, so each volume is z-scored.
+40 HU -> 0, 240 HU -> +1). MRI has no absolute scale, so each volume is clipped to its own
+0.5 / 99.5 percentiles and z-scored.
+
+Legacy helpers: the data pipeline normalises and resamples through
+:mod:`common.data.plan` / :mod:`common.data.native` (plan from the dataset fingerprint).
 """
 
 from __future__ import annotations
@@ -25,18 +29,21 @@ def normalise_volume(
     modality: str,
     ct_window: tuple[float, float] = (-160.0, 240.0),
     foreground_only: bool = False,
+    mri_percentiles: tuple[float, float] = (0.5, 99.5),
 ) -> np.ndarray:
     """Normalise a (D, H, W) volume to float32.
 
-    MRI: z-score over the whole volume (``foreground_only``: statistics from nonzero voxels
-    only, robust to zero padding). CT: clip to ``ct_window`` HU, scale to [0, 1], then
-    ``(x - CT_MEAN) / CT_STD``. A constant MRI volume becomes all zeros.
+    MRI: clip to the volume's ``mri_percentiles``, then z-score over the whole volume
+    (``foreground_only``: statistics from nonzero voxels only, robust to zero padding). CT:
+    clip to ``ct_window`` HU, scale to [0, 1], then ``(x - CT_MEAN) / CT_STD``. A constant
+    MRI volume becomes all zeros.
     """
     v = np.asarray(vol, dtype=np.float32)
     if modality.upper() == "CT":
         lo, hi = ct_window
         scaled = (np.clip(v, lo, hi) - lo) / (hi - lo)
         return ((scaled - CT_MEAN) / CT_STD).astype(np.float32)
+    v = np.clip(v, *np.percentile(v, mri_percentiles)).astype(np.float32)
     sample = v[v != 0] if foreground_only and np.any(v) else v
     mean, std = float(sample.mean()), float(sample.std())
     return ((v - mean) / max(std, _EPS)).astype(np.float32)

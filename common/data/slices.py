@@ -11,66 +11,69 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.errors import data_error
+from common.data.labels import resolve_target
 from common.data.layout import CaseRef, DatasetInfo
-from common.data.nifti import load_nifti
-from common.data.preprocess import (
-    binarise_mask,
-    check_pair,
-    normalise_volume,
-    resize_mask,
-    resize_slice,
-)
+from common.data.native import PreparedCase, load_native_label, prepare_label, prepare_loaded
+from common.data.nifti import read_nifti
+from common.data.plan import Plan, default_plan
 
 AugmentFn = Callable[..., tuple[np.ndarray, np.ndarray, Any]]
-_SPACING_TOL = 1e-3
 
 
 @dataclass
 class Volume:
     """One preprocessed case.
 
-    ``image``: (D, S, S) float32 normalised and resized; ``label``: (D, S, S) uint8 in {0, 1};
-    ``spacing``: (sz, sy, sx) mm after the in-plane resize (sy * H / S, sx * W / S).
+    ``image``: (D, S, S) float32 normalised and resampled (:mod:`common.data.native`);
+    ``label``: (D, S, S) uint8 in {0, 1} on the same grid; ``spacing``: (sz, sy, sx) mm of that
+    grid. ``case``: how to map a prediction back to the file's native grid; ``native_label``:
+    the untouched (X, Y, Z) target mask in the label file's own orientation (uint8 {0, 1}).
+    Both are None for volumes built in memory (then scores are taken on the prepared grid).
     """
 
     case_id: str
     image: np.ndarray
     label: np.ndarray
     spacing: tuple[float, float, float]
+    case: PreparedCase | None = None
+    native_label: np.ndarray | None = None
 
 
-def load_volume(ref: CaseRef, modality: str, size: int) -> Volume:
-    """Load, validate, normalise and resize one case to (D, size, size).
+def load_volume(ref: CaseRef, modality: str, size: int, *, plan: Plan | None = None) -> Volume:
+    """Load, geometry-check, select the target label, normalise and resample one case.
 
-    Raises DataError when the label is missing, or image and label differ in shape or in
-    spacing by more than 1e-3 mm (the message names both files).
+    ``plan`` (default: :func:`common.data.plan.default_plan` of ``modality`` / ``size``) decides
+    spacing, size, normalisation and target labels; when given, ``size`` is ignored. Raises
+    DataError when the label is missing, its geometry differs from the image's (one line
+    naming both files), or it is multi-valued without a target choice.
     """
     if ref.label is None:
         raise data_error(ref.image, "case has no label")
-    image, sp_img = load_nifti(ref.image, first_channel=True)
-    label, sp_lab = load_nifti(ref.label)
-    check_pair(image, label, ref.image, ref.label)
-    if max(abs(a - b) for a, b in zip(sp_img, sp_lab, strict=True)) > _SPACING_TOL:
-        raise data_error(
-            ref.image, f"image spacing {sp_img} != label spacing {sp_lab} (label {ref.label})"
-        )
-    norm = normalise_volume(image, modality)
-    mask = binarise_mask(label)
-    img_out = np.stack([resize_slice(s, size) for s in norm]).astype(np.float32)
-    lab_out = np.stack([resize_mask(s, size) for s in mask]).astype(np.uint8)
-    _, h, w = image.shape
-    spacing = (sp_img[0], sp_img[1] * h / size, sp_img[2] * w / size)
-    return Volume(ref.case_id, img_out, lab_out, spacing)
+    plan = plan or default_plan(modality, size)
+    image = read_nifti(ref.image, first_channel=True)
+    native_label = load_native_label(ref.label, image, plan.labels)
+    case = prepare_loaded(image, plan)
+    label = prepare_label(native_label, case)
+    return Volume(ref.case_id, case.image, label, case.spacing, case, native_label)
 
 
-def load_volumes(info: DatasetInfo, case_ids: list[str] | None, size: int) -> list[Volume]:
-    """Load the cases ``case_ids`` (all when None), in the given order, at (size, size)."""
+def load_volumes(info: DatasetInfo, case_ids: list[str] | None, size: int, *,
+                 plan: Plan | None = None, label: str | None = None) -> list[Volume]:
+    """Load the cases ``case_ids`` (all when None), in the given order.
+
+    ``plan``: the preprocessing plan (e.g. from ``teacher.json`` or the fingerprint); default
+    :func:`common.data.plan.default_plan` at ``size`` with the target from ``label`` (name,
+    value, ``"1,2"`` or ``"all"``; default the single declared foreground label).
+    """
     refs = {c.case_id: c for c in info.cases}
     ids = list(refs) if case_ids is None else case_ids
     missing = [c for c in ids if c not in refs]
     if missing:
         raise data_error(info.name, f"unknown case ids {missing}")
-    return [load_volume(refs[c], info.modality, size) for c in ids]
+    if plan is None:
+        values, name = resolve_target(info.labels, label, info.name)
+        plan = default_plan(info.modality, size, values).model_copy(update={"label_name": name})
+    return [load_volume(refs[c], info.modality, size, plan=plan) for c in ids]
 
 
 class SliceDataset(Dataset[dict[str, Any]]):

@@ -11,6 +11,8 @@ import numpy as np
 from common.data.errors import data_error
 from common.io import atomic_write_json
 
+MIN_SPLIT_CASES = 3  # one case each for train, validation and test
+
 
 @dataclass
 class Split:
@@ -26,8 +28,9 @@ def split_cases(
 ) -> Split:
     """Split case ids into train/val/test, independent of input order.
 
-    Ids are sorted, then shuffled with ``seed``. With >= 3 cases every subset gets at least
-    one case and train keeps at least one; with fewer, everything goes to train.
+    Ids are sorted, then shuffled with ``seed``. Every subset gets at least one case, so at
+    least :data:`MIN_SPLIT_CASES` (3) are needed; fewer raise ValueError naming the minimum
+    (a site that small must opt in to :func:`train_only_split` explicitly).
     """
     ids = sorted(set(case_ids))
     if len(ids) != len(case_ids):
@@ -35,13 +38,22 @@ def split_cases(
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
         raise ValueError("split_cases: fractions must be in [0, 1)")
     n = len(ids)
-    if n < 3:
-        return Split(train=ids, val=[], test=[])
+    if n < MIN_SPLIT_CASES:
+        raise ValueError(f"split_cases: {n} case(s); a train/val/test split needs at least "
+                         f"{MIN_SPLIT_CASES} (one per subset)")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
     n_test = min(max(1, round(n * test_fraction)), n - 2)
     n_val = min(max(1, round(n * val_fraction)), n - 1 - n_test)
     test, val = order[:n_test], order[n_test : n_test + n_val]
     return Split(train=sorted(order[n_test + n_val :]), val=sorted(val), test=sorted(test))
+
+
+def train_only_split(case_ids: list[str]) -> Split:
+    """Every case in train, none held out (the opt-in for sites below MIN_SPLIT_CASES)."""
+    ids = sorted(set(case_ids))
+    if len(ids) != len(case_ids) or not ids:
+        raise ValueError("train_only_split: duplicate or no case ids")
+    return Split(train=ids, val=[], test=[])
 
 
 def save_split(path: Path | str, split: Split) -> None:

@@ -1,13 +1,16 @@
 """Knowledge distillation: losses (``LOSSES``), teacher weightings (``WEIGHTINGS``), targets.
 
+``functional`` holds the tensor maths; ``targets`` the one teacher-output type
+(:class:`TeacherTargets`); ``teacher_outputs`` what a site computes for proxy slices.
+
 Registry members are filled by the explicit imports below (no file scanning).
 """
 
-from common.kd import fusion, losses, targets
+from common.kd import functional, fusion, losses, targets
+from common.kd.functional import fuse_probs
 from common.kd.fusion import (
     WEIGHTINGS,
     build_weighting,
-    fuse_probs,
     register_weighting,
     renormalise,
 )
@@ -21,6 +24,7 @@ __all__ = [
     "build_loss",
     "build_weighting",
     "compute_teacher_targets",
+    "functional",
     "fuse_probs",
     "fusion",
     "losses",

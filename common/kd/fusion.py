@@ -2,12 +2,19 @@
 
 A weighting is a callable ``(teacher_probs (J,B,K,H,W), mask (B,H,W) long | None) ->
 weights (B,J)`` whose rows sum to 1: one weight per teacher *per input*, as the paper intends.
-Pass probabilities at temperature 1 (``softmax(logits)``) to judge teacher quality.
+Pass probabilities at temperature 1 (``softmax(logits)``) to judge teacher quality. The fusion
+itself is :func:`common.kd.functional.fuse_probs` (``TeacherTargets.fused_probs``).
 
 The paper's rule ``w_j = L_j / sum_k L_k`` (``L`` = Dice loss) gives MORE weight to WORSE
 teachers; it is kept as ``"paper"`` for reproduction only. The default,
 ``"inverse_dice_loss"``, weights teachers by ``softmax(-L_j / tau)`` (or ``1 / (L_j + eps)``).
 Rules that need labels raise ``ValueError`` when ``mask`` is None; ``"entropy"`` is label-free.
+
+Slices whose label has no foreground (``empty=...``, default ``"hard_dice"`` for the adaptive
+rules): there the soft Dice loss measures only how much foreground probability leaks (two
+teachers with the same perfect prediction but leaks 1e-5 vs 1e-4 got weights 0.85 / 0.15), so
+confidence, not correctness, was rewarded. ``"hard_dice"`` ranks teachers by the Dice of their
+argmax prediction instead (:func:`~common.kd.functional.hard_dice_loss_per_sample`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from common.kd.losses import soft_dice_loss_per_sample
+from common.kd.functional import hard_dice_loss_per_sample, soft_dice_loss_per_sample
 from common.registry import Registry
 
 Weighting = Callable[[Tensor, Tensor | None], Tensor]
@@ -33,11 +40,6 @@ DEFAULT_WEIGHTING = "inverse_dice_loss"
 def build_weighting(name: str = DEFAULT_WEIGHTING, **kw: object) -> Weighting:
     """Instantiate the registered weighting ``name``; unknown names list the valid ones."""
     return WEIGHTINGS.build(name, **kw)
-
-
-def fuse_probs(teacher_probs: Tensor, weights: Tensor) -> Tensor:
-    """``teacher_probs (J,B,K,H,W)``, ``weights (B,J)`` -> ``sum_j w_bj p_j`` ``(B,K,H,W)``."""
-    return torch.einsum("jbkhw,bj->bkhw", teacher_probs, weights.to(teacher_probs.dtype))
 
 
 def renormalise(weights: Tensor, available: Tensor) -> Tensor:
@@ -57,27 +59,51 @@ def renormalise(weights: Tensor, available: Tensor) -> Tensor:
 
 
 DiceClasses = Literal["all", "foreground"]
+EmptyRule = Literal["hard_dice", "soft", "equal"]
+EMPTY_RULES = ("hard_dice", "soft", "equal")
 
 
 def dice_losses(teacher_probs: Tensor, mask: Tensor | None,
-                classes: DiceClasses = "all") -> Tensor:
-    """Per-sample soft Dice loss of each teacher: ``(J,B,K,H,W)``, ``(B,H,W)`` -> ``(B,J)``.
+                classes: DiceClasses = "all", empty: EmptyRule = "soft") -> Tensor:
+    """Per-sample Dice loss of each teacher: ``(J,B,K,H,W)``, ``(B,H,W)`` -> ``(B,J)``.
 
     ``classes="all"`` (default) averages the loss over every class, background included, so a
     slice without foreground still ranks teachers (one that predicts foreground everywhere loses
-    its background Dice). ``"foreground"`` uses class 1 only; on an empty slice every teacher's
-    loss is then close to 1 and the weights are nearly equal, whatever the teacher says.
+    its background Dice). ``"foreground"`` uses class 1 only.
+
+    ``empty`` chooses the loss on slices whose mask has no foreground (others: soft Dice).
+    ``"soft"``: soft Dice as everywhere (rewards low leaked probability, i.e. confidence).
+    ``"hard_dice"``: Dice of the argmax prediction with the same smoothing 1, so an empty
+    prediction scores 0 (empty-empty = 1) and ``k`` false-positive pixels ``1 - 1/(k+1)`` on
+    the foreground class. Chosen over a false-positive *area* because it is the Dice used
+    everywhere else (same scale as the soft loss under the same tau) and one stray pixel
+    already costs a clear margin, while over an equal-weight fallback because a teacher that
+    paints foreground on an empty slice should lose weight there. ``"equal"``: 0 for every
+    teacher (equal weights; ``select_best`` then picks the first teacher).
     """
     if mask is None:
         raise ValueError("this teacher weighting needs ground-truth masks (mask is None); "
                          "use 'entropy' or 'equal' for unlabeled proxy data")
-    foreground_only = classes == "foreground"
-    losses = []
-    for p in teacher_probs:
-        ks = [1] if foreground_only else range(p.shape[1])
-        losses.append(torch.stack([soft_dice_loss_per_sample(p, mask, cls=k) for k in ks])
-                      .mean(dim=0))
-    return torch.stack(losses, dim=1)
+    if empty not in EMPTY_RULES:
+        raise ValueError(f"empty must be one of {EMPTY_RULES}, got {empty!r}")
+    losses = torch.stack([_dice(p, mask, classes, soft_dice_loss_per_sample)
+                          for p in teacher_probs], dim=1)
+    if empty == "soft":
+        return losses
+    is_empty = (mask == 1).flatten(1).sum(dim=1) == 0  # (B,)
+    if empty == "equal":
+        alt = torch.zeros_like(losses)
+    else:
+        alt = torch.stack([_dice(p, mask, classes, hard_dice_loss_per_sample)
+                           for p in teacher_probs], dim=1)
+    return torch.where(is_empty[:, None], alt, losses)
+
+
+def _dice(probs: Tensor, mask: Tensor, classes: DiceClasses,
+          fn: Callable[..., Tensor]) -> Tensor:
+    """Per-sample Dice loss ``fn`` averaged over the chosen classes: ``(B,K,H,W)`` -> ``(B,)``."""
+    ks = [1] if classes == "foreground" else range(probs.shape[1])
+    return torch.stack([fn(probs, mask, cls=k) for k in ks]).mean(dim=0)
 
 
 def mean_entropy(teacher_probs: Tensor) -> Tensor:
@@ -124,13 +150,15 @@ class FixedWeighting:
 
 @register_weighting("select_best")
 class SelectBestWeighting:
-    """One-hot on the teacher with the lowest per-sample Dice loss (ties -> first teacher)."""
+    """One-hot on the teacher with the lowest per-sample Dice loss (ties -> first teacher);
+    ``empty`` as in :func:`dice_losses` (default: hard Dice on slices without foreground)."""
 
-    def __init__(self, classes: DiceClasses = "all") -> None:
-        self.classes = classes
+    def __init__(self, classes: DiceClasses = "all", empty: EmptyRule = "hard_dice") -> None:
+        dice_losses(torch.zeros(1, 1, 2, 1, 1), torch.zeros(1, 1, 1), classes, empty)  # validates
+        self.classes, self.empty = classes, empty
 
     def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
-        losses = dice_losses(teacher_probs, mask, self.classes)
+        losses = dice_losses(teacher_probs, mask, self.classes, self.empty)
         best = torch.argmin(losses, dim=1)
         return torch.nn.functional.one_hot(best, losses.shape[1]).to(teacher_probs.dtype)
 
@@ -139,14 +167,17 @@ class SelectBestWeighting:
 class PaperWeighting:
     """Paper's literal ``w_j = L_j / sum_k L_k``: higher loss -> HIGHER weight (a flaw).
 
-    Kept only to reproduce the paper. All-zero losses fall back to equal weights.
+    Kept only to reproduce the paper (soft Dice everywhere, ``empty="soft"``). All-zero losses
+    fall back to equal weights.
     """
 
-    def __init__(self, eps: float = 1e-12, classes: DiceClasses = "all") -> None:
-        self.eps, self.classes = eps, classes
+    def __init__(self, eps: float = 1e-12, classes: DiceClasses = "all",
+                 empty: EmptyRule = "soft") -> None:
+        dice_losses(torch.zeros(1, 1, 2, 1, 1), torch.zeros(1, 1, 1), classes, empty)  # validates
+        self.eps, self.classes, self.empty = eps, classes, empty
 
     def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
-        losses = dice_losses(teacher_probs, mask, self.classes) + self.eps
+        losses = dice_losses(teacher_probs, mask, self.classes, self.empty) + self.eps
         return losses / losses.sum(dim=1, keepdim=True)
 
 
@@ -155,16 +186,19 @@ class InverseDiceLossWeighting:
     """DEFAULT rule. ``mode="softmax"`` (default): ``softmax(-L_j/τ)``; ``"inverse"``: 1/(L_j+eps).
 
     Softmax with τ = 0.1 is the default because it drives a corrupted teacher's weight to ~0
-    (``inverse`` still leaves it 5-15 %, see tests/common/test_bad_teacher.py).
+    (``inverse`` still leaves it 5-15 %, see tests/common/test_bad_teacher.py). On slices
+    without foreground ``L_j`` is the hard (argmax) Dice loss (``empty``, see
+    :func:`dice_losses`): teachers are ranked by their errors, not by their confidence.
     """
 
     def __init__(self, mode: Mode = "softmax", tau: float = 0.1, eps: float = 1e-6,
-                 classes: DiceClasses = "all") -> None:
+                 classes: DiceClasses = "all", empty: EmptyRule = "hard_dice") -> None:
         _lower_is_better(torch.zeros(1, 1), mode, tau, eps)  # validates mode
-        self.mode, self.tau, self.eps, self.classes = mode, tau, eps, classes
+        dice_losses(torch.zeros(1, 1, 2, 1, 1), torch.zeros(1, 1, 1), classes, empty)  # validates
+        self.mode, self.tau, self.eps, self.classes, self.empty = mode, tau, eps, classes, empty
 
     def __call__(self, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
-        losses = dice_losses(teacher_probs, mask, self.classes)
+        losses = dice_losses(teacher_probs, mask, self.classes, self.empty)
         return _lower_is_better(losses, self.mode, self.tau, self.eps)
 
 

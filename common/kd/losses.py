@@ -4,40 +4,48 @@ Every loss is an ``nn.Module`` with ``reduction: "mean" | "none"``; ``"none"`` r
 value per sample, shape ``(B,)``, because the multi-teacher engine weights each teacher per
 input. Teacher-side inputs are what a site sends (:class:`common.kd.targets.TeacherTargets`):
 probabilities / logits, attention maps and region-contrast scalars -- never raw features.
+The tensor maths (attention maps, region contrast, soft Dice, fusion) is in
+:mod:`common.kd.functional`.
 
 Deviations from the paper's literal text (paper forms kept as options for reproduction):
 
 * KL direction: default Hinton ``KL(p_t || p_s)``; ``direction="student_teacher"`` is Eq. 2.
 * Attention transfer: default Zagoruyko & Komodakis (channel mean of ``|f|^p``, L2-normalised
-  over space, mean squared difference); ``form="paper"`` is Eq. 3 (channel sum of ``|f|``,
-  ``|| d / ||d||_2 ||_1``), which is invariant to the scale of ``d`` and so carries no
-  magnitude information -- kept for reproduction only.
+  over space, squared difference SUMMED over positions, in [0, 2] at any resolution);
+  ``form="paper"`` is Eq. 3 (channel sum of ``|f|``, ``|| d / ||d||_2 ||_1``), which is
+  invariant to the scale of ``d`` and so carries no magnitude information -- reproduction only.
+* Padded pixels: an optional ``valid (B,H,W)`` mask (1 = real pixel, 0 = padding added by a
+  geometric augmentation) removes padded positions from the KL and AT means and from the
+  student's region contrast; padded teacher values then have no effect on the loss.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.kd.functional import (
+    EPS,
+    ATForm,
+    compute_attention,
+    region_contrast,
+    resize_attention,
+    valid_at,
+)
+from common.kd.targets import FeatureTaps, TeacherTargets, tapped_features
 from common.models.base import SegOutput
 from common.registry import Registry
 
-if TYPE_CHECKING:
-    from common.kd.targets import TeacherTargets
-
 Reduction = Literal["mean", "none"]
-ATForm = Literal["zagoruyko", "paper"]
 KLDirection = Literal["teacher_student", "student_teacher"]
+ATReduce = Literal["sum", "mean"]
 
 LOSSES: Registry[nn.Module] = Registry("loss")
 register_loss = LOSSES.register
-
-_EPS = 1e-8
-
 
 def build_loss(name: str, **kw: object) -> nn.Module:
     """Instantiate the registered loss ``name``; unknown names list the valid ones."""
@@ -53,62 +61,27 @@ def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
-# --------------------------------------------------------------------------- attention maps
-def attention_map(feat: Tensor, p: float = 2) -> Tensor:
-    """Zagoruyko attention: ``(B, C, H, W)`` -> ``(B, H, W)``, channel mean of ``|f|^p``,
-    L2-normalised over the ``H*W`` positions (each sample's map has unit L2 norm)."""
-    b, _, h, w = feat.shape
-    a = feat.abs().pow(p).mean(dim=1).reshape(b, h * w)
-    return F.normalize(a, p=2, dim=1).reshape(b, h, w)
-
-
-def attention_map_paper(feat: Tensor) -> Tensor:
-    """Paper Eq. 3 attention: ``(B, C, H, W)`` -> ``(B, H, W)``, channel sum of ``|f|``."""
-    return feat.abs().sum(dim=1)
-
-
-def compute_attention(feat: Tensor, form: ATForm = "zagoruyko", p: float = 2) -> Tensor:
-    """Attention map of ``feat`` ``(B, C, H, W)`` in the given form -> ``(B, H, W)``."""
-    if form == "zagoruyko":
-        return attention_map(feat, p)
-    if form == "paper":
-        return attention_map_paper(feat)
-    raise ValueError(f"unknown attention form {form!r}; valid: paper, zagoruyko")
-
-
-def resize_attention(at: Tensor, size: tuple[int, int], form: ATForm = "zagoruyko") -> Tensor:
-    """Bilinearly resize attention maps ``(B, h, w)`` -> ``(B, *size)``.
-
-    Zagoruyko maps are re-normalised to unit L2 norm after resizing (interpolation changes
-    the norm); paper-form maps are unnormalised and are only interpolated.
-    """
-    if tuple(at.shape[-2:]) == tuple(size):
-        return at
-    out = F.interpolate(at.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
-    out = out.squeeze(1)
-    if form == "zagoruyko":
-        out = F.normalize(out.flatten(1), p=2, dim=1).reshape_as(out)
-    return out
+def _valid_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Per-sample mean of ``values (B,H,W)`` over valid positions (all when ``valid`` is None);
+    a sample without any valid position gives 0."""
+    if valid is None:
+        return values.flatten(1).mean(dim=1)
+    v = valid.to(values.dtype).flatten(1)
+    return (values.flatten(1) * v).sum(dim=1) / v.sum(dim=1).clamp_min(1.0)
 
 
 # --------------------------------------------------------------------------- logit KD
-def teacher_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Softened class probabilities ``softmax(z / T)`` over the class axis.
-
-    ``logits``: ``(B, K, H, W)`` or stacked teachers ``(J, B, K, H, W)`` (class axis is -3).
-    """
-    return torch.softmax(logits / temperature, dim=-3)
-
-
 @register_loss("kl")
 class LogitKL(nn.Module):
-    """Pixel-wise KL distillation (Hinton), times ``T^2``.
+    """Pixel-wise KL distillation (Hinton), times ``T^2`` unless ``t2_scale=False``.
 
-    ``forward(student_logits (B,K,H,W), teacher_probs (B,K,H,W)) -> scalar | (B,)``.
-    The teacher side is already probabilities (``softmax(z_t/T)``, possibly a weighted fusion
-    of several teachers). ``"teacher_student"``: ``sum_k p_t (log p_t - log p_s)``;
-    ``"student_teacher"`` (paper Eq. 2): ``sum_k p_s (log p_s - log p_t)`` with ``p_t`` clamped
-    at ``1e-8`` inside the log. Summed over classes, averaged over pixels.
+    ``forward(student_logits (B,K,H,W), teacher_probs (B,K,H,W), valid (B,H,W) | None)
+    -> scalar | (B,)``. The teacher side is already probabilities (``softmax(z_t/T)``, possibly
+    a weighted fusion of several teachers). ``"teacher_student"``: ``sum_k p_t (log p_t -
+    log p_s)``; ``"student_teacher"``: ``sum_k p_s (log p_s - log p_t)`` with ``p_t`` clamped at
+    ``1e-8`` inside the log. Summed over classes, averaged over (valid) pixels. The ``T^2``
+    factor (Hinton) keeps gradient sizes independent of ``T``; the paper's Eq. 2 is
+    ``direction="student_teacher"`` with ``t2_scale=False`` (or ``temperature=1``).
     """
 
     def __init__(
@@ -116,22 +89,25 @@ class LogitKL(nn.Module):
         temperature: float = 4.0,
         direction: KLDirection = "teacher_student",
         reduction: Reduction = "mean",
+        t2_scale: bool = True,
     ) -> None:
         super().__init__()
         if direction not in ("teacher_student", "student_teacher"):
             raise ValueError(f"unknown KL direction {direction!r}")
         self.temperature, self.direction, self.reduction = temperature, direction, reduction
+        self.scale = temperature**2 if t2_scale else 1.0
 
-    def forward(self, student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    def forward(self, student_logits: Tensor, teacher_probs: Tensor,
+                valid: Tensor | None = None) -> Tensor:
         if student_logits.shape != teacher_probs.shape:
             raise ValueError(f"student {student_logits.shape} != teacher {teacher_probs.shape}")
         log_ps = F.log_softmax(student_logits / self.temperature, dim=1)
         if self.direction == "teacher_student":
             kl = torch.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_ps
         else:
-            log_pt = teacher_probs.clamp_min(_EPS).log()
+            log_pt = teacher_probs.clamp_min(EPS).log()
             kl = log_ps.exp() * (log_ps - log_pt)
-        per_sample = kl.sum(dim=1).flatten(1).mean(dim=1) * self.temperature**2
+        per_sample = _valid_mean(kl.sum(dim=1), valid) * self.scale
         return _reduce(per_sample, self.reduction)
 
 
@@ -140,77 +116,98 @@ class LogitKL(nn.Module):
 class AttentionTransfer(nn.Module):
     """Attention-transfer loss against a precomputed teacher attention map.
 
-    ``forward(student_feat (B,Cs,hs,ws), teacher_at (B,ht,wt)) -> scalar | (B,)``.
-    The student map is computed in the same ``form``; if its size differs from the teacher's
-    it is resized bilinearly to ``(ht, wt)`` and, for the zagoruyko form, re-normalised to unit
-    L2 norm after resizing (interpolation changes the norm; the teacher map is unit-norm).
-    ``zagoruyko``: mean over positions of ``(at_s - at_t)^2``.
-    ``paper``: ``|| d / ||d||_2 ||_1`` with ``d = at_s - at_t`` (scale-free; reproduction only).
+    ``forward(student_feat (B,Cs,hs,ws), teacher_at (B,ht,wt), valid (B,H,W) | None)
+    -> scalar | (B,)``. The student map is computed in the same ``form``; if its size differs
+    from the teacher's it is resized bilinearly to ``(ht, wt)`` and, for the zagoruyko form,
+    re-normalised to unit L2 norm. With ``valid``, both maps are zeroed at padded positions
+    (:func:`~common.kd.functional.valid_at`) and, for zagoruyko, re-normalised over the rest.
+
+    ``zagoruyko``, ``reduce="sum"`` (default): ``sum over positions of (at_s - at_t)^2 =
+    ||at_s - at_t||^2`` of two non-negative unit vectors, i.e. ``2 - 2 cos`` in [0, 2] whatever
+    the resolution. The sum is chosen over Zagoruyko's ``beta = 1000`` with a mean because the
+    mean divides by ``h*w`` (36,864 positions of the early map at 384 px): a fixed beta would
+    still tie the term's size to the input resolution, while the sum does not (EMKD also sums).
+    ``reduce="mean"`` is the former ``mean`` over (valid) positions (~1e-5 of the other terms).
+    ``paper``: ``|| d / ||d||_2 ||_1`` with ``d = at_s - at_t`` (scale-free; reproduction only;
+    ``reduce`` does not apply).
     """
 
     def __init__(
-        self, p: float = 2, form: ATForm = "zagoruyko", reduction: Reduction = "mean"
+        self, p: float = 2, form: ATForm = "zagoruyko", reduction: Reduction = "mean",
+        reduce: ATReduce = "sum",
     ) -> None:
         super().__init__()
         compute_attention(torch.zeros(1, 1, 1, 1), form, p)  # validates ``form``
-        self.p, self.form, self.reduction = p, form, reduction
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"AT reduce must be 'sum' or 'mean', got {reduce!r}")
+        self.p, self.form, self.reduction, self.reduce = p, form, reduction, reduce
 
     def student_map(self, student_feat: Tensor, size: tuple[int, int]) -> Tensor:
         """Student attention ``(B, *size)`` in this loss's form (resized, re-normalised)."""
         return resize_attention(compute_attention(student_feat, self.form, self.p), size, self.form)
 
-    def forward(self, student_feat: Tensor, teacher_at: Tensor) -> Tensor:
-        at_s = self.student_map(student_feat, (teacher_at.shape[-2], teacher_at.shape[-1]))
-        d = (at_s - teacher_at).flatten(1)
-        if self.form == "zagoruyko":
-            per_sample = d.pow(2).mean(dim=1)
+    def forward(self, student_feat: Tensor, teacher_at: Tensor,
+                valid: Tensor | None = None) -> Tensor:
+        size = (teacher_at.shape[-2], teacher_at.shape[-1])
+        at_s, at_t = self.student_map(student_feat, size), teacher_at
+        v = None if valid is None else valid_at(valid, size).to(at_s.dtype)
+        if v is not None:
+            at_s, at_t = at_s * v, at_t * v
+            if self.form == "zagoruyko":
+                at_s, at_t = _unit(at_s), _unit(at_t)
+        d = at_s - at_t
+        if self.form == "paper":
+            flat = d.flatten(1)
+            per_sample = (flat / flat.norm(p=2, dim=1, keepdim=True).clamp_min(EPS)).abs().sum(1)
+        elif self.reduce == "sum":
+            per_sample = d.pow(2).flatten(1).sum(dim=1)
         else:
-            per_sample = (d / d.norm(p=2, dim=1, keepdim=True).clamp_min(_EPS)).abs().sum(dim=1)
+            per_sample = _valid_mean(d.pow(2), v)
         return _reduce(per_sample, self.reduction)
 
 
+def _unit(at: Tensor) -> Tensor:
+    """``(B, h, w)`` maps scaled to unit L2 norm each (an all-zero map stays zero)."""
+    return F.normalize(at.flatten(1), p=2, dim=1, eps=EPS).reshape_as(at)
+
+
 # --------------------------------------------------------------------------- region contrast
-def region_contrast(feat: Tensor, mask: Tensor) -> Tensor:
-    """EMKD region contrast (Qin et al. 2021): ``feat (B,C,h,w)``, ``mask (B,H,W)`` -> ``(B,)``.
-
-    The mask is resized (nearest) to ``(h, w)``; ``m1 = mask > 0`` (foreground), ``m0`` the rest.
-    ``p0 = sum(f*m0) / max(sum(m0), eps)``, ``p1 = sum(f*m1) / (sum(m1) + 1)`` (both ``(B, C)``);
-    returns ``cosine_similarity(p0, p1)`` (0 when a prototype is all zeros).
-    """
-    m = F.interpolate(mask.unsqueeze(1).float(), size=feat.shape[-2:], mode="nearest")
-    m1 = (m > 0).to(feat.dtype)
-    m0 = 1.0 - m1
-    p0 = (feat * m0).sum(dim=(2, 3)) / m0.sum(dim=(2, 3)).clamp_min(_EPS)
-    p1 = (feat * m1).sum(dim=(2, 3)) / (m1.sum(dim=(2, 3)) + 1.0)
-    return F.cosine_similarity(p0, p1, dim=1, eps=_EPS)
-
-
 @register_loss("rc")
 class RegionContrastLoss(nn.Module):
-    """``forward(student_feat (B,C,h,w), mask (B,H,W), teacher_rc (B,))`` = ``(rc_s - rc_t)^2``."""
+    """``forward(student_feat (B,C,h,w), mask (B,H,W), teacher_rc (B,), valid (B,H,W) | None)``
+    = ``(rc_s - rc_t)^2``; ``valid`` drops padded positions from the student's regions.
+
+    The teacher's ``rc_t`` is cached from the UN-augmented slice while ``rc_s`` is taken on the
+    augmented one: prototype pooling ignores positions, so this is exact up to the network's
+    own (lack of) equivariance and the padding, which ``valid`` removes. The remaining
+    mismatch is measured in tests/common/test_kd_terms.py (kept as an approximation: warping
+    prototypes would need the teacher's features, which a site never sends).
+    """
 
     def __init__(self, reduction: Reduction = "mean") -> None:
         super().__init__()
         self.reduction = reduction
 
-    def forward(self, student_feat: Tensor, mask: Tensor, teacher_rc: Tensor) -> Tensor:
-        per_sample = (region_contrast(student_feat, mask) - teacher_rc).pow(2)
+    def forward(self, student_feat: Tensor, mask: Tensor, teacher_rc: Tensor,
+                valid: Tensor | None = None) -> Tensor:
+        per_sample = (region_contrast(student_feat, mask, valid) - teacher_rc).pow(2)
         return _reduce(per_sample, self.reduction)
 
 
 @register_loss("mid")
 class MidLoss(nn.Module):
-    """Paper Eq. 4: AT + RC summed over the (early, deep) feature pairs.
+    """Paper Eq. 4: AT + RC summed over the two tapped feature pairs.
 
-    ``forward(student_feats (f_early, f_deep), teacher_at (at_early (B,h0,w0), at_deep),
-    teacher_rc (rc_early (B,), rc_deep (B,)), mask (B,H,W)) -> scalar | (B,)``.
+    ``forward(student_feats (f_a, f_b), teacher_at (at_a (B,h0,w0), at_b), teacher_rc (rc_a (B,),
+    rc_b (B,)), mask (B,H,W), valid (B,H,W) | None) -> scalar | (B,)``.
     """
 
     def __init__(
-        self, at_form: ATForm = "zagoruyko", p: float = 2, reduction: Reduction = "mean"
+        self, at_form: ATForm = "zagoruyko", p: float = 2, reduction: Reduction = "mean",
+        at_reduce: ATReduce = "sum",
     ) -> None:
         super().__init__()
-        self.at = AttentionTransfer(p=p, form=at_form, reduction="none")
+        self.at = AttentionTransfer(p=p, form=at_form, reduction="none", reduce=at_reduce)
         self.rc = RegionContrastLoss(reduction="none")
         self.reduction = reduction
 
@@ -220,10 +217,11 @@ class MidLoss(nn.Module):
         teacher_at: tuple[Tensor, Tensor],
         teacher_rc: tuple[Tensor, Tensor],
         mask: Tensor,
+        valid: Tensor | None = None,
     ) -> Tensor:
         per_sample = torch.zeros((), device=mask.device)
         for feat, at_t, rc_t in zip(student_feats, teacher_at, teacher_rc, strict=True):
-            per_sample = per_sample + self.at(feat, at_t) + self.rc(feat, mask, rc_t)
+            per_sample = per_sample + self.at(feat, at_t, valid) + self.rc(feat, mask, rc_t, valid)
         return _reduce(per_sample, self.reduction)
 
 
@@ -260,30 +258,23 @@ class SegLoss(nn.Module):
         return _reduce(torch.stack(per_sample), self.reduction)
 
 
-def soft_dice_loss_per_sample(probs: Tensor, mask: Tensor, smooth: float = 1.0,
-                              cls: int = 1) -> Tensor:
-    """1 - soft Dice of class ``cls`` (default the foreground, 1): ``probs (B,K,H,W)``,
-    ``mask (B,H,W)`` -> ``(B,)``.
-
-    ``(2 sum(p g) + smooth) / (sum p + sum g + smooth)``; the smoothing keeps empty-mask slices
-    defined (a teacher predicting less foreground on an empty slice gets a lower loss).
-    """
-    p = probs[:, cls].flatten(1)
-    g = (mask == cls).to(probs.dtype).flatten(1)
-    inter = (p * g).sum(dim=1)
-    return 1.0 - (2.0 * inter + smooth) / (p.sum(dim=1) + g.sum(dim=1) + smooth)
-
-
 # --------------------------------------------------------------------------- full KD objective
+WEIGHT_SUM_TOL = 1e-4
+
+
 @register_loss("kd")
 class KDLoss(nn.Module):
     """Paper Eq. 6/7: ``Seg + alpha * Mid + beta * KL`` for J (possibly weighted) teachers.
 
     ``forward(student: SegOutput, mask (B,H,W), teacher: TeacherTargets | None,
-    weights (B,J) | None) -> {"total", "seg", "mid", "kl"}`` (scalars, or ``(B,)`` with
-    ``reduction="none"``). KL uses the fused teacher ``sum_j w_bj softmax(z_j/T)`` per sample and
-    pixel; Mid is ``sum_j w_bj Mid_j`` per sample. ``weights=None`` requires J == 1 (mono
-    teacher). ``student_only=True`` or ``teacher=None`` gives plain Seg (no-KD baseline).
+    weights (B,J) | None, valid (B,H,W) | None) -> {"total", "seg", "mid", "kl"}`` (scalars, or
+    ``(B,)`` with ``reduction="none"``). KL uses the fused teacher ``sum_j w_bj softmax(z_j/T)``
+    per sample and pixel; Mid is ``sum_j w_bj Mid_j`` per sample. Each weight row must sum to 1
+    (within 1e-4). ``weights=None`` requires J == 1 (mono teacher). ``valid`` (1 = real pixel)
+    leaves augmentation padding out of KL, AT and the student's RC (Seg keeps it: the padded
+    label is background, which is true). ``feature_taps`` picks the student's two maps
+    (:func:`~common.kd.targets.tapped_features`; the teacher targets must use the same taps).
+    ``student_only=True`` or ``teacher=None`` gives plain Seg (no-KD baseline).
     """
 
     def __init__(
@@ -298,13 +289,17 @@ class KDLoss(nn.Module):
         reduction: Reduction = "mean",
         dice_weight: float = 0.2,
         lovasz_weight: float = 0.3,
+        at_reduce: ATReduce = "sum",
+        kl_t2: bool = True,
+        feature_taps: FeatureTaps = "emkd",
     ) -> None:
         super().__init__()
         self.seg = SegLoss(dice_weight, lovasz_weight, reduction=reduction)
-        self.mid = MidLoss(at_form=at_form, p=p, reduction="none")
-        self.kl = LogitKL(temperature=temperature, direction=kl_direction, reduction="none")
+        self.mid = MidLoss(at_form=at_form, p=p, reduction="none", at_reduce=at_reduce)
+        self.kl = LogitKL(temperature=temperature, direction=kl_direction, reduction="none",
+                          t2_scale=kl_t2)
         self.alpha, self.beta, self.student_only = alpha, beta, student_only
-        self.temperature, self.reduction = temperature, reduction
+        self.temperature, self.reduction, self.feature_taps = temperature, reduction, feature_taps
 
     def forward(
         self,
@@ -312,17 +307,18 @@ class KDLoss(nn.Module):
         mask: Tensor,
         teacher: TeacherTargets | None = None,
         weights: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
         seg = self.seg(student.logits, mask)
         if self.student_only or teacher is None:
             zero = torch.zeros_like(seg)
             return {"total": seg, "seg": seg, "mid": zero, "kl": zero}
         w = self._check_weights(teacher, weights, student.logits)
-        kl = self.kl(student.logits, _fuse(teacher_probs(teacher.logits, self.temperature), w))
-        feats = (student.features[0], student.features[-1])
+        kl = self.kl(student.logits, teacher.fused_probs(w, self.temperature), valid)
+        feats = tapped_features(student, self.feature_taps)
         mids = [
             self.mid(feats, (teacher.at_early[j], teacher.at_deep[j]),
-                     (teacher.rc_early[j], teacher.rc_deep[j]), mask)
+                     (teacher.rc_early[j], teacher.rc_deep[j]), mask, valid)
             for j in range(teacher.num_teachers)
         ]
         mid = (torch.stack(mids, dim=1) * w).sum(dim=1)
@@ -340,9 +336,10 @@ class KDLoss(nn.Module):
             return torch.ones(b, 1, device=logits.device, dtype=logits.dtype)
         if tuple(weights.shape) != (b, j):
             raise ValueError(f"weights shape {tuple(weights.shape)} != (B, J) = {(b, j)}")
+        err = (weights.detach().double().sum(dim=1) - 1.0).abs()
+        if not bool((err <= WEIGHT_SUM_TOL).all()):
+            row = int(err.argmax())
+            raise ValueError(f"teacher weights of sample {row} sum to "
+                             f"{float(weights[row].sum()):.6f}, not 1 (tolerance "
+                             f"{WEIGHT_SUM_TOL}); normalise them (see kd.fusion.renormalise)")
         return weights.to(logits.dtype)
-
-
-def _fuse(probs: Tensor, weights: Tensor) -> Tensor:
-    """``probs (J,B,K,H,W)``, ``weights (B,J)`` -> ``sum_j w_bj probs_j`` ``(B,K,H,W)``."""
-    return torch.einsum("jbkhw,bj->bkhw", probs, weights.to(probs.dtype))

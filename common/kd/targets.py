@@ -6,16 +6,60 @@ logits, two attention maps (early / deep features) and two region-contrast scala
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from common.kd.losses import ATForm, compute_attention, region_contrast, resize_attention
-from common.models.base import SegModel
+from common.kd.functional import (
+    ATForm,
+    compute_attention,
+    fuse_probs,
+    region_contrast,
+    resize_attention,
+    teacher_probs,
+)
+from common.models.base import SegModel, SegOutput
 
-__all__ = ["TeacherTargets", "compute_teacher_targets"]
+__all__ = ["FeatureTaps", "TeacherTargets", "compute_teacher_targets", "tapped_features"]
+
+FeatureTaps = Literal["emkd", "decoder"]
+
+
+def tapped_features(out: SegOutput, taps: FeatureTaps = "emkd") -> tuple[Tensor, Tensor]:
+    """The two feature maps distillation uses, ``(first, second)``.
+
+    ``"emkd"`` (default): ``(features[0], features[-1])``, the early map at 1/2 and the end of
+    the encoder, the layers of the EMKD reference code. ``"decoder"``: ``(features[-1],
+    decoder)``, the last feature maps of the encoder and of the decoder, as the paper's text
+    says. :class:`TeacherTargets` keeps the first in ``at_early``/``rc_early`` and the second
+    in ``at_deep``/``rc_deep`` whichever the taps.
+    """
+    if taps == "emkd":
+        return out.features[0], out.features[-1]
+    if taps == "decoder":
+        if out.decoder is None:
+            raise ValueError("feature_taps='decoder' needs a model whose SegOutput has decoder")
+        return out.features[-1], out.decoder
+    raise ValueError(f"unknown feature taps {taps!r}; valid: decoder, emkd")
+
+
+def _names() -> list[str]:
+    return [f.name for f in fields(TeacherTargets)]
+
+
+def _check_same(targets: Sequence[TeacherTargets], free_dim: int, how: str) -> None:
+    """Every field must agree across ``targets`` in all dims but ``free_dim``."""
+    if not targets:
+        raise ValueError(f"cannot {how} an empty list of TeacherTargets")
+    for n in _names():
+        shapes = {tuple(s for d, s in enumerate(getattr(t, n).shape) if d != free_dim)
+                  for t in targets}
+        if len(shapes) > 1:
+            hint = "; compute targets with a common at_sizes" if how == "stack" else ""
+            raise ValueError(f"cannot {how} {n} of shapes {sorted(shapes)}{hint}")
 
 
 @dataclass
@@ -55,35 +99,50 @@ class TeacherTargets:
 
     @staticmethod
     def stack(targets: Sequence[TeacherTargets]) -> TeacherTargets:
-        """Concatenate teachers (each ``J_i`` >= 1, same ``B``) along the teacher axis.
+        """Concatenate teachers (each ``J_i`` >= 1, same ``B``) along the teacher axis (dim 0).
 
         All teachers must send maps of the same sizes: compute them with a common
         ``at_sizes`` in :func:`compute_teacher_targets` when architectures differ.
         """
-        if not targets:
-            raise ValueError("cannot stack an empty list of TeacherTargets")
-        names = [f.name for f in fields(targets[0])]
-        for n in names:
-            shapes = {tuple(getattr(t, n).shape[1:]) for t in targets}
-            if len(shapes) > 1:
-                raise ValueError(f"cannot stack {n} of shapes {sorted(shapes)}; compute "
-                                 "targets with a common at_sizes")
-        parts = {n: torch.cat([getattr(t, n) for t in targets]) for n in names}
-        return TeacherTargets(**parts)
+        _check_same(targets, 0, "stack")
+        return TeacherTargets(**{n: torch.cat([getattr(t, n) for t in targets]) for n in _names()})
+
+    @staticmethod
+    def concat(parts: Sequence[TeacherTargets]) -> TeacherTargets:
+        """Concatenate consecutive proxy batches (same ``J``) along the batch axis (dim 1)."""
+        _check_same(parts, 1, "concat")
+        return TeacherTargets(**{n: torch.cat([getattr(p, n) for p in parts], 1)
+                                 for n in _names()})
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> TeacherTargets:
+        """Apply ``fn`` to every tensor field (e.g. a dtype or device change)."""
+        return TeacherTargets(**{n: fn(getattr(self, n)) for n in _names()})
 
     def index(self, batch_idx: Tensor | slice | Sequence[int]) -> TeacherTargets:
         """Select slices along the batch axis (dim 1) for every teacher."""
         idx = batch_idx if isinstance(batch_idx, (slice, Tensor)) else torch.as_tensor(batch_idx)
-        return TeacherTargets(**{f.name: getattr(self, f.name)[:, idx] for f in fields(self)})
+        return self.map(lambda v: v[:, idx])
+
+    def select(self, teachers: Sequence[int]) -> TeacherTargets:
+        """Keep only the teachers ``teachers`` (teacher axis 0, in that order)."""
+        idx = list(teachers)
+        return self.map(lambda v: v[idx])
 
     def teacher(self, j: int) -> TeacherTargets:
         """Targets of teacher ``j`` alone (J = 1)."""
-        return TeacherTargets(**{f.name: getattr(self, f.name)[j : j + 1] for f in fields(self)})
+        return self.map(lambda v: v[j : j + 1])
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """``{field name: tensor}`` in field order (what the cache and the wire store)."""
+        return {n: getattr(self, n) for n in _names()}
 
     def to(self, device: torch.device | str) -> TeacherTargets:
         """Copy of the targets on ``device``."""
-        return TeacherTargets(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self.map(lambda v: v.to(device))
 
+    def fused_probs(self, weights: Tensor, temperature: float = 1.0) -> Tensor:
+        """``sum_j w_bj softmax(z_j / T)``: ``weights (B, J)`` -> ``(B, K, H, W)``."""
+        return fuse_probs(teacher_probs(self.logits, temperature), weights)
 
 def compute_teacher_targets(
     model: SegModel,
@@ -92,12 +151,14 @@ def compute_teacher_targets(
     at_form: ATForm = "zagoruyko",
     p: float = 2,
     at_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    taps: FeatureTaps = "emkd",
 ) -> TeacherTargets:
     """Run one teacher on proxy slices and build its (J = 1) targets.
 
     ``images``: ``(B, 1, H, W)``; ``masks``: ``(B, H, W)`` long (needed by region contrast).
     Puts ``model`` in eval mode and runs under ``torch.no_grad``; attention maps and region
-    contrast are taken on ``features[0]`` (early) and ``features[-1]`` (deep).
+    contrast are taken on the two maps of :func:`tapped_features` (``taps``; default
+    ``features[0]`` (early) and ``features[-1]`` (deep)).
     ``at_sizes = ((h0, w0), (h1, w1))`` resizes the two attention maps to sizes agreed by all
     sites (bilinear, re-normalised for the zagoruyko form) so that teachers with different
     strides can be stacked; ``None`` keeps each feature map's native size.
@@ -105,7 +166,7 @@ def compute_teacher_targets(
     model.eval()
     with torch.no_grad():
         out = model.seg_forward(images)
-        early, deep = out.features[0], out.features[-1]
+        early, deep = tapped_features(out, taps)
         at_e, at_d = compute_attention(early, at_form, p), compute_attention(deep, at_form, p)
         if at_sizes is not None:
             at_e = resize_attention(at_e, at_sizes[0], at_form)

@@ -6,19 +6,9 @@ Every entry is built with :func:`build_model` and returns :class:`SegOutput` fro
 
 from __future__ import annotations
 
-from common.models.base import SegModel, SegOutput, count_params
-from common.registry import Registry
-
-MODELS: Registry[SegModel] = Registry("model")
-register_model = MODELS.register
-
-
-def build_model(name: str, **kwargs: object) -> SegModel:
-    """Build a registered model by name; unknown names list the valid ones."""
-    return MODELS.build(name, **kwargs)
-
-
 # Explicit imports fill the registry (no filesystem scanning).
-from common.models import enet, espnet, mobilenetv2, teachers  # noqa: E402,F401
+from common.models import enet, espnet, mobilenetv2, teachers  # noqa: F401
+from common.models.base import SegModel, SegOutput, count_params
+from common.models.zoo import MODELS, build_model, register_model
 
 __all__ = ["MODELS", "SegModel", "SegOutput", "build_model", "count_params", "register_model"]

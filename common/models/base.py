@@ -15,11 +15,17 @@ class SegOutput(NamedTuple):
         logits: ``(B, K, H, W)`` raw class scores at input resolution.
         features: tapped feature maps, ``features[0]`` the early map (about 1/2 input
             resolution, ``(B, C0, H/2, W/2)``) and ``features[-1]`` the deep, end-of-encoder
-            map (``(B, C1, H/s, W/s)`` with s in 8..32). Distillation uses exactly these two.
+            map (``(B, C1, H/s, W/s)`` with s in 8..32). Distillation taps these two by
+            default (``[kd] feature_taps = "emkd"``).
+        decoder: the decoder's last feature map, the input of the classifier
+            (``(B, Cd, H/r, W/r)``), or None for a model that does not expose it; tapped with
+            ``features[-1]`` when ``[kd] feature_taps = "decoder"`` (the paper's text: "the
+            final feature layer of each teacher's encoder and decoder sections").
     """
 
     logits: Tensor
     features: tuple[Tensor, ...]
+    decoder: Tensor | None = None
 
 
 class SegModel(nn.Module):

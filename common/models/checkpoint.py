@@ -15,8 +15,8 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing or unusable; the message names the file."""
 
 
-def model_state(model: SegModel, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The architecture-describing part of a checkpoint."""
+def model_state(model: torch.nn.Module, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The architecture-describing part of a checkpoint (what :func:`load_model` reads)."""
     return {"model_name": name, "model_kwargs": kwargs, "model": model.state_dict()}
 
 

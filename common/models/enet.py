@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.models import register_model
 from common.models.base import SegModel, SegOutput
+from common.models.zoo import register_model
 
 
 def _cbp(conv: nn.Module, channels: int) -> nn.Sequential:
@@ -161,4 +161,4 @@ class ENet(SegModel):
         deep = self.stage3(self.stage2(s2))
         d4 = self.stage4(self.up4(deep, idx2, s1.shape))
         d5 = self.stage5(self.up5(d4, idx1, early.shape))
-        return SegOutput(self.fullconv(d5), (early, deep))
+        return SegOutput(self.fullconv(d5), (early, deep), d5)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.models import register_model
 from common.models.base import SegModel, SegOutput
+from common.models.zoo import register_model
 
 
 class BNPReLU(nn.Sequential):
@@ -135,4 +135,4 @@ class ESPNet(SegModel):
         y = self.up3(self.cls3(l3))
         y = self.up2(self.fuse2(torch.cat([self.proj2(l2), y], dim=1)))
         y = self.fuse1(torch.cat([y, l1], dim=1))
-        return SegOutput(self.classifier(y), (l1, l3))
+        return SegOutput(self.classifier(y), (l1, l3), y)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.models import register_model
 from common.models.base import SegModel, SegOutput
+from common.models.zoo import register_model
 
 # (expansion t, channels c, repeats n, stride s, dilation) with output stride 8
 _SETTINGS = (
@@ -100,4 +100,4 @@ class MobileNetV2Seg(SegModel):
         deep = self.last(y)
         logits = F.interpolate(self.head(deep), size=x.shape[-2:], mode="bilinear",
                                align_corners=False)  # fmt: skip
-        return SegOutput(logits, (early, deep))
+        return SegOutput(logits, (early, deep), deep)  # no decoder: the head reads ``deep``

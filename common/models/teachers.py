@@ -14,6 +14,10 @@ fcn_resnet101          conv1+bn+relu (B, 64, 192, 192)   layer4, OS 8 (B, 2048, 
 tiny_unet              stem (B, 16, 192, 192)            bottom (B, 64, 48, 48)
 =====================  ================================  ====================================
 
+``decoder`` (the classifier's input, tapped with ``feature_taps = "decoder"``): the smp
+decoder's output (DeepLabV3+ 256 maps at 1/4, PSPNet 512 at 1/8, FPN 128 at 1/4), the FCN
+head before its last 1x1 conv (512 at 1/8), tiny_unet's last up block (``w`` at 1/2).
+
 No pretrained weights are ever downloaded (``encoder_weights=None``, ``weights=None``).
 """
 
@@ -25,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.models import register_model
 from common.models.base import SegModel, SegOutput
+from common.models.zoo import register_model
 
 
 class SmpTeacher(SegModel):
@@ -44,8 +48,8 @@ class SmpTeacher(SegModel):
         """``x``: ``(B, C_in, H, W)`` -> :class:`SegOutput`."""
         net: Any = self.net  # smp SegmentationModel: encoder, decoder, segmentation_head
         feats = net.encoder(x)  # [x, 1/2, 1/4, ...]
-        logits = net.segmentation_head(net.decoder(feats))
-        return SegOutput(logits, (feats[1], feats[-1]))
+        dec = net.decoder(feats)
+        return SegOutput(net.segmentation_head(dec), (feats[1], feats[-1]), dec)
 
 
 def _smp(arch: str, encoder_name: str, in_channels: int, num_classes: int, **kw: Any) -> nn.Module:
@@ -116,9 +120,12 @@ class FCNResNet101(SegModel):
         b = self.backbone
         early = b.relu(b.bn1(b.conv1(x)))
         deep = b.layer4(b.layer3(b.layer2(b.layer1(b.maxpool(early)))))
-        logits = F.interpolate(self.classifier(deep), size=x.shape[-2:], mode="bilinear",
+        dec = deep
+        for layer in list(self.classifier)[:-1]:  # FCNHead up to (not incl.) its last 1x1 conv
+            dec = layer(dec)
+        logits = F.interpolate(self.classifier[-1](dec), size=x.shape[-2:], mode="bilinear",
                                align_corners=False)  # fmt: skip
-        return SegOutput(logits, (early, deep))
+        return SegOutput(logits, (early, deep), dec)
 
 
 def _double_conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -163,4 +170,4 @@ class TinyUNet(SegModel):
         y = self.up2(self._up_cat(self.up1(self._up_cat(deep, s2)), s1))
         logits = F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear",
                                align_corners=False)  # fmt: skip
-        return SegOutput(logits, (s1, deep))
+        return SegOutput(logits, (s1, deep), y)

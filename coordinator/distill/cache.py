@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -27,12 +26,11 @@ class TeacherCache:
         if not path.exists():
             return None
         data = torch.load(path, map_location="cpu", weights_only=True)
-        return TeacherTargets(**{k: v.float() for k, v in data.items()})
+        return TeacherTargets(**data).map(lambda v: v.float())
 
     def put(self, site: str, digest: str, targets: TeacherTargets) -> Path:
         """Store ``targets`` (logits and attention maps as fp16) atomically."""
-        data = {f.name: getattr(targets, f.name) for f in dataclasses.fields(TeacherTargets)}
-        data = {k: v.half() if v.dim() > 2 else v.float() for k, v in data.items()}
+        data = targets.map(lambda v: v.half() if v.dim() > 2 else v.float()).as_dict()
         path = self.path(site, digest)
         atomic_torch_save(path, data)
         return path

@@ -1,20 +1,49 @@
-"""Experiment configuration for ``coordinator distill`` (TOML/YAML -> pydantic)."""
+"""Experiment configuration for ``coordinator distill`` (TOML/YAML -> pydantic).
+
+Registry names are checked when the config loads: ``student.model`` against the model
+registry, each ``runs.weightings[].name`` against the teacher-weighting registry; an unknown
+name fails at once and lists the valid ones (not hours into a run).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from common.config import StrictModel
+from common.config import DEVICE_PATTERN, MAX_SEED, SafeName, StrictModel, safe_run_name
 from common.data.augment import AugmentConfig
+
+
+def registered_model(name: str) -> str:
+    """``name`` if the model registry knows it, else a ValueError listing the valid names."""
+    from common.models import MODELS
+    from common.registry import RegistryError
+
+    try:
+        MODELS.get(name)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
+def registered_weighting(name: str) -> str:
+    """``name`` if the teacher-weighting registry knows it, else a ValueError listing them."""
+    from common.kd.fusion import WEIGHTINGS
+    from common.registry import RegistryError
+
+    try:
+        WEIGHTINGS.get(name)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    return name
 
 
 class SiteSpec(StrictModel):
     """One hospital: its private data folder and its teacher run folder (``best.pt``, split)."""
 
-    name: str
+    name: SafeName  # a folder / file name part: no '/', no leading '.'
     data: Path
     teacher_dir: Path
 
@@ -22,33 +51,47 @@ class SiteSpec(StrictModel):
 class KDConfig(StrictModel):
     """KD = Seg + alpha*Mid + beta*KL (paper Eq. 6), with the paper-flaw switches."""
 
-    alpha: float = 0.1
-    beta: float = 0.1
-    temperature: float = 4.0
-    dice_weight: float = 0.2
-    lovasz_weight: float = 0.3
+    alpha: float = Field(default=0.1, ge=0.0, le=1000.0)
+    beta: float = Field(default=0.1, ge=0.0, le=1000.0)
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    dice_weight: float = Field(default=0.2, ge=0.0, le=1000.0)
+    lovasz_weight: float = Field(default=0.3, ge=0.0, le=1000.0)
     kl_direction: Literal["teacher_student", "student_teacher"] = "teacher_student"
     at_form: Literal["zagoruyko", "paper"] = "zagoruyko"
-    at_p: int = 2
+    at_p: int = Field(default=2, ge=1, le=8)
+    at_reduce: Literal["sum", "mean"] = "sum"  # zagoruyko AT over positions; "mean" ~1e-5 scale
+    kl_t2: bool = True  # Hinton's T^2 on the KL; the paper's Eq. 2 has none
+    mask_padding: bool = True  # leave augmentation padding out of KL / AT / student RC
+    # "emkd": early 1/2 + end-of-encoder maps; "decoder": end of encoder + decoder (paper text;
+    # local runs only for now: the federated query protocol carries the EMKD maps)
+    feature_taps: Literal["emkd", "decoder"] = "emkd"
 
 
 class StudentTrainConfig(StrictModel):
     """Student optimisation (Adam + CyclicLR as the paper), sizes and runtime switches."""
 
     model: str = "enet"
-    size: int = 64
-    epochs: int = 20
-    batch_size: int = 16
-    max_lr: float = 0.005
-    base_lr: float = 1e-6
-    step_size_up: int = 200
-    weight_decay: float = 1e-5
-    device: str = "auto"
+    size: int = Field(default=64, ge=16, le=1024)
+    epochs: int = Field(default=20, ge=1, le=100_000)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    max_lr: float = Field(default=0.005, gt=0.0, le=10.0)
+    base_lr: float = Field(default=1e-6, ge=0.0, le=10.0)
+    step_size_up: int = Field(default=200, ge=1, le=10_000_000)
+    weight_decay: float = Field(default=1e-5, ge=0.0, le=1.0)
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-    teacher_batch_size: int = 16
+    teacher_batch_size: int = Field(default=16, ge=1, le=4096)
     augment: AugmentConfig = AugmentConfig()
+
+    _known_model = field_validator("model")(registered_model)
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> StudentTrainConfig:
+        if self.base_lr > self.max_lr:
+            raise ValueError(f"base_lr {self.base_lr} must be <= max_lr {self.max_lr}")
+        return self
 
 
 class WeightingSpec(StrictModel):
@@ -56,6 +99,20 @@ class WeightingSpec(StrictModel):
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    _known_name = field_validator("name")(registered_weighting)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> WeightingSpec:
+        """Unknown or ill-typed ``kwargs`` fail when the config loads, not at training time."""
+        from common.kd.fusion import build_weighting
+
+        try:
+            build_weighting(self.name, **self.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"weighting {self.name!r}: {exc}") from None
+        safe_run_name(f"multi_{self.label}")  # the label names the run's folder
+        return self
 
     @property
     def label(self) -> str:
@@ -80,13 +137,16 @@ class RunsConfig(StrictModel):
 class ExperimentConfig(StrictModel):
     """A whole distillation experiment: proxy set, sites, student, KD and which runs to do."""
 
-    name: str = "experiment"
+    name: SafeName = "experiment"
     out: Path = Path("runs/experiment")
     proxy: Path
-    sites: list[SiteSpec]
-    seed: int = 0
-    repeats: int = Field(default=1, ge=1)  # student seeds seed .. seed+repeats-1; rows = mean
-    min_sites: int = 1
+    proxy_label: str | None = Field(default=None, max_length=200, description="target label "
+                                    "of the proxy set (dataset.json name or value, '1,2' or "
+                                    "'all')")
+    sites: list[SiteSpec] = Field(max_length=1000)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    repeats: int = Field(default=1, ge=1, le=100)  # seeds seed .. seed+repeats-1; rows = mean
+    min_sites: int = Field(default=1, ge=1, le=1000)
     student: StudentTrainConfig = StudentTrainConfig()
     kd: KDConfig = KDConfig()
     runs: RunsConfig = RunsConfig()

@@ -14,16 +14,21 @@ from common.kd.targets import TeacherTargets
 from coordinator.distill.proxy import ProxySet
 
 MAP_KEYS = ("logits", "at_early", "at_deep")
+VALID_THRESHOLD = 0.999  # a warped all-ones map below this mixes in padding (bilinear border)
 
 
 class DistillDataset(Dataset):
     """Item ``i``: a proxy slice, its label and the J teachers' outputs for it.
 
-    Returned dict: ``image (1,S,S)`` float, ``mask (S,S)`` long, ``index`` int and, when targets
-    are given, ``logits (J,K,S,S)``, ``at_early (J,h0,w0)``, ``at_deep (J,h1,w1)``,
-    ``rc_early (J,)``, ``rc_deep (J,)``. Geometric augmentation moves the image, the label and
-    every teacher map together; photometric augmentation touches the image only. RC scalars are
-    invariant to these transforms (prototype pooling ignores pixel positions) and stay as cached.
+    Returned dict: ``image (1,S,S)`` float, ``mask (S,S)`` long, ``valid (S,S)`` float (1 = a
+    real pixel, 0 = padding brought in by a rotation/shift/distortion), ``index`` int and, when
+    targets are given, ``logits (J,K,S,S)``, ``at_early (J,h0,w0)``, ``at_deep (J,h1,w1)``,
+    ``rc_early (J,)``, ``rc_deep (J,)``. Geometric augmentation moves the image, the label,
+    every teacher map and an all-ones validity map together (zero-filled borders); pixels where
+    the warped validity is below 0.999 are invalid (KDLoss leaves them out of KL and AT).
+    Photometric augmentation touches the image only. RC scalars stay as cached from the
+    un-augmented slice: prototype pooling ignores pixel positions, so this is an approximation
+    exact up to the network's equivariance (measured in tests/common/test_kd_terms.py).
     """
 
     def __init__(
@@ -49,12 +54,15 @@ class DistillDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         img, mask = self.proxy.images[i, 0], self.proxy.masks[i]
         maps = self._maps(i) if self.targets is not None else {}
+        maps["valid"] = np.ones(img.shape, np.float32)
         if self.augment is not None:
             img, mask, aug_maps = self.augment(img, mask, maps)
             maps = aug_maps or {}
+        valid = (maps.pop("valid") >= VALID_THRESHOLD).astype(np.float32)
         item: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None],
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "valid": torch.from_numpy(valid),
             "index": i,
         }
         if self.targets is not None:

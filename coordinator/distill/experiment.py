@@ -1,37 +1,37 @@
 """``coordinator distill --local``: the paper's Tables 3-5 on one machine.
 
 Teachers are loaded from the sites' run folders and queried in-process through the very same
-``site_node.teacher_outputs`` function a federated site runs; their outputs are cached on disk.
+``common.kd.teacher_outputs`` function a federated site runs; their outputs are cached on disk.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
-from common.data.layout import discover_dataset
-from common.data.slices import Volume, load_volumes
-from common.data.split import load_split
+from common.data.slices import Volume
+from common.data.test_split import load_test_split
 from common.evaluate import evaluate_volumes
 from common.io import atomic_write_json
-from common.kd.batching import stack_teachers
 from common.kd.targets import TeacherTargets
+from common.kd.teacher_outputs import teacher_outputs
 from common.metrics import summarise
 from common.models.checkpoint import load_model
 from common.training import select_device
 from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig, SiteSpec
+from coordinator.distill.identity import cache_key, teacher_digest
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
 from coordinator.distill.student import DistillData, StudentRun
-from coordinator.export import export_best_multi
-from site_node.teacher_outputs import teacher_outputs
+
+log = logging.getLogger(__name__)
 
 
 def load_site_test(site: SiteSpec, size: int) -> list[Volume]:
     """The site's held-out test volumes (case ids from the teacher run's ``split.json``)."""
-    split = load_split(site.teacher_dir / "split.json")
-    return load_volumes(discover_dataset(site.data), split.test, size)
+    return load_test_split(site.data, site.teacher_dir, size)
 
 
 def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -> TeacherTargets:
@@ -39,17 +39,22 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
     dev = select_device(cfg.student.device)
     parts = []
     for site in cfg.sites:
-        t = cache.get(site.name, proxy.digest)
+        taps = cfg.kd.feature_taps
+        at_tag = cfg.kd.at_form if taps == "emkd" else f"{cfg.kd.at_form}+{taps}"
+        key = cache_key(proxy.digest, teacher_digest(site.teacher_dir), at_tag, cfg.kd.at_p)
+        t = cache.get(site.name, key)
         if t is None:
             model, _ = load_model(site.teacher_dir / "best.pt")
             t = teacher_outputs(model, proxy.images, proxy.masks, dev,
-                                cfg.student.teacher_batch_size, cfg.kd.at_form, cfg.kd.at_p)
-            cache.put(site.name, proxy.digest, t)
-            print(f"[distill] {site.name}: teacher outputs for {len(proxy)} proxy slices cached")
-            t = cache.get(site.name, proxy.digest)  # fp16-rounded, as a rerun and the wire see
+                                cfg.student.teacher_batch_size, cfg.kd.at_form, cfg.kd.at_p,
+                                taps)
+            cache.put(site.name, key, t)
+            log.info("[distill] %s: teacher outputs for %d proxy slices cached", site.name,
+                     len(proxy))
+            t = cache.get(site.name, key)  # fp16-rounded, as a rerun and the wire see
         assert t is not None
         parts.append(t)
-    return stack_teachers(parts)
+    return TeacherTargets.stack(parts)
 
 
 def teacher_rows(cfg: ExperimentConfig, tests: dict[str, list[Volume]]) -> list[dict]:
@@ -84,19 +89,23 @@ def plan_runs(cfg: ExperimentConfig) -> list[StudentRun]:
 
 
 def run_experiment(cfg: ExperimentConfig) -> list[dict]:
-    """Run every planned student, then write results.csv / results.md / results.png."""
+    """Run every planned student, then write results.csv / results.md / results.png.
+
+    Exporting the default student is the caller's step (``coordinator distill --local`` does it
+    with :func:`coordinator.export.export_best_multi`, as the federated ServerApp does), so the
+    distillation engine does not import the export package."""
     t0 = time.perf_counter()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-    proxy = load_proxy(cfg.proxy, cfg.student.size)
+    proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
     targets = local_targets(cfg, proxy, TeacherCache(out / "teacher_cache"))
     tests = {s.name: load_site_test(s, cfg.student.size) for s in cfg.sites}
-    data = DistillData(proxy, targets, [s.name for s in cfg.sites], tests)
+    data = DistillData(proxy, targets, [s.name for s in cfg.sites], tests,
+                       [teacher_digest(s.teacher_dir) for s in cfg.sites])
     rows = teacher_rows(cfg, tests)
     for run in plan_runs(cfg):
-        print(f"[distill] run {run.name}")
+        log.info("[distill] run %s", run.name)
         rows.append(train_repeats(run, data, cfg, out / "runs" / run.name))
     write_results(rows, cfg, out, time.perf_counter() - t0)
-    export_best_multi(out, rows, cfg)
     return rows

@@ -3,8 +3,9 @@
 Single student runs on a small proxy set differ by 0.01-0.02 mean Dice between seeds, so a
 table that ranks weighting rules needs several seeds. With ``repeats = R`` every run is trained
 with seeds ``seed .. seed+R-1`` in ``runs/<run>/seed<s>/``; the table row is the mean over seeds
-(per-site metrics and mean Dice) plus ``mean_dice_sd`` (sample standard deviation) and the
-per-seed values. The mean row is also written to ``runs/<run>/summary.json``.
+(per-site metrics and mean Dice) plus ``mean_dice_sd`` (sample standard deviation), the
+per-seed values and each seed's per-case scores (``seed_cases``, for the paired comparisons of
+:mod:`coordinator.distill.report`). The mean row is also written to ``runs/<run>/summary.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def seed_cases(rows: list[dict], seeds: list[int]) -> dict[str, dict]:
+    """Per-case scores of each seed's row, ``{str(seed): {site: {case: {dice, voe, hd95}}}}``
+    (seeds whose row has none, e.g. scored by federated sites, are left out)."""
+    return {str(s): r["cases"] for s, r in zip(seeds, rows, strict=True) if r.get("cases")}
+
+
 def mean_row(rows: list[dict], seeds: list[int], checkpoint_dir: Path) -> dict:
     """The mean of per-seed result rows of one run (same run, teachers and sites)."""
     sites = {site: {k: _mean([r["sites"][site].get(k, float("nan")) for r in rows])
@@ -40,7 +47,7 @@ def mean_row(rows: list[dict], seeds: list[int], checkpoint_dir: Path) -> dict:
     return {"run": rows[0]["run"], "teachers": rows[0]["teachers"],
             "weighting": rows[0]["weighting"], "sites": sites, "mean_dice": _mean(dice),
             "mean_dice_sd": statistics.stdev(dice) if len(dice) > 1 else 0.0,
-            "seeds": seeds, "seed_mean_dice": dice,
+            "seeds": seeds, "seed_mean_dice": dice, "seed_cases": seed_cases(rows, seeds),
             "train_seconds": sum(float(r.get("train_seconds", 0.0)) for r in rows),
             "checkpoint_dir": str(checkpoint_dir)}
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
+from common.stats import ALPHA, PairedComparison, align_scores, compare_paired
 from coordinator.distill.config import ExperimentConfig
 
+log = logging.getLogger(__name__)
+
 METRICS = (("dice_mean", "Dice"), ("voe_mean", "VOE"), ("hd95_mean", "HD95 mm"))
+PAIRED_TEST = "wilcoxon"  # or "t" (paired t); see common.stats
 
 
 def _fmt(v: float | None) -> str:
@@ -61,9 +66,12 @@ def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: f
              f"{cfg.student.epochs} epochs, KD alpha={cfg.kd.alpha} beta={cfg.kd.beta} "
              f"T={cfg.kd.temperature}\n\n3D metrics on each site's held-out test volumes "
              f"(VOE = 1 - Jaccard). Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n")
-    (out / "results.md").write_text(intro + to_markdown(header, body))
+    comps = compare_students(rows, cfg)
+    write_comparisons_csv(comps, out / "comparisons.csv")
+    (out / "results.md").write_text(intro + to_markdown(header, body)
+                                    + comparisons_markdown(comps))
     plot_results(rows, out / "results.png", f"{cfg.name}: mean 3D Dice over sites")
-    print(to_markdown(header, body))
+    log.info("results:\n%s", to_markdown(header, body))
 
 
 def plot_results(rows: list[dict], path: Path, title: str) -> None:
@@ -89,3 +97,97 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- paired comparisons
+Comparison = tuple[str, str, PairedComparison]  # (default run, other run, a=default - b=other)
+
+
+def case_dice(row: dict) -> dict[str, dict[str, float]]:
+    """``{seed: {"site/case": Dice}}`` of a student row (``{}`` without per-case scores)."""
+    per_seed = row.get("seed_cases") or (
+        {str(row.get("seed", "-")): row["cases"]} if row.get("cases") else {})
+    return {seed: {f"{site}/{case}": float(v["dice"]) for site, cases in sites.items()
+                   for case, v in cases.items()} for seed, sites in per_seed.items()}
+
+
+def default_run(rows: list[dict], cfg: ExperimentConfig) -> str | None:
+    """The default multi-teacher run (first weighting rule), else the first ``multi_`` row."""
+    names = [str(r["run"]) for r in rows]
+    if cfg.runs.weightings and f"multi_{cfg.runs.weightings[0].label}" in names:
+        return f"multi_{cfg.runs.weightings[0].label}"
+    return next((n for n in names if n.startswith("multi_")), None)
+
+
+def compare_students(rows: list[dict], cfg: ExperimentConfig,
+                     test: str = PAIRED_TEST) -> list[Comparison]:
+    """The default student against every other student row (no-KD, single teachers, other
+    weightings), paired per seed and test case on Dice; rows without per-case scores (e.g.
+    scored by federated sites, which return summaries only) are left out."""
+    name = default_run(rows, cfg)
+    by_name = {str(r["run"]): r for r in rows}
+    if name is None or not case_dice(by_name[name]):
+        return []
+    base, out = case_dice(by_name[name]), []
+    for other, row in by_name.items():
+        if other == name or other.startswith("teacher_"):
+            continue
+        a, b, _, _ = align_scores(base, case_dice(row))
+        if a.size:
+            out.append((name, other, compare_paired(a, b, test=test, seed=cfg.seed)))
+    return out
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}"
+
+
+def _comparison_cells(c: PairedComparison) -> list[str]:
+    return [f"{c.n_seeds} x {c.n_cases}", _signed(c.mean_diff),
+            f"[{_signed(c.ci_low)}, {_signed(c.ci_high)}]", f"{c.p_value:.3g}",
+            "yes" if c.significant() else "no"]
+
+
+def comparison_sentences(comps: list[Comparison]) -> list[str]:
+    """Which differences are significant at ``ALPHA``, in words."""
+    lines = []
+    for a, b, c in comps:
+        if c.significant():
+            word = "higher" if c.mean_diff > 0 else "lower"
+            lines.append(f"`{a}` scores significantly {word} Dice than `{b}` "
+                         f"({_signed(c.mean_diff)}, 95 % CI [{_signed(c.ci_low)}, "
+                         f"{_signed(c.ci_high)}], p = {c.p_value:.3g}).")
+    quiet = [f"`{b}`" for _, b, c in comps if not c.significant()]
+    if quiet:
+        lines.append(f"The differences between `{comps[0][0]}` and {', '.join(quiet)} are not "
+                     f"significant at {ALPHA}.")
+    return lines
+
+
+def comparisons_markdown(comps: list[Comparison]) -> str:
+    """The ``## Paired comparisons`` section of results.md (empty without comparisons)."""
+    if not comps:
+        return ""
+    test = "Wilcoxon signed-rank" if comps[0][2].test == "wilcoxon" else "paired t"
+    header = ["student", "vs", "seeds x cases", "mean Δ Dice", "95 % CI", f"p ({test})",
+              f"p < {ALPHA}"]
+    body = [[f"`{a}`", f"`{b}`", *_comparison_cells(c)] for a, b, c in comps]
+    intro = ("\n## Paired comparisons (Dice)\n\nΔ = default student minus the other run, "
+             "paired on the same seed and test case. 95 % CI: percentile bootstrap resampling "
+             f"seeds and test cases (10,000 replicates). p: two-sided {test} test on the "
+             "per-case differences averaged over seeds (cases are the independent units); "
+             "not corrected for multiple comparisons.")
+    if min(c.n_cases for _, _, c in comps) < 6 and comps[0][2].test == "wilcoxon":
+        intro += " With fewer than 6 test cases the signed-rank test cannot reach p < 0.05."
+    words = "\n".join(f"- {line}" for line in comparison_sentences(comps))
+    return intro + "\n\n" + to_markdown(header, body) + "\n" + words + "\n"
+
+
+def write_comparisons_csv(comps: list[Comparison], path: Path) -> None:
+    """One line per comparison: runs, n, mean difference, CI, p, test, significant."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["student", "vs", "seeds", "cases", "mean_diff_dice", "ci_low",
+                         "ci_high", "p_value", "test", "significant"])
+        writer.writerows([a, b, c.n_seeds, c.n_cases, c.mean_diff, c.ci_low, c.ci_high,
+                          c.p_value, c.test, c.significant()] for a, b, c in comps)

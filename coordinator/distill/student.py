@@ -21,11 +21,11 @@ from common.kd.targets import TeacherTargets
 from common.metrics import summarise
 from common.models import build_model
 from common.models.base import SegModel, SegOutput
-from common.models.checkpoint import model_state
 from common.training import (
-    Checkpointer,
     CsvLog,
-    autocast,
+    OptimSpec,
+    Trainer,
+    fit_epochs,
     iterate_progress,
     plot_curves,
     seed_everything,
@@ -33,6 +33,7 @@ from common.training import (
 )
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.dataset import DistillDataset, batch_targets
+from coordinator.distill.identity import claim_run_folder, run_fingerprint
 from coordinator.distill.proxy import ProxySet
 
 
@@ -53,15 +54,14 @@ class DistillData:
     targets: TeacherTargets | None  # (J, N, ...) for all sites, or None
     site_names: list[str]
     site_tests: dict[str, list[Volume]]
+    teacher_ids: list[str] | None = None  # per site: teacher digest (None: digest of logits)
 
 
 def run_targets(run: StudentRun, data: DistillData) -> TeacherTargets | None:
     """The teachers of ``run`` (``(J_run, N, ...)``), or ``None`` for the no-KD run."""
     if not run.teachers or data.targets is None:
         return None
-    from common.kd.batching import select_teachers
-
-    return select_teachers(data.targets, run.teachers)
+    return data.targets.select(run.teachers)
 
 
 def slice_weights(spec: WeightingSpec, t: TeacherTargets, masks: np.ndarray,
@@ -89,8 +89,10 @@ class _Step:
         self.run, self.device = run, device
         self.loss = KDLoss(alpha=k.alpha, beta=k.beta, temperature=k.temperature,
                            kl_direction=k.kl_direction, at_form=k.at_form, p=k.at_p,
-                           dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight)
+                           dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight,
+                           at_reduce=k.at_reduce, kl_t2=k.kl_t2, feature_taps=k.feature_taps)
         self.weights = weights  # (N, J) per proxy slice
+        self.mask_padding = k.mask_padding
 
     def __call__(self, out: SegOutput, batch: dict[str, Any]) -> tuple[dict, torch.Tensor | None]:
         y = batch["mask"].to(self.device)
@@ -98,23 +100,30 @@ class _Step:
             return self.loss(out, y, None, None), None
         t = batch_targets(batch, self.device)
         w = self.weights[batch["index"]].to(self.device)
-        return self.loss(out, y, t, w), w
+        valid = batch["valid"].to(self.device) if self.mask_padding else None
+        return self.loss(out, y, t, w, valid), w
 
 
 def _float_out(out: SegOutput) -> SegOutput:
-    return SegOutput(out.logits.float(), tuple(f.float() for f in out.features))
+    dec = None if out.decoder is None else out.decoder.float()
+    return SegOutput(out.logits.float(), tuple(f.float() for f in out.features), dec)
 
 
-def _build(cfg: ExperimentConfig, device: torch.device) -> tuple[SegModel, Any, Any]:
+def _model(cfg: ExperimentConfig, device: torch.device) -> SegModel:
     s = cfg.student
-    model = build_model(s.model, in_channels=1, num_classes=2).to(device)
+    model = build_model(s.model, **_KW).to(device)
     if s.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=s.max_lr, weight_decay=s.weight_decay)
-    sched = torch.optim.lr_scheduler.CyclicLR(
-        opt, base_lr=s.base_lr, max_lr=s.max_lr, step_size_up=s.step_size_up,
-        cycle_momentum=False)
-    return model, opt, sched
+    return model
+
+
+def _trainer(model: SegModel, loader: DataLoader, cfg: ExperimentConfig, device: torch.device,
+             out: Path) -> Trainer[SegModel]:
+    """The shared skeleton (Adam + CyclicLR, AMP, exact resume from ``out/last.pt``)."""
+    s = cfg.student
+    spec = OptimSpec(max_lr=s.max_lr, base_lr=s.base_lr, step_size_up=s.step_size_up,
+                     weight_decay=s.weight_decay)
+    return Trainer(model, (s.model, _KW), spec, device, out, amp=s.amp, loaders=[loader])
 
 
 def _loader(t: TeacherTargets | None, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
@@ -125,11 +134,10 @@ def _loader(t: TeacherTargets | None, data: DistillData, cfg: ExperimentConfig) 
                       drop_last=len(ds) > cfg.student.batch_size, worker_init_fn=reseed_worker)
 
 
-def _epoch(model: SegModel, loader: DataLoader, step: _Step, parts: tuple, cfg: ExperimentConfig,
+def _epoch(tr: Trainer[SegModel], loader: DataLoader, step: _Step, cfg: ExperimentConfig,
            desc: str) -> dict[str, float]:
     """One epoch; returns mean loss terms and mean teacher weights (``w0``, ``w1``...)."""
-    opt, sched = parts
-    dev, s = step.device, cfg.student
+    model, dev, s = tr.model, tr.device, cfg.student
     fwd = torch.compile(model.seg_forward) if s.compile else model.seg_forward
     sums: dict[str, float] = {}
     n = 0
@@ -138,13 +146,10 @@ def _epoch(model: SegModel, loader: DataLoader, step: _Step, parts: tuple, cfg: 
         x = batch["image"].to(dev, non_blocking=True)
         if s.channels_last and dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, s.amp):
+        with tr.autocast():
             out = fwd(x)
         terms, w = step(_float_out(out), batch)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
-        sched.step()
+        tr.step(terms["total"])
         n += 1
         vals = {k: float(v.detach()) for k, v in terms.items()}
         if w is not None:
@@ -153,51 +158,37 @@ def _epoch(model: SegModel, loader: DataLoader, step: _Step, parts: tuple, cfg: 
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _site_scores(model: SegModel, data: DistillData, dev: torch.device, out: Path) -> dict:
-    """Per-site 3D Dice/VOE/HD95 summaries on the sites' held-out volumes, plus overlays."""
-    res = {}
+def _site_scores(model: SegModel, data: DistillData, dev: torch.device, out: Path
+                 ) -> tuple[dict, dict]:
+    """Per-site 3D Dice/VOE/HD95 summaries on the sites' held-out volumes, plus overlays;
+    and the per-case scores ``{site: {case: {dice, voe, hd95}}}`` (paired comparisons)."""
+    from common.evaluate_folder import case_scores_json
+
+    res, cases = {}, {}
     for site, vols in data.site_tests.items():
         scores, preds = evaluate_volumes(model, vols, dev)
         save_case_overlays(vols, preds, out / "overlays" / site, max_cases=2)
-        res[site] = summarise(scores)
-    return res
+        res[site], cases[site] = summarise(scores), case_scores_json(scores)
+    return res, cases
 
 
 def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path) -> dict:
-    """Train ``run`` for ``cfg.student.epochs`` (resuming from ``out/last.pt``), then score it."""
+    """Train ``run`` for ``cfg.student.epochs`` (resuming from ``out/last.pt``), then score it.
+
+    ``out`` is reused or resumed only for the same teacher set, proxy, config and code
+    (:mod:`coordinator.distill.identity`); otherwise it is wiped and the run retrains."""
+    identity = claim_run_folder(out, run_fingerprint(run, data, cfg), cfg.student.epochs)
     done = out / "result.json"
     if done.exists():
-        import json
-
-        return dict(json.loads(done.read_text()))
+        return _load_result(done)
     dev = select_device(cfg.student.device)
-    seed_everything(cfg.seed)
-    model, opt, sched = _build(cfg, dev)
-    t = run_targets(run, data)
-    weights = None if t is None else slice_weights(
-        run.weighting or WeightingSpec(name="equal"), t, data.proxy.masks)
-    step, ckpt = _Step(run, cfg, dev, weights), Checkpointer(out)
     names = [data.site_names[j] for j in run.teachers]
-    fields = ["epoch", "total", "seg", "mid", "kl", "seconds"]
-    fields += [f"w{j}" for j in range(len(names))]
-    log = CsvLog(out / "metrics.csv", fields)
-    start = _resume(ckpt, model, opt, sched)
-    log.truncate_after(start - 1) if log.path.exists() else None
-    loader = _loader(t, data, cfg)
-    t_train = 0.0
-    for epoch in range(start, cfg.student.epochs):
-        t0 = time.perf_counter()
-        row = _epoch(model, loader, step, (opt, sched), cfg, f"{run.name} ep{epoch}")
-        t_train += time.perf_counter() - t0
-        log.append({"epoch": epoch, **{k: f"{v:.5f}" for k, v in row.items()},
-                    "seconds": f"{time.perf_counter() - t0:.2f}"})
-        ckpt.save("last.pt", {**model_state(model, cfg.student.model, _KW), "epoch": epoch,
-                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
-    plot_curves(log.read(), ["total", "seg"], out / "curves.png", f"student {run.name}")
-    sites = _site_scores(model, data, dev, out)
+    model, t_train = _fit(run, data, cfg, out)
+    sites, cases = _site_scores(model, data, dev, out)
     result = {"run": run.name, "teachers": names,
               "weighting": run.weighting.label if run.weighting else None,
-              "sites": sites, "train_seconds": t_train,
+              "sites": sites, "train_seconds": t_train, "seed": cfg.seed, "cases": cases,
+              "identity": identity,
               "mean_dice": sum(s["dice_mean"] for s in sites.values()) / max(len(sites), 1)}
     atomic_write_json(done, result)
     return result
@@ -206,12 +197,40 @@ def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out
 _KW = {"in_channels": 1, "num_classes": 2}
 
 
-def _resume(ckpt: Checkpointer, model: SegModel, opt: Any, sched: Any) -> int:
-    state = ckpt.load("last.pt")
-    if state is None:
-        return 0
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    print(f"[distill] resuming {ckpt.folder.name} after epoch {state['epoch']}")
-    return int(state["epoch"]) + 1
+def _fit(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
+         ) -> tuple[SegModel, float]:
+    """Train ``run`` to ``cfg.student.epochs`` (exact resume from ``out/last.pt``); the model
+    and the training seconds spent in this call. Writes ``metrics.csv`` and ``curves.png``."""
+    dev = select_device(cfg.student.device)
+    seed_everything(cfg.seed)
+    model = _model(cfg, dev)
+    t = run_targets(run, data)
+    weights = None if t is None else slice_weights(
+        run.weighting or WeightingSpec(name="equal"), t, data.proxy.masks)
+    step, loader = _Step(run, cfg, dev, weights), _loader(t, data, cfg)
+    tr = _trainer(model, loader, cfg, dev, out)
+    fields = ["epoch", "total", "seg", "mid", "kl", "seconds"]
+    log = CsvLog(out / "metrics.csv", fields + [f"w{j}" for j in range(len(run.teachers))])
+    clock = [0.0]
+
+    def one_epoch(epoch: int) -> tuple[dict[str, Any], bool]:
+        t0 = time.perf_counter()
+        row = _epoch(tr, loader, step, cfg, f"{run.name} ep{epoch}")
+        clock[0] += time.perf_counter() - t0
+        return {**{k: f"{v:.5f}" for k, v in row.items()},
+                "seconds": f"{time.perf_counter() - t0:.2f}"}, False
+
+    fit_epochs(tr, cfg.student.epochs, one_epoch, log)
+    plot_curves(log.read(), ["total", "seg"], out / "curves.png", f"student {run.name}")
+    return model, clock[0]
+
+
+def _load_result(path: Path) -> dict:
+    """A finished run's ``result.json``; per-site metrics written as null (undefined, e.g.
+    HD95 with an empty prediction) come back as NaN, as they were before writing."""
+    import json
+
+    res = dict(json.loads(path.read_text()))
+    res["sites"] = {site: {k: float("nan") if v is None else v for k, v in m.items()}
+                    for site, m in res.get("sites", {}).items()}
+    return res

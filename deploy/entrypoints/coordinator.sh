@@ -64,12 +64,17 @@ while True:
 PY
 }
 
-write_flwr_config() {  # what `coordinator distill` writes too (federated_cli.write_connection)
-  local tls_line='insecure = true'
-  if [ "$TLS" = on ]; then tls_line="root-certificates = \"$CA_CERT\""; fi
-  mkdir -p "$FLWR_HOME"
-  printf '[superlink.%s]\naddress = "%s:%s"\n%s\n' \
-    "$federation" "$SUPERLINK_HOST" "$SUPERLINK_PORT" "$tls_line" > "$FLWR_HOME/config.toml"
+write_flwr_config() {  # the very writer of `coordinator distill` (tomli-w, one federation)
+  python - "$FLWR_HOME" "$SUPERLINK_HOST:$SUPERLINK_PORT" "$TLS" "$CA_CERT" <<'PY'
+import sys
+from pathlib import Path
+
+from coordinator.federated_cli import write_connection
+
+home, address, tls, ca = sys.argv[1:5]
+write_connection(Path(home), address,
+                 {"root-certificates": ca} if tls == "on" else {"insecure": True})
+PY
 }
 
 register_site() {

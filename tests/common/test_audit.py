@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.audit import (
     CLEAN_STATEMENT,
+    NONFINITE_KEY,
+    TEACHER_OUTPUTS,
     AuditError,
     AuditLog,
     canonical_json,
@@ -23,11 +26,11 @@ from common.audit import (
     load_public_key,
     make_receipt,
     read_entries,
-    render_html,
     summarise_log,
     verify_log,
     verify_receipt,
 )
+from common.audit_report import render_html
 
 Q = "query.teacher_outputs"
 
@@ -177,10 +180,75 @@ def test_resume_continues_chain(signed_log: Path, key: Ed25519PrivateKey) -> Non
     assert e.seq == 7
     rep = verify_log(signed_log, key.public_key())
     assert rep.ok and rep.n_entries == 7 and rep.head_hash == e.entry_hash
-    with signed_log.open("a") as fh:
-        fh.write('{"torn": ')
-    with pytest.raises(AuditError, match="last line"):
-        AuditLog(signed_log, key).append(run_id="r2", peer="c", direction="in", msg_type="train")
+
+
+def test_torn_final_line_is_moved_aside_into_a_signed_recovery_entry(
+        signed_log: Path, key: Ed25519PrivateKey) -> None:
+    good = signed_log.read_bytes()
+    line7 = canonical_json({"seq": 7, "half": "x" * 40}) + b"\n"
+    torn = line7[: len(line7) // 2]  # power loss half way through an append
+    with signed_log.open("ab") as fh:
+        fh.write(torn)
+    log = AuditLog(signed_log, key)  # start-up: detected and moved aside here
+    sha = hashlib.sha256(torn).hexdigest()
+    side = signed_log.with_name(f"audit.jsonl.torn-{sha[:16]}")
+    assert side.read_bytes() == torn  # nothing silently dropped
+    assert signed_log.read_bytes().startswith(good)
+    e = log.append(run_id="r2", peer="coord", direction="in", msg_type="train")
+    assert e.seq == 8  # later appends work
+    rep = verify_log(signed_log, key.public_key())
+    assert rep.ok and rep.n_entries == 8 and rep.signatures_checked
+    rec = [x for _, x in read_entries(signed_log)][6]
+    assert (rec.msg_type, rec.direction, rec.decision, rec.signature != "") == (
+        "log.recovery", "local", "recovered", True)
+    assert rec.config == {"torn_sha256": sha, "torn_bytes": len(torn), "torn_offset": len(good),
+                          "side_file": side.name}
+    s = summarise_log(signed_log)
+    assert s["recoveries"] == [{"line": 7, "time": rec.time, "side_file": side.name,
+                                "torn_bytes": len(torn), "torn_sha256": sha}]
+    assert "log.recovery" not in s["bytes"] and s["statement"] == CLEAN_STATEMENT
+    assert AuditLog(signed_log, key).recover() is None  # a clean tail is left alone
+
+
+def test_entry_missing_only_its_newline_is_kept(signed_log: Path,
+                                                key: Ed25519PrivateKey) -> None:
+    signed_log.write_bytes(signed_log.read_bytes()[:-1])  # crash right before the newline
+    e = AuditLog(signed_log, key).append(run_id="r2", peer="coord", direction="in",
+                                         msg_type="train")
+    assert e.seq == 7 and verify_log(signed_log, key.public_key()).ok
+    assert not list(signed_log.parent.glob("*.torn-*"))
+
+
+def test_nonfinite_values_are_logged_as_null_with_a_reason(tmp_path: Path,
+                                                           key: Ed25519PrivateKey) -> None:
+    path = tmp_path / "a.jsonl"
+    e = AuditLog(path, key).append(
+        run_id="r1", peer="coord", direction="out", msg_type="evaluate", decision="refused",
+        config={"hd95_mean": float("nan"), "hd95_std": np.float32("inf"), "dice_mean": 0.5,
+                "n": np.int64(3)},
+        reason="evaluate: metric 'hd95_mean': non-finite value")
+    assert e.config["hd95_mean"] is None and e.config["hd95_std"] is None
+    assert e.config["dice_mean"] == 0.5 and e.config["n"] == 3
+    assert e.config[NONFINITE_KEY].startswith("hd95_mean=nan, hd95_std=inf: not finite")
+    assert verify_log(path, key.public_key()).ok
+    assert json.loads(path.read_text())["config"]["hd95_mean"] is None
+
+
+@pytest.mark.parametrize(("name", "dtype", "shape"), [
+    ("probs_u8", np.uint8, (2, 1, 16, 16)), ("logits_ds", np.float16, (2, 2, 8, 8))])
+def test_compression_mode_arrays_are_teacher_outputs(tmp_path: Path, name: str, dtype: type,
+                                                     shape: tuple[int, ...]) -> None:
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path)
+    log.append(run_id="r1", peer="coord", direction="in", msg_type=Q, decision="received",
+               arrays={"images": np.zeros((2, 1, 16, 16), np.float32)})
+    arrays = {k: v for k, v in teacher_arrays().items() if k != "logits"}
+    log.append(run_id="r1", peer="coord", direction="out", msg_type=Q,
+               arrays={**arrays, name: np.zeros(shape, dtype)})
+    s = summarise_log(path)
+    assert s["violations"] == [] and s["statement"] == CLEAN_STATEMENT
+    assert TEACHER_OUTPUTS[Q] == {"logits", "probs_u8", "logits_ds", "at_early", "at_deep",
+                                  "rc_early", "rc_deep"}
 
 
 def test_summary_statement(tmp_path: Path, key: Ed25519PrivateKey) -> None:

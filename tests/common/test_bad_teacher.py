@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from common.kd.fusion import build_weighting, fuse_probs
-from common.kd.losses import soft_dice_loss_per_sample, teacher_probs
+from common.kd.functional import fuse_probs, soft_dice_loss_per_sample, teacher_probs
+from common.kd.fusion import build_weighting
 from coordinator.distill.corrupt import invert_foreground, random_logits
 
 

@@ -1,8 +1,6 @@
-"""Logit compression round trips, wire sizes and the DP accounting helper."""
+"""Logit compression round trips, wire sizes and noise (DP accounting: test_dp.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ from common.compress import (
     bytes_per_slice,
     compress_logits,
     decompress_logits,
-    dp_epsilon,
     payload_schema,
     softmax,
     upsample_bilinear,
@@ -86,20 +83,6 @@ def test_noise_changes_output_but_keeps_shape() -> None:
         assert (y.argmax(1) == x.argmax(1)).mean() > 0.9
 
 
-def test_dp_epsilon() -> None:
-    # hand check: ln(1.25e5) = ln 1.25 + 5 ln 10 = 0.223144 + 11.512925 = 11.736069;
-    # sqrt(2 * 11.736069) = sqrt(23.472138) = 4.844805; / sigma 10 -> 0.4844805 per query
-    assert dp_epsilon(10.0, 1.0, 1e-5, 1) == pytest.approx(0.4844805, abs=1e-6)
-    assert dp_epsilon(10.0, 1.0, 1e-5, 4) == pytest.approx(4 * 0.4844805, abs=1e-5)
-    eps_sigma = [dp_epsilon(s, 1.0, 1e-5, 10) for s in (5.0, 10.0, 20.0, 40.0)]
-    assert eps_sigma == sorted(eps_sigma, reverse=True)
-    eps_n = [dp_epsilon(20.0, 1.0, 1e-5, n, "advanced") for n in (1, 10, 100, 1000)]
-    assert eps_n == sorted(eps_n) and eps_n[-1] < 1000 * eps_n[0]
-    assert dp_epsilon(1.0, 1.0, 1e-5, 1) == math.inf  # eps0 > 1: the classic bound does not hold
-    with pytest.raises(ValueError):
-        dp_epsilon(0.0, 1.0, 1e-5, 1)
-
-
 def test_noise_features_scale_and_clipping() -> None:
     from common.compress import noise_features
 
@@ -136,46 +119,7 @@ def test_noised_reply_noises_every_array_and_still_decodes() -> None:
             assert changed == (sigma > 0), (key, sigma)
 
 
-def test_release_sensitivity_hand_computed() -> None:
-    from common.audit import digest_arrays
-    from common.dp import release_sensitivity
-
-    n = 3
-    arrays = digest_arrays({"logits": np.zeros((n, 2, 4, 4), np.float16),
-                            "at_early": np.zeros((n, 2, 2), np.float16),
-                            "at_deep": np.zeros((n, 1, 1), np.float16),
-                            "rc_early": np.zeros(n, np.float32),
-                            "rc_deep": np.zeros(n, np.float32)})
-    # probs 2 * 16 pixels = 32; maps 2 * 4 + 2 * 1 = 10; cosines 4 * 2 = 8 -> sqrt(50)
-    assert release_sensitivity(arrays, {"noise_on": "probs"}) == pytest.approx(math.sqrt(50))
-    ds = digest_arrays({"logits_ds": np.zeros((n, 2, 2, 2), np.float16)})  # 4 pooled pixels
-    assert release_sensitivity(ds, {}) == pytest.approx(math.sqrt(8))
-    u8 = digest_arrays({"probs_u8": np.zeros((n, 1, 4, 4), np.uint8)})  # K-1 channels, 16 px
-    assert release_sensitivity(u8, {}) == pytest.approx(math.sqrt(32))
-    assert release_sensitivity(arrays, {"noise_on": "logits"}) == math.inf
-    assert release_sensitivity(arrays, {"at_form": "paper"}) == math.inf
-    assert release_sensitivity([], {}) == math.inf
-
-
-def test_dp_accounting_per_run_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from common.audit import AuditLog, summarise_log
-    from common.compress import dp_epsilon
-
-    log = AuditLog(tmp_path / "egress.jsonl")
-    arrays = {"probs_u8": np.zeros((1, 1, 1, 1), np.uint8)}  # sensitivity sqrt(2) per slice
-    for run, n in (("r1", 4), ("r1", 6), ("r2", 5)):
-        log.append(run_id=run, peer="c", direction="out", msg_type="query.teacher_outputs",
-                   arrays=arrays, config={"noise_sigma": 10.0 if run == "r1" else 0.0, "n": n})
-    log.append(run_id="r3", peer="c", direction="out", msg_type="query.teacher_outputs",
-               arrays=arrays, config={"noise_sigma": 10.0, "noise_on": "logits", "n": 2})
-    dp, dp3 = summarise_log(tmp_path / "egress.jsonl")["dp"]  # r2 sent no noise: not listed
-    assert (dp["run_id"], dp["slices"], dp["sigma"]) == ("r1", 10, 10.0)
-    assert dp["sensitivity"] == pytest.approx(math.sqrt(2))
-    # per slice eps0 = 0.4844805 * sqrt(2) = 0.6851589 (test_dp_epsilon); 10 slices, linear
-    assert dp["epsilon_linear"] == pytest.approx(6.851589, abs=1e-5)
-    assert dp["epsilon_advanced"] == pytest.approx(dp_epsilon(10.0, math.sqrt(2), 1e-5, 10,
-                                                              "advanced"))
-    assert dp3["run_id"] == "r3" and dp3["epsilon_linear"] == math.inf  # logit noise: unbounded
+# DP accounting and release sensitivity: tests/common/test_dp.py
 
 
 def test_int8_at_the_kd_temperature_keeps_the_soft_tail() -> None:

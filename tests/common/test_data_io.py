@@ -87,9 +87,13 @@ def test_4d_multichannel_image_reads_channel_0_and_a_4d_label_is_refused(tmp_pat
     label = tmp_path / "labelsTr" / "p_0.nii.gz"
     save_nifti(label, _label(), (2.0, 0.7, 0.7), np.uint8)
     from common.data.layout import CaseRef
+    from common.data.plan import default_plan
 
-    vol = load_volume(CaseRef("p_0", image, label), "MRI", 16)
-    assert vol.image.shape == (5, 16, 16) and vol.label.any()
+    with pytest.raises(DataError, match=r"multi-label file \(values \[1, 2\]\)"):
+        load_volume(CaseRef("p_0", image, label), "MRI", 16)  # PZ + TZ need a choice
+    vol = load_volume(CaseRef("p_0", image, label), "MRI", 16, plan=default_plan("MRI", 16, [1, 2]))
+    assert vol.image.shape == (5, 16, 16) and int(vol.label.sum()) > 0
+    assert vol.native_label is not None and int(vol.native_label.sum()) == 3 * 5 * 4
 
 
 def _write_msd(root: Path, label_shape: tuple[int, int, int] = (5, 12, 10)) -> None:
@@ -170,12 +174,12 @@ def test_layout_errors(tmp_path: Path) -> None:
 def test_shape_and_spacing_mismatch(tmp_path: Path) -> None:
     _write_msd(tmp_path, label_shape=(5, 12, 9))
     ref = discover_dataset(tmp_path).cases[0]
-    with pytest.raises(DataError, match=r"image shape \(5, 12, 10\) != label shape") as info:
-        load_volume(ref, "CT", 8)
+    with pytest.raises(DataError, match=r"shape \(10, 12, 5\) vs \(9, 12, 5\)") as info:
+        load_volume(ref, "CT", 8)  # shapes in the files' (x, y, z) order
     assert str(info.value).startswith(str(ref.image)) and str(ref.label) in str(info.value)
     assert ref.label is not None
     save_nifti(ref.label, _label(), (2.0, 0.7, 0.75), np.uint8)
-    with pytest.raises(DataError, match="spacing"):
+    with pytest.raises(DataError, match=r"spacing \(0.7, 0.7, 2.0\) vs \(0.75, 0.7, 2.0\) mm"):
         load_volume(ref, "CT", 8)
 
 
@@ -223,7 +227,9 @@ def test_slice_dataset(tmp_path: Path) -> None:
     v = vols[0]
     assert v.image.shape == (5, 16, 16) and v.image.dtype == np.float32
     assert v.label.dtype == np.uint8 and set(np.unique(v.label)) == {0, 1}
-    assert v.spacing == pytest.approx((2.0, 0.7 * 12 / 16, 0.7 * 10 / 16))
+    # fit into 16 px keeping the aspect: 12 x 10 -> 16 x 13, padded to 16 x 16
+    assert v.spacing == pytest.approx((2.0, 0.7 * 12 / 16, 0.7 * 10 / 13), abs=1e-6)
+    assert v.native_label is not None and int(v.native_label.sum()) == 3 * 5 * 4 - 1  # 2 != 1
     ds = SliceDataset(vols)
     assert len(ds) == 10
     item = ds[3]

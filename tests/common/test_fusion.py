@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor
 
+from common.kd.functional import fuse_probs, teacher_probs
 from common.kd.fusion import (
     WEIGHTINGS,
     build_weighting,
     dice_losses,
-    fuse_probs,
     mean_entropy,
     renormalise,
 )
-from common.kd.losses import teacher_probs
 from common.registry import RegistryError
 
 
@@ -83,10 +84,17 @@ def test_dice_losses_over_all_classes_by_hand() -> None:
     both = dice_losses(probs, mask)
     assert torch.allclose(both, torch.tensor([[(0.285714 + 0.046512) / 2,
                                                 (0.782609 + 0.666667) / 2]]), atol=1e-6)
-    # default softmax tau 0.1 on all classes: B (foreground everywhere) gets ~1 % weight
-    w = build_weighting("inverse_dice_loss")(probs, mask)
+    # soft losses everywhere (empty="soft", the former default), softmax tau 0.1: B gets ~0.4 %
+    w = build_weighting("inverse_dice_loss", empty="soft")(probs, mask)
     assert float(w[0, 1]) == pytest.approx(1 / (1 + torch.exp(torch.tensor(5.58525)).item()),
                                            rel=1e-3)
+    # default empty="hard_dice" (issue 18, changed on purpose): argmax A = no foreground ->
+    # fg 1 - 1/1 = 0, bg 1 - (2*4+1)/(4+4+1) = 0; B = foreground everywhere -> fg 1 - 1/(4+1)
+    # = 0.8, bg 1 - 1/(0+4+1) = 0.8; L = (0, 0.8) -> w_B = 1 / (1 + e^8)
+    hard = dice_losses(probs, mask, empty="hard_dice")
+    assert torch.allclose(hard, torch.tensor([[0.0, 0.8]]), atol=1e-6)
+    w = build_weighting("inverse_dice_loss")(probs, mask)
+    assert float(w[0, 1]) == pytest.approx(1 / (1 + math.exp(8.0)), rel=1e-4)
 
 
 def test_select_best_and_ties() -> None:
@@ -154,3 +162,48 @@ def test_unknown_weighting_lists_valid_names() -> None:
     }
     with pytest.raises(RegistryError, match="valid: entropy, equal, fixed"):
         build_weighting("average")
+
+
+def _leaky(p_fg: float, b: int = 1, hw: int = 8) -> Tensor:
+    """Probabilities ``(B, 2, hw, hw)`` with ``p_fg`` of foreground at every pixel."""
+    fg = torch.full((b, 1, hw, hw), p_fg, dtype=torch.float64)
+    return torch.cat([1 - fg, fg], dim=1)
+
+
+def test_empty_slices_rank_errors_not_confidence() -> None:
+    """Issue 18: on a slice without foreground, two teachers with the same (perfect, empty) hard
+    prediction but leaks of 1e-5 and 1e-4 used to get 0.85 / 0.15 (at 384 px); now they get
+    1/2 each, and a teacher with 3 false-positive pixels gets less (hand computed below)."""
+    n = 384 * 384
+    mask = torch.zeros(1, 384, 384, dtype=torch.long)
+    a, b = _leaky(1e-5, hw=384), _leaky(1e-4, hw=384)
+    probs = torch.stack([a, b])
+    old = build_weighting("inverse_dice_loss", empty="soft")(probs, mask)
+    assert float(old[0, 0]) == pytest.approx(0.846, abs=0.01)  # the flaw, reproduced
+    for name in ("inverse_dice_loss", "paper"):
+        kw = {"empty": "hard_dice"} if name == "paper" else {}
+        w = build_weighting(name, **kw)(probs, mask)
+        assert torch.allclose(w, torch.full((1, 2), 0.5, dtype=w.dtype)), name
+    fp = a.clone()
+    fp[0, :, 0, :3] = torch.tensor([[0.4], [0.6]], dtype=fp.dtype)  # 3 pixels argmax foreground
+    w = build_weighting("inverse_dice_loss")(torch.stack([b, fp]), mask)
+    # fp teacher: fg 1 - 1/(3+1) = 0.75; bg inter = pred = n-3, gt n: 1 - (2n-5)/(2n-2)
+    loss_fp = (0.75 + 3 / (2 * n - 2)) / 2
+    assert float(w[0, 1]) == pytest.approx(1 / (1 + math.exp(loss_fp / 0.1)), rel=1e-6)
+    assert float(w[0, 1]) < 0.03
+    assert torch.equal(build_weighting("select_best")(torch.stack([fp, b]), mask),
+                       torch.tensor([[0.0, 1.0]], dtype=w.dtype))
+    eq = build_weighting("inverse_dice_loss", empty="equal")(torch.stack([b, fp]), mask)
+    assert torch.allclose(eq, torch.full((1, 2), 0.5, dtype=eq.dtype))
+    with pytest.raises(ValueError, match="empty must be one of"):
+        build_weighting("inverse_dice_loss", empty="bogus")
+
+
+def test_hard_dice_only_on_empty_slices() -> None:
+    """A slice with foreground keeps the soft loss: the hard rule touches empty rows only."""
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[1, 2:5, 2:5] = 1
+    probs = teacher_probs(torch.randn(2, 2, 2, 8, 8, generator=torch.Generator().manual_seed(3)),
+                          1.0)
+    soft, hard = dice_losses(probs, mask), dice_losses(probs, mask, empty="hard_dice")
+    assert torch.equal(soft[1], hard[1]) and not torch.allclose(soft[0], hard[0])

@@ -10,6 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.kd.functional import (
+    attention_map,
+    attention_map_paper,
+    region_contrast,
+    soft_dice_loss_per_sample,
+    teacher_probs,
+)
 from common.kd.losses import (
     AttentionTransfer,
     KDLoss,
@@ -17,12 +24,7 @@ from common.kd.losses import (
     MidLoss,
     RegionContrastLoss,
     SegLoss,
-    attention_map,
-    attention_map_paper,
     build_loss,
-    region_contrast,
-    soft_dice_loss_per_sample,
-    teacher_probs,
 )
 from common.kd.targets import TeacherTargets, compute_teacher_targets
 from common.models.base import SegModel, SegOutput
@@ -110,9 +112,12 @@ def test_attention_maps_hand_computed() -> None:
 def test_at_loss_hand_computed_and_invariances() -> None:
     teacher = torch.full((1, 2, 2), 0.5)  # unit L2 norm
     a = [1 / math.sqrt(10), 2 / math.sqrt(10), 2 / math.sqrt(10), 1 / math.sqrt(10)]
-    expected = sum((v - 0.5) ** 2 for v in a) / 4
+    # default reduce="sum" (issue 18; was the mean, i.e. this / 4): ||a_s - a_t||^2 = 2 - 2 cos
+    expected = sum((v - 0.5) ** 2 for v in a)
+    assert expected == pytest.approx(2 - 2 * sum(0.5 * v for v in a))
     at = AttentionTransfer()
     assert at(FEAT, teacher).item() == pytest.approx(expected)
+    assert AttentionTransfer(reduce="mean")(FEAT, teacher).item() == pytest.approx(expected / 4)
     assert at(FEAT, attention_map(FEAT)).item() == pytest.approx(0.0, abs=1e-12)
     assert at(3.7 * FEAT, teacher).item() == pytest.approx(expected, rel=1e-5)
     # paper form: d = [2, 2, 2, 2] - t = [1, 0, -1, 1]; loss = || d / ||d||_2 ||_1

@@ -131,3 +131,30 @@ def test_summarise_counts_undefined_hd95() -> None:
     assert s["dice_std"] == pytest.approx(np.std([1.0, 0.5, 0.0]))
     assert s["hd95_mean"] == pytest.approx(3.0) and s["hd95_std"] == pytest.approx(1.0)
     assert s["hd95_undefined"] == 1 and s["n"] == 3
+
+
+@pytest.mark.parametrize(("spacing", "match"), [
+    ((1.0, 1.0, 1.0), "3 entries for a 2-D mask"),
+    ((0.0, 1.0), "finite and > 0"),
+    ((-0.5, 1.0), "finite and > 0"),
+    ((float("nan"), 1.0), "finite and > 0"),
+    ((float("inf"), 1.0), "finite and > 0"),
+    ("ab", "not a sequence of numbers"),
+])
+def test_spacing_is_validated(spacing: tuple, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        hd95(PRED, GT, spacing)
+    with pytest.raises(ValueError, match=match):
+        score_volume(PRED, GT, spacing)  # checked before Dice / VOE are computed
+
+
+def test_hd95_matches_medpy_on_an_anisotropic_case() -> None:
+    """Pooled directed surface distances, 95th percentile: medpy's hd95 convention."""
+    binary = pytest.importorskip("medpy.metric.binary")
+    zz, yy, xx = np.mgrid[:6, :40, :36]
+    gt = ((yy - 20) / 12.0) ** 2 + ((xx - 17) / 9.0) ** 2 + ((zz - 2.5) / 2.4) ** 2 < 1
+    pred = ((yy - 22) / 11.0) ** 2 + ((xx - 16) / 10.0) ** 2 + ((zz - 3) / 2.6) ** 2 < 1
+    spacing = (3.0, 0.27, 0.5)
+    ours = hd95(pred, gt, spacing)
+    assert ours == pytest.approx(binary.hd95(pred, gt, voxelspacing=spacing), rel=1e-12)
+    assert ours != pytest.approx(hd95(pred, gt, spacing[::-1]))  # (x, y, z) order differs

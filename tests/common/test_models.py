@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,14 +10,7 @@ from common.models import MODELS, SegModel, build_model, count_params
 from common.models.roles import STUDENTS, TEACHERS, TEST_TEACHERS
 from common.registry import RegistryError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread: on a busy 2-core box, 2 spinning threads run ~6x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: 1 intra-op thread
 
 # (reference parameter count, relative tolerance) for in_channels=1, num_classes=2
 REFERENCE_PARAMS: dict[str, tuple[int, float]] = {

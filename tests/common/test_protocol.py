@@ -7,7 +7,6 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-from common.kd.targets import TeacherTargets
 from common.protocol import (
     EvalConfig,
     EvalReply,
@@ -31,6 +30,7 @@ from common.protocol import (
     encode_train_reply,
     slice_hash,
 )
+from tests._helpers import random_targets
 
 N, S = 3, 16
 
@@ -42,15 +42,6 @@ def _proxy() -> tuple[np.ndarray, np.ndarray, QueryConfig]:
     cfg = QueryConfig(run_id="r1", chunk=0, n_chunks=1, size=S,
                       slice_hashes=[slice_hash(i) for i in images])
     return images, masks, cfg
-
-
-def _targets(n: int = N) -> TeacherTargets:
-    g = torch.Generator().manual_seed(0)
-    return TeacherTargets(logits=torch.randn(1, n, 2, S, S, generator=g),
-                          at_early=torch.rand(1, n, S // 2, S // 2, generator=g),
-                          at_deep=torch.rand(1, n, S // 8, S // 8, generator=g),
-                          rc_early=torch.rand(1, n, generator=g),
-                          rc_deep=torch.rand(1, n, generator=g))
 
 
 def test_message_types_are_the_flower_ones() -> None:
@@ -71,7 +62,7 @@ def test_query_round_trip_checks_hashes() -> None:
 
 def test_teacher_reply_round_trip_fp16() -> None:
     _, _, cfg = _proxy()
-    t = _targets()
+    t = random_targets(N, S)
     rd = encode_teacher_reply("site_a", cfg, t)
     assert rd[Key.ARRAYS][Key.LOGITS].dtype == "float16"
     assert rd[Key.ARRAYS][Key.RC_EARLY].dtype == "float32"
@@ -84,11 +75,11 @@ def test_teacher_reply_round_trip_fp16() -> None:
 
 def test_reply_with_extra_key_is_refused() -> None:
     _, _, cfg = _proxy()
-    rd = encode_teacher_reply("site_a", cfg, _targets())
+    rd = encode_teacher_reply("site_a", cfg, random_targets(N, S))
     rd[Key.ARRAYS]["features"] = Array(np.zeros((N, 8), dtype=np.float16))
     with pytest.raises(ProtocolError, match=r"node 7 \(site_a\).*unexpected \['features'\]"):
         decode_teacher_reply(rd, N, S, "node 7")
-    rd2 = encode_teacher_reply("site_a", cfg, _targets())
+    rd2 = encode_teacher_reply("site_a", cfg, random_targets(N, S))
     rd2["extra"] = ConfigRecord({"x": 1})
     with pytest.raises(ProtocolError, match="unexpected \\['extra'\\]"):
         decode_teacher_reply(rd2, N, S, "node 7")
@@ -96,20 +87,21 @@ def test_reply_with_extra_key_is_refused() -> None:
 
 def test_reply_with_wrong_shape_or_dtype_or_nan_is_refused() -> None:
     _, _, cfg = _proxy()
-    rd = encode_teacher_reply("site_a", cfg, _targets())
+    rd = encode_teacher_reply("site_a", cfg, random_targets(N, S))
     rd[Key.ARRAYS][Key.AT_DEEP] = Array(np.zeros((N, S // 4, S // 4), dtype=np.float16))
     with pytest.raises(ProtocolError, match="'at_deep': shape"):
         decode_teacher_reply(rd, N, S, "node 7")
-    rd = encode_teacher_reply("site_a", cfg, _targets())
+    rd = encode_teacher_reply("site_a", cfg, random_targets(N, S))
     rd[Key.ARRAYS][Key.LOGITS] = Array(np.zeros((N, 2, S, S), dtype=np.float32))
     with pytest.raises(ProtocolError, match="'logits': dtype float32, expected float16"):
         decode_teacher_reply(rd, N, S, "node 7")
-    t = _targets()
+    t = random_targets(N, S)
     t.rc_early[0, 1] = float("nan")
     with pytest.raises(ProtocolError, match="'rc_early': non-finite"):
         decode_teacher_reply(encode_teacher_reply("site_a", cfg, t), N, S, "node 7")
     with pytest.raises(ProtocolError, match="expected chunk 0 with 5"):
-        decode_teacher_reply(encode_teacher_reply("site_a", cfg, _targets()), 5, S, "n", 0)
+        decode_teacher_reply(encode_teacher_reply("site_a", cfg, random_targets(N, S)), 5, S,
+                             "n", 0)
 
 
 def test_query_with_wrong_dtype_is_refused_by_the_site() -> None:

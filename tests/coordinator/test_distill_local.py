@@ -51,6 +51,9 @@ def test_local_experiment_writes_tables_and_reuses_cache(
         table = list(csv.reader(fh))
     assert table[0][-1] == "mean Dice" and len(table) == 6
     assert "| multi_inverse_dice_loss |" in (tmp_path / "exp" / "results.md").read_text()
+    # paired comparison of the default student with the no-KD run, per test case (1 seed)
+    assert "| `multi_inverse_dice_loss` | `student_only` | 1 x " in (
+        tmp_path / "exp" / "results.md").read_text()
     assert (tmp_path / "exp" / "results.png").stat().st_size > 1000
     log = (tmp_path / "exp" / "runs" / "multi_inverse_dice_loss" / "metrics.csv").read_text()
     assert "w2" in log.splitlines()[0]

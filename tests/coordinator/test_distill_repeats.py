@@ -39,7 +39,7 @@ def test_repeated_experiment_writes_seed_folders_and_sd_column(
         StudentTrainConfig,
         WeightingSpec,
     )
-    from coordinator.export import result_rows
+    from coordinator.export import export_best_multi, result_rows
 
     cfg = ExperimentConfig(
         name="rep", out=tmp_path / "exp", proxy=tiny_sites["proxy"], seed=3, repeats=2,
@@ -56,11 +56,18 @@ def test_repeated_experiment_writes_seed_folders_and_sd_column(
     assert multi["seeds"] == [3, 4] and multi["seed_mean_dice"] == seeds
     assert multi["mean_dice"] == pytest.approx(sum(seeds) / 2)
     assert json.loads((runs / "summary.json").read_text())["mean_dice"] == multi["mean_dice"]
+    res3 = json.loads((runs / "seed3" / "result.json").read_text())
+    cases = multi["seed_cases"]["3"]["site_a"]  # per-case scores kept for paired comparisons
+    assert res3["seed"] == 3 and res3["cases"]["site_a"] == cases and len(cases) >= 1
+    assert sum(v["dice"] for v in cases.values()) / len(cases) == pytest.approx(
+        res3["sites"]["site_a"]["dice_mean"])
     with (tmp_path / "exp" / "results.csv").open() as fh:
         table = list(csv.reader(fh))
     assert table[0][-3:] == ["mean Dice", "mean Dice sd", "seeds"]
     assert table[1][-2:] == ["-", "1"] and table[-1][-1] == "2"  # teacher row, repeated row
     assert [r["run"] for r in result_rows(tmp_path / "exp")] == ["multi_inverse_dice_loss"]
+    assert not (tmp_path / "exp" / "export").exists()  # the engine does not export ...
+    export_best_multi(cfg.out, rows, cfg)  # ... its caller does (distill --local, ServerApp)
     assert (tmp_path / "exp" / "export" / "student.onnx").exists()
 
 

@@ -92,6 +92,9 @@ def test_export_best_multi_picks_the_default_weighting(tmp_path: Path) -> None:
                                               "hd95_mean": 3.0, "n": 2.0}
     assert card["bytes_exchanged"] == 42 and card["epochs"] == 3
     assert card["input"]["size"] == 32
+    # no proxy folder here: the plan is the default one the proxy set is loaded with
+    assert (card["plan"]["size"], card["plan"]["norm"], card["plan"]["spacing"]) == (32, "mri",
+                                                                                    None)
     _onnx_matches_eager(paths["onnx"], out / "runs" / "multi_inverse_dice_loss" / "last.pt")
     assert pick_default_multi([{"run": "student_only"}], cfg) is None  # type: ignore[arg-type]
     assert export_best_multi(out, rows[:0], cfg) is None  # type: ignore[arg-type]
@@ -111,7 +114,7 @@ def test_export_subcommand_reads_the_run_results(tmp_path: Path,
     assert main(["export", "--config", str(config)]) == 0
     card = json.loads((out / "export" / "model_card.json").read_text())
     assert card["run"] == "multi_inverse_dice_loss" and "bytes_exchanged" not in card
-    assert "[export] multi_inverse_dice_loss" in capsys.readouterr().out
+    assert "[export] multi_inverse_dice_loss" in capsys.readouterr().err  # an INFO log line
     assert main(["export", "--config", str(config), "--out", str(tmp_path / "none")]) == 1
 
 

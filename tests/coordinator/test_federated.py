@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.kd.batching import select_teachers, stack_teachers
+from common.kd.targets import TeacherTargets
 from common.protocol import (
     EvalConfig,
     Key,
@@ -20,22 +20,7 @@ from common.protocol import (
     encode_teacher_reply,
     slice_hash,
 )
-
-SITES = ("site_a", "site_b", "site_c")
-
-
-@pytest.fixture(scope="module")
-def fed_teachers(tiny_sites: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Barely trained tiny_unet teachers (1 epoch, 2 steps, 32px): the transport is under test,
-    not teacher quality, and the session's ``tiny_teachers`` take minutes to train."""
-    from site_node.train import run_training
-    from tests.conftest import tiny_teacher_config
-
-    root = tmp_path_factory.mktemp("fed_teachers")
-    for name in SITES:
-        cfg = tiny_teacher_config(size=32, epochs=1, max_steps_per_epoch=2)
-        run_training(tiny_sites[name], cfg, root / name)
-    return {name: root / name for name in SITES}
+from tests._helpers import SITES, federated_toml, read_jsonl
 
 
 def _node(sites: dict, teachers: dict, name: str):  # type: ignore[no-untyped-def]
@@ -53,10 +38,10 @@ def _proxy(sites: dict, n: int = 10):  # type: ignore[no-untyped-def]
     return proxy.images[:n], proxy.masks[:n], cfg
 
 
-def test_handle_train_reuses_the_teacher(tiny_sites: dict, fed_teachers: dict) -> None:
+def test_handle_train_reuses_the_teacher(tiny_sites: dict, tiny_teachers: dict) -> None:
     from site_node.app import handle_train
 
-    node = _node(tiny_sites, fed_teachers, "site_a")
+    node = _node(tiny_sites, tiny_teachers, "site_a")
     before = (node.teacher_dir / "best.pt").stat().st_mtime_ns
     reply = handle_train(node, TrainConfig(run_id="t"))
     card = json.loads((node.teacher_dir / "teacher.json").read_text())
@@ -68,13 +53,13 @@ def test_handle_train_reuses_the_teacher(tiny_sites: dict, fed_teachers: dict) -
         type(node).from_node_config({"data-path": "x", "teacher-dir": "y"})
 
 
-def test_handle_query_matches_the_local_engine(tiny_sites: dict, fed_teachers: dict) -> None:
+def test_handle_query_matches_the_local_engine(tiny_sites: dict, tiny_teachers: dict) -> None:
+    from common.kd.teacher_outputs import teacher_outputs
     from common.models.checkpoint import load_model
     from site_node.app import handle_query
-    from site_node.teacher_outputs import teacher_outputs
 
     images, masks, cfg = _proxy(tiny_sites)
-    node = _node(tiny_sites, fed_teachers, "site_b")
+    node = _node(tiny_sites, tiny_teachers, "site_b")
     t = handle_query(node, cfg, images, masks)
     site, back = decode_teacher_reply(encode_teacher_reply("site_b", cfg, t), 10, 32, "node 1")
     model, _ = load_model(node.teacher_dir / "best.pt")
@@ -84,11 +69,11 @@ def test_handle_query_matches_the_local_engine(tiny_sites: dict, fed_teachers: d
     assert torch.allclose(back.rc_deep, local.rc_deep)
 
 
-def test_handle_evaluate_scores_private_test_cases(tiny_sites: dict, fed_teachers: dict) -> None:
+def test_handle_evaluate_scores_private_test_cases(tiny_sites: dict, tiny_teachers: dict) -> None:
     from common.models import build_model
     from site_node.app import handle_evaluate
 
-    node = _node(tiny_sites, fed_teachers, "site_c")
+    node = _node(tiny_sites, tiny_teachers, "site_c")
     split = json.loads((node.teacher_dir / "split.json").read_text())
     state = build_model("enet", in_channels=1, num_classes=2).state_dict()
     cfg = EvalConfig(run_id="t", run_name="r", model_name="enet", size=32)
@@ -130,45 +115,28 @@ def test_a_bad_site_is_dropped_and_fusion_goes_on() -> None:
     assert "error reply" in roster.dropped[4] and "timeout" in roster.dropped[5]
     names, fused = fuse_sites({site: t for site, t in ok.values()}, min_sites=2)
     assert names == ["site_a", "site_c"] and fused.num_teachers == 2
-    assert float(select_teachers(fused, [1]).logits.mean()) == 2.0
-    assert stack_teachers([fused.teacher(0)]).num_teachers == 1
+    assert float(fused.select([1]).logits.mean()) == 2.0
+    assert TeacherTargets.stack([fused.teacher(0)]).num_teachers == 1
     with pytest.raises(RuntimeError, match="need at least 3"):
         fuse_sites({site: t for site, t in ok.values()}, min_sites=3)
 
 
-def _write_config(sites: dict, teachers: dict, tmp: Path) -> Path:
-    lines = ['name = "fed"', f'out = "{tmp / "exp"}"', f'proxy = "{sites["proxy"]}"']
-    for name in SITES:
-        lines += ["[[sites]]", f'name = "{name}"', f'data = "{sites[name]}"',
-                  f'teacher_dir = "{teachers[name]}"']
-    lines += ["[student]", 'model = "enet"', "size = 32", "epochs = 1", "batch_size = 16",
-              'device = "cpu"', "step_size_up = 20", "[student.augment]",
-              *[f"{k}_p = 0.0" for k in ("shift_scale_rotate", "hflip", "vflip", "elastic",
-                                         "grid_distortion", "optical_distortion",
-                                         "brightness_contrast", "coarse_dropout")],
-              "[runs]", "baseline = false",
-              "single_teacher = false", "[[runs.weightings]]", 'name = "inverse_dice_loss"']
-    path = tmp / "exp.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def test_federated_run_on_a_local_deployment(tiny_sites: dict, fed_teachers: dict,
+@pytest.mark.slow
+def test_federated_run_on_a_local_deployment(tiny_sites: dict, tiny_teachers: dict,
                                              tmp_path: Path) -> None:
     """``coordinator simulate``: the compose topology (init-certs, SuperLink, coordinator, 3
     sites) started through the container entrypoints on 127.0.0.1, TLS and node auth on."""
-    from coordinator.simulate import SiteNode, simulate
+    from coordinator.topology.simulate import SiteNode, simulate
 
-    config = _write_config(tiny_sites, fed_teachers, tmp_path)
-    nodes = [SiteNode(n, tiny_sites[n], fed_teachers[n]) for n in SITES]
+    config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
+    nodes = [SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES]
     rc = simulate(nodes, config, tmp_path / "work", {"timeout": 120.0}, timeout=240.0)
     log = (tmp_path / "work" / "logs" / "coordinator.log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
     assert "receipts verified against" in log and "UNVERIFIED" not in log
     links = (tmp_path / "work" / "logs" / "superlink.log").read_text(errors="replace")
     for name in SITES:  # site-node run recorded the start of a TLS SuperNode
-        (start,) = [json.loads(x) for x in (tmp_path / "work" / "sites" / name / "runs.jsonl")
-                    .read_text().splitlines()]
+        (start,) = read_jsonl(tmp_path / "work" / "sites" / name / "runs.jsonl")
         assert start["tls"] is True and start["site"] == name
         assert start["pinned_clientapp"] == "site_node.app:app"
         site_log = (tmp_path / "work" / "logs" / f"site-{name}.log").read_text(errors="replace")

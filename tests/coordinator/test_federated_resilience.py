@@ -20,20 +20,25 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli import main
-from tests.coordinator.test_federated import SITES, _write_config
+from tests._helpers import SITES, federated_toml
 
 
 def _distill(config: Path, *extra: str) -> list[str]:
     return ["distill", "--config", str(config), *extra]
 
 
+def _unread_config(tmp: Path) -> Path:
+    """``federated_toml`` with every data and teacher path at ``tmp``: only the CLI runs."""
+    return federated_toml({"proxy": tmp / "p", **dict.fromkeys(SITES, tmp)},
+                          dict.fromkeys(SITES, tmp), tmp)
+
+
 def test_print_command_writes_the_flwr_config(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     from coordinator.federated_cli import FEDERATION
-    from coordinator.simulate import APP_DIR
+    from coordinator.topology.env import APP_DIR
 
-    config = _write_config({"proxy": tmp_path / "p", **{s: tmp_path for s in SITES}},
-                           dict.fromkeys(SITES, tmp_path), tmp_path)
+    config = _unread_config(tmp_path)
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "ca.crt").write_text("CA")
     argv = _distill(config, "--superlink", "10.1.2.3:8000", "--certs", str(tmp_path / "certs"),
@@ -55,8 +60,7 @@ def test_print_command_writes_the_flwr_config(tmp_path: Path,
 def test_run_config_file_overrides_the_flags(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """What deploy/entrypoints/coordinator.sh passes: --run-config FILE, --certs CA file."""
-    config = _write_config({"proxy": tmp_path / "p", **{s: tmp_path for s in SITES}},
-                           dict.fromkeys(SITES, tmp_path), tmp_path)
+    config = _unread_config(tmp_path)
     (tmp_path / "ca.pem").write_text("CA")
     (tmp_path / "rc.toml").write_text("min-sites = 2\ntrain = false\nchunk-size = 48\n")
     argv = _distill(config, "--certs", str(tmp_path / "ca.pem"), "--min-sites", "3",
@@ -76,10 +80,9 @@ def test_run_config_file_overrides_the_flags(tmp_path: Path,
 
 def test_unreachable_superlink_and_missing_ca_are_one_line_errors(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from coordinator.simulate import free_port
+    from coordinator.topology.simulate import free_port
 
-    config = _write_config({"proxy": tmp_path / "p", **{s: tmp_path for s in SITES}},
-                           dict.fromkeys(SITES, tmp_path), tmp_path)
+    config = _unread_config(tmp_path)
     address = f"127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     assert main(_distill(config, "--superlink", address, "--insecure")) == 2
@@ -92,19 +95,6 @@ def test_unreachable_superlink_and_missing_ca_are_one_line_errors(
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def res_teachers(tiny_sites: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Barely trained 32px tiny_unet teachers, as in ``test_federated``."""
-    from site_node.train import run_training
-    from tests.conftest import tiny_teacher_config
-
-    root = tmp_path_factory.mktemp("res_teachers")
-    for name in SITES:
-        run_training(tiny_sites[name], tiny_teacher_config(size=32, epochs=1,
-                                                           max_steps_per_epoch=2), root / name)
-    return {name: root / name for name in SITES}
-
-
 def _kill_when(log: Path, needle: str, proc: subprocess.Popen, stop: threading.Event,
                killed: list[float]) -> None:
     """SIGKILL ``proc``'s process group once ``needle`` appears in ``log``."""
@@ -115,11 +105,12 @@ def _kill_when(log: Path, needle: str, proc: subprocess.Popen, stop: threading.E
             return
 
 
+@pytest.mark.slow
 def test_a_killed_site_is_dropped_and_the_run_completes(
-        tiny_sites: dict, res_teachers: dict, tmp_path: Path) -> None:
-    from coordinator.simulate import Processes, SiteNode, simulate
+        tiny_sites: dict, tiny_teachers: dict, tmp_path: Path) -> None:
+    from coordinator.topology.simulate import Processes, SiteNode, simulate
 
-    config = _write_config(tiny_sites, res_teachers, tmp_path)
+    config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
     work = tmp_path / "work"
     stop, killed = threading.Event(), []  # type: ignore[var-annotated]
 
@@ -129,7 +120,7 @@ def test_a_killed_site_is_dropped_and_the_run_completes(
             procs.named["site-site_c"], stop, killed)).start()
 
     try:
-        rc = simulate([SiteNode(n, tiny_sites[n], res_teachers[n]) for n in SITES], config, work,
+        rc = simulate([SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES], config, work,
                       {"timeout": 240.0, "min-sites": 2, "chunk-size": 48}, timeout=480.0,
                       insecure=True, on_start=watch)
     finally:
@@ -149,7 +140,8 @@ def test_a_killed_site_is_dropped_and_the_run_completes(
 
 
 def test_a_run_past_its_timeout_is_torn_down(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                             capsys: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture) -> None:
     from coordinator.federated_cli import launch
 
     t0 = time.monotonic()
@@ -158,7 +150,7 @@ def test_a_run_past_its_timeout_is_torn_down(tmp_path: Path,
     assert time.monotonic() - t0 < 30
     cap = capsys.readouterr()
     assert "Successfully started run 42" in cap.out
-    assert "no result after 2 s" in cap.err and "stop run 42" in cap.err
+    assert "no result after 2 s" in caplog.text and "stop run 42" in caplog.text
 
 
 def test_sigterm_stops_the_flwr_run_it_started(tmp_path: Path) -> None:

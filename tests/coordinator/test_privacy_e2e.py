@@ -9,7 +9,6 @@ sites) shows the capture does see array payloads in clear.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import threading
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests._helpers import QUICK_TEACHER, experiment_toml, read_jsonl, tiny_teacher_config
 
 SITES = ("site_a", "site_b")
 CANARY = (np.arange(16, dtype=np.float32) * 7.25 + 3141.5).astype(np.float32)
@@ -97,36 +98,26 @@ def plant_canary(site: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def canary_setup(tiny_sites: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """site_a = a copy of the tiny site with the canary planted; barely trained teachers."""
+def canary_setup(tiny_sites: dict, tiny_teachers: dict,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """site_a = a copy of the tiny site with the canary planted, and a barely trained teacher
+    fitted on that copy (the canary is in its training data too); site_b = the session's tiny
+    site and teacher."""
     from site_node.train import run_training
-    from tests.conftest import tiny_teacher_config
 
     root = tmp_path_factory.mktemp("canary")
     data = {"site_a": root / "data_a", "site_b": tiny_sites["site_b"]}
     shutil.copytree(tiny_sites["site_a"], data["site_a"])
     assert plant_canary(data["site_a"]) >= 1
-    teachers = {}
-    for name in SITES:
-        run_training(data[name], tiny_teacher_config(size=32, epochs=1, max_steps_per_epoch=2),
-                     root / f"teacher_{name}")
-        teachers[name] = root / f"teacher_{name}"
+    teachers = {"site_a": root / "teacher_site_a", "site_b": tiny_teachers["site_b"]}
+    run_training(data["site_a"], tiny_teacher_config(**QUICK_TEACHER), teachers["site_a"])
     return {"data": data, "teachers": teachers, "proxy": tiny_sites["proxy"], "root": root}
 
 
 def _config(setup: dict, tmp: Path) -> Path:
-    lines = ['name = "canary"', f'out = "{tmp / "exp"}"', f'proxy = "{setup["proxy"]}"',
-             "min_sites = 2"]
-    for name in SITES:
-        lines += ["[[sites]]", f'name = "{name}"', f'data = "{setup["data"][name]}"',
-                  f'teacher_dir = "{setup["teachers"][name]}"']
-    lines += ["[student]", 'model = "enet"', "size = 32", "epochs = 1", "batch_size = 16",
-              'device = "cpu"', "step_size_up = 20", "[kd]", "temperature = 3.0", "[runs]",
-              "baseline = false",
-              "single_teacher = false", "[[runs.weightings]]", 'name = "inverse_dice_loss"']
-    path = tmp / "exp.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return experiment_toml(tmp, "canary", setup["proxy"],
+                           {n: (setup["data"][n], setup["teachers"][n]) for n in SITES},
+                           min_sites=2, kd={"temperature": 3.0})
 
 
 def _audit_cli(log: Path, pub: Path) -> int:
@@ -140,14 +131,11 @@ def _audit_cli(log: Path, pub: Path) -> int:
     return run_audit(p.parse_args(["--log", str(log), "--pub", str(pub)]))
 
 
-def _log(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
-
-
+@pytest.mark.slow
 def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> None:
     from common.audit import load_public_key, verify_log
     from coordinator.distill.proxy import load_proxy
-    from coordinator.simulate import SiteNode, simulate
+    from coordinator.topology.simulate import SiteNode, simulate
 
     proxy = RecordingProxy()
     nodes = [SiteNode(n, canary_setup["data"][n], canary_setup["teachers"][n]) for n in SITES]
@@ -169,7 +157,7 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
         assert pattern not in wire, "private canary bytes crossed the wire"
 
     out = tmp_path / "exp" / "audit"
-    coord = _log(out / "coordinator.jsonl")
+    coord = read_jsonl(out / "coordinator.jsonl")
     assert verify_log(out / "coordinator.jsonl",
                       load_public_key(out / "coordinator.pub")).ok
     for name in SITES:
@@ -177,7 +165,7 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
         pub_path = tmp_path / "work" / "certs" / "audit" / f"{name}.pub"
         pub = load_public_key(pub_path)
         assert verify_log(site_log, pub).ok
-        sent = [e for e in _log(site_log) if e["decision"] == "sent"]
+        sent = [e for e in read_jsonl(site_log) if e["decision"] == "sent"]
         got = [e for e in coord if e["direction"] == "in" and e["decision"] == "received"
                and e["config"].get("site_name") == name]
         assert len(sent) == len(got) >= 3  # train + query + evaluate at least
@@ -187,17 +175,20 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
         assert sorted(e["entry_hash"] for e in sent) == sorted(e["config"]["receipt"]
                                                               for e in got)
         assert _audit_cli(site_log, pub_path) == 0
-    receipts = _log(out / "receipts.jsonl")
+    receipts = read_jsonl(out / "receipts.jsonl")
     assert receipts and all(r["verified"] for r in receipts)
 
 
+@pytest.mark.slow
 def test_node_auth_registers_sites_over_tls(tiny_sites: dict, tmp_path: Path) -> None:
     """The default TLS topology (entrypoints): the SuperLink runs --enable-supernode-auth, the
     coordinator registers each site's key, both SuperNodes are admitted (the run itself is not
     awaited: the transport admission is under test)."""
     import time
 
-    from coordinator.simulate import Processes, SiteNode, base_env, make_plan, start_topology
+    from coordinator.topology.env import SiteNode, base_env
+    from coordinator.topology.simulate import make_plan
+    from coordinator.topology.supervisor import Processes, start_topology
 
     sites = [SiteNode(n, tiny_sites[n], tmp_path / f"teacher_{n}") for n in SITES]
     config = tmp_path / "exp.toml"

@@ -34,6 +34,7 @@ from torch import Tensor
 from common.data.augment import AugmentConfig
 from common.data.slices import Volume
 from common.kd.targets import TeacherTargets
+from common.protocol import slice_hash
 from coordinator.distill.config import (
     ExperimentConfig,
     KDConfig,
@@ -47,25 +48,17 @@ from coordinator.distill.corrupt import (
     invert_foreground,
     random_logits,
 )
-from coordinator.distill.proxy import ProxySet, slice_hash
+from coordinator.distill.proxy import ProxySet
 from coordinator.distill.student import DistillData, StudentRun
+from tests._helpers import random_targets
 
 SIZE, SITES = 32, ("site_a", "site_b", "site_c")
 DEFAULT = "inverse_dice_loss"
 
 
 # --------------------------------------------------------------------------- corruption units
-def _targets(j: int = 3, b: int = 2) -> TeacherTargets:
-    g = torch.Generator().manual_seed(0)
-    return TeacherTargets(logits=torch.randn(j, b, 2, 4, 4, generator=g),
-                          at_early=torch.rand(j, b, 2, 2, generator=g),
-                          at_deep=torch.rand(j, b, 1, 1, generator=g),
-                          rc_early=torch.rand(j, b, generator=g),
-                          rc_deep=torch.rand(j, b, generator=g))
-
-
 def test_invert_foreground_gives_one_minus_p() -> None:
-    z = _targets().logits
+    z = random_targets(2, 4, j=3).logits
     inv = invert_foreground(z)
     assert inv.shape == z.shape
     torch.testing.assert_close(torch.softmax(inv, 2)[:, :, 1], 1 - torch.softmax(z, 2)[:, :, 1])
@@ -86,7 +79,7 @@ def test_random_logits_are_seeded_and_scaled() -> None:
 
 @pytest.mark.parametrize("kind", ["random", "inverted"])
 def test_corrupt_teacher_touches_only_that_sites_logits(kind: str) -> None:
-    t = _targets()
+    t = random_targets(2, 4, j=3)
     before = t.logits.clone()
     bad = corrupt_teacher(t, 1, kind)  # type: ignore[arg-type]
     assert torch.equal(t.logits, before)  # not in place
@@ -100,9 +93,9 @@ def test_corrupt_teacher_touches_only_that_sites_logits(kind: str) -> None:
 
 def test_corrupt_teacher_rejects_bad_arguments() -> None:
     with pytest.raises(IndexError):
-        corrupt_teacher(_targets(), 3, "random")
+        corrupt_teacher(random_targets(2, 4, j=3), 3, "random")
     with pytest.raises(ValueError, match="unknown corruption"):
-        corrupt_teacher(_targets(), 0, "zeros")  # type: ignore[arg-type]
+        corrupt_teacher(random_targets(2, 4, j=3), 0, "zeros")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- tiny disk task

@@ -1,7 +1,7 @@
 """``coordinator simulate`` and docker-compose.yml configure the same entrypoints the same way.
 
 Every ``${VAR:?}`` an entrypoint script requires unconditionally must be in the environment
-``coordinator.simulate.role_envs`` builds for that role, every variable it sets must be read
+``coordinator.topology.env.role_envs`` builds for that role, every variable it sets must be read
 by a script, and it sets the same variables as the compose service (apart from the phantom and
 teacher-training ones a simulated site does not use). The scripts are shellcheck-clean (when
 shellcheck is installed) and fail early and clearly on a bad environment.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.simulate import ENTRYPOINTS, Plan, SiteNode, role_envs
+from coordinator.topology.env import ENTRYPOINTS, Plan, SiteNode, role_envs
 from tests.deploy._load import ROOT, load_script
 
 cc = load_script("check_compose")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +23,13 @@ from common.protocol import (
 )
 from common.records import record_contents
 from site_node.egress import EgressGate, EgressRefused, RequestInfo
+from tests._helpers import random_targets, read_jsonl
 
 N, S = 8, 32
 
 
 def _entries(gate: EgressGate) -> list[dict]:
-    return [json.loads(x) for x in gate.log.path.read_text().splitlines()]
-
-
-def _targets(n: int, side: int) -> object:
-    from common.kd.targets import TeacherTargets
-
-    return TeacherTargets(logits=torch.randn(1, n, 2, side, side),
-                          at_early=torch.rand(1, n, side // 2, side // 2),
-                          at_deep=torch.rand(1, n, side // 8, side // 8),
-                          rc_early=torch.rand(1, n), rc_deep=torch.rand(1, n))
+    return read_jsonl(gate.log.path)
 
 
 def _query(n: int = N) -> tuple[QueryConfig, object]:
@@ -84,7 +75,7 @@ def test_oversize_array_in_a_query_reply_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(EgressRefused, match="array 'logits': shape"):
         gate.respond(req, request, lambda: encode_teacher_reply("site_a", big,
-                                                                _targets(N, 64)))  # type: ignore[arg-type]
+                                                                random_targets(N, 64)))
     assert _entries(gate)[-1]["decision"] == "refused"
 
 
@@ -93,7 +84,7 @@ def test_good_query_reply_is_sent_with_a_verifiable_receipt(tmp_path: Path) -> N
     cfg, request = _query()
     req = RequestInfo("query.teacher_outputs", "r1", "node 0", N, S)
     reply = gate.respond(req, request, lambda: encode_teacher_reply(
-        "site_a", cfg, _targets(N, S)))  # type: ignore[arg-type]
+        "site_a", cfg, random_targets(N, S)))
     assert _entries(gate)[-1]["decision"] == "sent"
     receipt = dict(reply[Key.RECEIPT])
     site, _ = decode_teacher_reply(reply, N, S, "node 1", chunk=0)  # receipt record accepted
@@ -114,7 +105,7 @@ def test_small_or_over_budget_queries_are_refused_before_compute(tmp_path: Path)
 
     def compute():  # type: ignore[no-untyped-def]
         calls.append(1)
-        return encode_teacher_reply("site_a", cfg, _targets(N, S))  # type: ignore[arg-type]
+        return encode_teacher_reply("site_a", cfg, random_targets(N, S))
 
     cfg, request = _query(4)
     with pytest.raises(EgressRefused, match="min_query_batch"):
@@ -134,14 +125,14 @@ def test_compressed_replies_pass_the_gate_and_decode(tmp_path: Path, mode: str) 
     codec = codec_from_node_config({"compression": mode})
     gate = EgressGate(tmp_path)
     cfg, request = _query()
-    t = _targets(N, S)
+    t = random_targets(N, S)
     reply = gate.respond(RequestInfo("query.teacher_outputs", "r1", "c", N, S), request,
-                         lambda: encode_teacher_reply("site_a", cfg, t, codec))  # type: ignore[arg-type]
+                         lambda: encode_teacher_reply("site_a", cfg, t, codec))
     arrays, _ = record_contents(reply, skip=(str(Key.RECEIPT),))
     assert "logits" not in arrays and len(arrays) == 5
     _, back = decode_teacher_reply(reply, N, S, "node 1", chunk=0)
     probs = torch.softmax(back.logits[0], 1)[:, 1]
-    ref = torch.softmax(t.logits[0], 1)[:, 1]  # type: ignore[attr-defined]
+    ref = torch.softmax(t.logits[0], 1)[:, 1]
     assert back.logits.shape == (1, N, 2, S, S)
     assert float((probs - ref).abs().mean()) < (0.01 if mode == "int8_probs" else 0.35)
 
@@ -162,7 +153,7 @@ def test_coordinator_verifies_receipts_and_audits(tmp_path: Path,
     cfg, request = _query()
     trail.sent(7, "query.teacher_outputs", request)
     reply = gate.respond(RequestInfo("query.teacher_outputs", "r1", "c", N, S), request,
-                         lambda: encode_teacher_reply("site_a", cfg, _targets(N, S)))  # type: ignore[arg-type]
+                         lambda: encode_teacher_reply("site_a", cfg, random_targets(N, S)))
     content, why = trail.received(7, "query.teacher_outputs", reply)
     assert why is None and Key.RECEIPT not in content.keys()
     reply[Key.CONFIG]["chunk"] = 3  # tampered scalar

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from site_node.cli import main
+from tests._helpers import corrupted_copy, read_jsonl
 
 
 def _cmd(out: str) -> list[str]:
@@ -30,7 +31,8 @@ def test_dry_run_with_tls_and_node_auth(tiny_sites: dict, tmp_path: Path,
     argv = _base(tiny_sites["site_a"], tmp_path) + [
         "--certs", str(tmp_path / "certs"), "--key", str(tmp_path / "site.key")]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()  # the command on stdout, the log lines on stderr
+    out = cap.out
     cmd = _cmd(out)
     assert Path(cmd[0]).name == "flower-supernode" and "--insecure" not in cmd
     assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "certs" / "ca.crt")
@@ -41,7 +43,7 @@ def test_dry_run_with_tls_and_node_auth(tiny_sites: dict, tmp_path: Path,
     assert f'data-path="{tiny_sites["site_a"]}"' in conf and 'site-name="site_a"' in conf
     assert f'teacher-dir="{tmp_path / "teacher"}"' in conf
     assert f'state-dir="{tmp_path / "state"}"' in conf
-    assert "data OK: 12 cases" in out and "no best.pt yet" in out
+    assert "data OK: 12 cases" in cap.err and "no best.pt yet" in cap.err
     assert not (tmp_path / "state" / "runs.jsonl").exists()  # a dry run records nothing
 
 
@@ -49,11 +51,11 @@ def test_dry_run_insecure_with_explicit_run(tiny_sites: dict, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["run", *_base(tiny_sites["site_b"], tmp_path), "--insecure", "--port", "9200"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    cmd = _cmd(out)
+    cap = capsys.readouterr()
+    cmd = _cmd(cap.out)
     assert "--insecure" in cmd and "--root-certificates" not in cmd
     assert cmd[cmd.index("--port") + 1] == "9200"
-    assert "warning: --insecure" in out
+    assert "WARNING" in cap.err and "--insecure: traffic to the coordinator" in cap.err
 
 
 def test_dry_run_audit_key_compression_host_and_ca_file(
@@ -97,8 +99,6 @@ def test_missing_ca_and_bad_address_are_one_line_errors(
 
 def test_invalid_data_exits_2_naming_the_file(tiny_sites: dict, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import corrupted_copy
-
     data = tmp_path / "data"
     bad = corrupted_copy(tiny_sites["site_a"], data, "labelsTr", 3, b"not a nifti file")
     assert main(_base(data, tmp_path) + ["--insecure"]) == 2
@@ -120,20 +120,16 @@ def test_start_records_an_event_then_execs(tiny_sites: dict, tmp_path: Path,
     argv = [a for a in _base(tiny_sites["site_a"], tmp_path) if a != "--dry-run"]
     assert main([*argv, "--insecure"]) == 1  # only reached because execv was stubbed
     assert Path(seen[0][0]).name == "flower-supernode"
-    lines = (tmp_path / "state" / "runs.jsonl").read_text().splitlines()
-    (event,) = [json.loads(ln) for ln in lines]
+    (event,) = read_jsonl(tmp_path / "state" / "runs.jsonl")
     assert event["site"] == "site_a" and event["tls"] is False and event["data"]["cases"] == 12
 
 
-def test_status_on_a_trained_teacher(tiny_sites: dict, tmp_path: Path,
+def test_status_on_a_trained_teacher(tiny_sites: dict, tiny_teachers: dict, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     from site_node.run import record_event
-    from site_node.train import run_training
-    from tests.conftest import tiny_teacher_config
 
-    teacher, state = tmp_path / "teacher", tmp_path / "state"
-    card = run_training(tiny_sites["site_c"],
-                        tiny_teacher_config(size=32, epochs=1, max_steps_per_epoch=2), teacher)
+    teacher, state = tiny_teachers["site_c"], tmp_path / "state"
+    card = json.loads((teacher / "teacher.json").read_text())
     record_event(state, {"event": "start", "time": 0, "site": "site_c", "tls": True,
                          "coordinator": "10.0.0.5:8000", "port": 9094, "teacher_dir": str(teacher),
                          "data": {"path": str(tiny_sites["site_c"])}})

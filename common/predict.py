@@ -1,0 +1,276 @@
+"""Segment a folder of NIfTI images: one mask per image on the image's own grid.
+
+A :class:`Predictor` is a preprocessing :class:`~common.data.plan.Plan` plus a function from a
+prepared ``(D, S, S)`` volume to ``(D, K, S, S)`` softmax probabilities. It comes from
+
+* a teacher run folder (:func:`load_teacher`: ``best.pt`` + the plan in ``teacher.json``), or
+* an exported student (:func:`load_export`: ``student.onnx`` through onnxruntime when that is
+  installed, ``student.ts`` (TorchScript) otherwise). The export carries its plan: ONNX
+  ``metadata_props[PLAN_KEY]``, the TorchScript extra file :data:`PLAN_EXTRA_FILE`, and
+  ``model_card.json["plan"]`` beside them.
+
+:func:`predict_folder` prepares each image with the plan (:func:`common.data.native.prepare_image`),
+predicts, maps the probabilities back to the native grid (:func:`~common.data.native.to_native`)
+and writes a uint8 mask with the input's affine and header. Both roles' ``predict`` commands
+call this module, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.data.errors import DataError, data_error, utf8_name
+from common.data.plan import Plan, default_plan
+
+log = logging.getLogger(__name__)
+
+PLAN_KEY = "fedmtkd_plan"  # ONNX metadata_props key and model_card.json field "plan"
+PLAN_EXTRA_FILE = "fedmtkd_plan.json"  # TorchScript ``_extra_files`` entry
+RUNTIMES = ("auto", "onnx", "torchscript")
+_NII = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
+_CHANNEL = re.compile(r"_(\d{4})$")
+_LABEL_NAME = re.compile(r"_segmentation$", re.IGNORECASE)
+
+ProbsFn = Callable[[np.ndarray], np.ndarray]  # (D, S, S) float32 -> (D, K, S, S) float32
+
+
+class PredictError(DataError):
+    """A model or export cannot be used for prediction; the one-line message starts with the
+    file (a :class:`DataError`, so the CLIs print it as one line with exit status 2)."""
+
+
+@dataclass
+class Predictor:
+    """A plan and the function that turns a prepared volume into class probabilities."""
+
+    plan: Plan
+    probs: ProbsFn
+    source: str
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of ``(N, K, H, W)`` logits, float32."""
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def batched(fn: Callable[[np.ndarray], np.ndarray], batch_size: int = 16) -> ProbsFn:
+    """``(D, S, S)`` -> softmax of ``fn`` (``(N, 1, S, S)`` -> logits) over batches of slices."""
+    def probs(image: np.ndarray) -> np.ndarray:
+        out = [softmax(fn(np.ascontiguousarray(image[a:a + batch_size, None], np.float32)))
+               for a in range(0, image.shape[0], batch_size)]
+        return np.concatenate(out, axis=0)
+
+    return probs
+
+
+# ----------------------------------------------------------------------------- plans
+def plan_from_json(text: str | bytes | dict, source: Path | str) -> Plan:
+    """Validate a stored plan (JSON text or dict); a bad one is a one-line error naming
+    ``source``."""
+    try:
+        return Plan.model_validate(text if isinstance(text, dict) else json.loads(text))
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise PredictError(f"{source}: invalid preprocessing plan ({first})") from None
+
+
+def teacher_plan(folder: Path) -> Plan:
+    """The plan in ``teacher.json``; teachers trained before plans existed get the legacy
+    default (fit into the trained size, modality from the card) with a warning."""
+    card_path = folder / "teacher.json"
+    if not card_path.is_file():
+        raise PredictError(f"{card_path}: not found (is {folder} a `site-node train` folder?)")
+    card = json.loads(card_path.read_text())
+    if card.get("plan"):
+        return plan_from_json(card["plan"], card_path)
+    size = int(card.get("input", {}).get("size", 64))
+    modality = str(card.get("data_fingerprint", {}).get("modality", "MRI"))
+    log.warning("%s has no preprocessing plan; using the legacy default (%s, %d px)",
+                card_path, modality, size)
+    return default_plan(modality, size)
+
+
+def card_plan(export: Path) -> Plan | None:
+    """The plan in ``model_card.json`` beside an exported file (None when absent)."""
+    card = export.parent / "model_card.json"
+    if not card.is_file():
+        return None
+    plan = json.loads(card.read_text()).get("plan")
+    return plan_from_json(plan, card) if plan else None
+
+
+# ----------------------------------------------------------------------------- loaders
+def load_teacher(folder: Path | str, device: str = "auto", batch_size: int = 16) -> Predictor:
+    """A teacher run folder (``best.pt``, ``teacher.json``) as a predictor."""
+    from common.evaluate import predict_probs
+    from common.models.checkpoint import load_model
+    from common.training import select_device
+
+    folder = Path(folder)
+    dev = select_device(device)
+    model, _ = load_model(folder / "best.pt", dev)
+    plan = teacher_plan(folder)
+    return Predictor(plan, lambda img: predict_probs(model, img, dev, batch_size),
+                     f"teacher {folder / 'best.pt'}")
+
+
+def export_files(path: Path) -> tuple[Path | None, Path | None]:
+    """``(onnx, torchscript)`` files of an export: a folder (``student.onnx``/``student.ts``)
+    or one file (the other format is looked for beside it)."""
+    folder, stem = (path, "student") if path.is_dir() else (path.parent, path.stem)
+    onnx, ts = folder / f"{stem}.onnx", folder / f"{stem}.ts"
+    if path.is_file() and path.suffix not in (".onnx", ".ts", ".pt"):
+        raise PredictError(f"{path}: expected an .onnx or TorchScript (.ts/.pt) file or a folder")
+    if path.is_file() and path.suffix == ".pt":
+        ts = path
+    return (onnx if onnx.is_file() else None), (ts if ts.is_file() else None)
+
+
+def onnxruntime_available() -> bool:
+    """Whether ``onnxruntime`` can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def load_export(path: Path | str, runtime: str = "auto", batch_size: int = 16) -> Predictor:
+    """An exported student as a predictor. ``runtime``: ``auto`` (a folder or an ``.onnx``
+    file: ONNX through onnxruntime when installed, TorchScript otherwise; a TorchScript file:
+    TorchScript), ``onnx`` or ``torchscript`` (the other format is looked for beside the file).
+    """
+    path = Path(path)
+    if runtime not in RUNTIMES:
+        raise PredictError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
+    if not path.exists():
+        raise PredictError(f"{path}: export not found")
+    onnx, ts = export_files(path)
+    if runtime == "auto":
+        explicit_ts = path.is_file() and path.suffix != ".onnx"
+        use_onnx = onnx is not None and (onnxruntime_available() or ts is None)
+        runtime = "onnx" if use_onnx and not explicit_ts else "torchscript"
+    if runtime == "onnx":
+        if onnx is None:
+            raise PredictError(f"{path}: no student.onnx to predict with")
+        return _onnx_predictor(onnx, batch_size)
+    if ts is None:
+        raise PredictError(f"{path}: no TorchScript file (student.ts) to predict with")
+    return _torchscript_predictor(ts, batch_size)
+
+
+def _onnx_predictor(path: Path, batch_size: int) -> Predictor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PredictError(f"{path}: ONNX inference needs onnxruntime "
+                           "(pip install 'fedmtkd[export]'), or pass the TorchScript file"
+                           ) from None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    plan = plan_from_json(meta[PLAN_KEY], path) if PLAN_KEY in meta else card_plan(path)
+    if plan is None:
+        raise PredictError(f"{path}: no preprocessing plan in the ONNX metadata or the "
+                           "model_card.json beside it; re-export with `coordinator export`")
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {name: x})[0])
+
+    return Predictor(plan, batched(run, batch_size), f"onnxruntime {path}")
+
+
+def _torchscript_predictor(path: Path, batch_size: int) -> Predictor:
+    import torch
+
+    extra = {PLAN_EXTRA_FILE: ""}
+    try:
+        module: Any = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        raise PredictError(f"{path}: not a TorchScript file ({str(exc).splitlines()[0]})"
+                           ) from None
+    text = extra[PLAN_EXTRA_FILE]
+    plan = plan_from_json(text, path) if text else card_plan(path)
+    if plan is None:
+        raise PredictError(f"{path}: no preprocessing plan in the TorchScript extra files or "
+                           "the model_card.json beside it; re-export with `coordinator export`")
+    module.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(module(torch.from_numpy(x)).float().numpy())
+
+    return Predictor(plan, batched(run, batch_size), f"torchscript {path}")
+
+
+# ----------------------------------------------------------------------------- the loop
+def case_name(path: Path) -> str:
+    """Case id of an image file: the name without ``.nii[.gz]`` and the nnU-Net ``_0000``."""
+    m = _NII.match(path.name)
+    stem = m.group("stem") if m else path.stem
+    return _CHANNEL.sub("", stem)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """NIfTI images directly in ``folder`` (sorted): label files (``*_segmentation``) and
+    nnU-Net channels other than ``_0000`` are skipped."""
+    if not folder.is_dir():
+        raise data_error(folder, "input folder not found")
+    out = []
+    for p in sorted(folder.iterdir()):
+        m = _NII.match(utf8_name(p).name)
+        if not p.is_file() or m is None or _LABEL_NAME.search(m.group("stem")):
+            continue
+        channel = _CHANNEL.search(m.group("stem"))
+        if channel is None or channel.group(1) == "0000":
+            out.append(p)
+    if not out:
+        raise data_error(folder, "no NIfTI images (*.nii, *.nii.gz) in this folder")
+    return out
+
+
+def predict_file(pred: Predictor, image: Path, out: Path, overlays: Path | None = None) -> Path:
+    """Segment one image; write ``out`` (uint8, the image's affine and header)."""
+    from common.data.native import prepare_image, save_native_mask, to_native
+
+    case = prepare_image(image, pred.plan)
+    probs = pred.probs(case.image)
+    path = save_native_mask(to_native(probs, case), case, out)
+    if overlays is not None:
+        save_prediction_overlay(case.image, probs.argmax(axis=1), overlays, case_name(image))
+    return path
+
+
+def save_prediction_overlay(image: np.ndarray, pred: np.ndarray, folder: Path, name: str
+                            ) -> Path:
+    """Overlay (prediction in red) of the slice with the largest predicted area of
+    ``pred (D, S, S)`` on ``image (D, S, S)`` (the prepared grid)."""
+    from common.evaluate import save_overlay
+
+    z = int(pred.reshape(pred.shape[0], -1).sum(1).argmax())
+    path = folder / f"overlay_{name}_z{z:03d}.png"
+    save_overlay(image[z], np.zeros_like(pred[z]), pred[z], path, f"{name} z={z} (prediction)")
+    return path
+
+
+def predict_folder(pred: Predictor, in_dir: Path | str, out_dir: Path | str,
+                   overlays: bool = False) -> list[Path]:
+    """Segment every image of ``in_dir`` into ``out_dir/<case>.nii.gz`` (overlays in
+    ``out_dir/overlays/``); returns the written mask paths."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    images = list_images(in_dir)
+    log.info("predicting %d images from %s with %s", len(images), in_dir, pred.source)
+    written = []
+    for image in images:
+        out = out_dir / f"{case_name(image)}.nii.gz"
+        written.append(predict_file(pred, image, out, out_dir / "overlays" if overlays else None))
+        log.info("%s -> %s", image.name, out)
+    return written

@@ -1,0 +1,146 @@
+"""``coordinator simulate``: the docker-compose deployment as local processes on 127.0.0.1.
+
+Orchestration only: the environments come from :mod:`coordinator.topology.env`, the processes
+are run by :mod:`coordinator.topology.supervisor`. Every role is started through
+``deploy/entrypoints/entrypoint.sh ROLE``: ``init-certs`` (TLS, node-auth and audit keys under
+``WORKDIR/certs``; run to completion), the ``superlink`` (waited for with ``healthcheck.sh``),
+the ``coordinator`` (registers the sites, is then healthy, runs the ServerApp through a
+``flower-superexec`` and drives the run with ``coordinator distill``) and one ``site`` per
+:class:`SiteNode` (``site-node run``). Logs in ``WORKDIR/logs/<name>.log``, marker files in
+``WORKDIR/run/<name>/``. TLS with SuperNode authentication unless ``insecure``; every site signs
+its egress log and the coordinator verifies the receipts. Success means a fresh
+``federated_results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from coordinator.security import INSECURE_WARNING
+from coordinator.topology.env import (
+    HOST,
+    Plan,
+    SiteNode,
+    app_defaults,
+    base_env,
+    run_config_file,
+)
+from coordinator.topology.supervisor import Processes, start_topology
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Plan", "Processes", "SiteNode", "free_port", "make_plan", "simulate"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def make_plan(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],
+              timeout: float, insecure: bool,
+              fleet_port: Callable[[int], int] | None = None) -> Plan:
+    """Free ports, the experiment's folders and the extra run config (``timeout`` becomes
+    ROUND_TIMEOUT, other keys go to ``WORKDIR/simulate_run_config.toml``)."""
+    from common.config import load_config
+    from coordinator.distill.config import ExperimentConfig
+
+    config = config.resolve()
+    cfg = load_config(config, ExperimentConfig).resolve_paths(config.parent)
+    extra = {k: v for k, v in run_config.items() if k != "timeout"}
+    rc_file = run_config_file(workdir, extra, "simulate_run_config.toml") if extra else None
+    port = free_port()
+    return Plan(workdir, tuple(sites), config, cfg.out, cfg.proxy, not insecure, port,
+                fleet_port(port) if fleet_port else port,
+                tuple(free_port() for _ in sites),
+                float(run_config.get("timeout", app_defaults()["timeout"])),  # type: ignore[arg-type]
+                timeout, rc_file, os.getuid())
+
+
+def simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],
+             timeout: float = 900.0, insecure: bool = False,
+             fleet_port: Callable[[int], int] | None = None,
+             on_start: Callable[[Processes], None] | None = None) -> int:
+    """Run the federated experiment on a local deployment; 0 only if results were written.
+
+    ``fleet_port(port)`` may return another port for the sites to dial (a test's recording
+    proxy in front of the SuperLink); ``on_start(procs)`` is called once every role started.
+    """
+    results = experiment_out(config) / "federated_results.json"
+    start = time.time()
+    rc = _simulate(sites, config, workdir.resolve(), run_config, timeout, insecure, fleet_port,
+                   on_start)
+    if rc == 0 and not (results.exists() and results.stat().st_mtime >= start):
+        log.error("the ServerApp wrote no %s; see %s", results, workdir / "logs")
+        return 3
+    return rc
+
+
+def experiment_out(config: Path) -> Path:
+    """The out folder of the ExperimentConfig at ``config`` (resolved like the ServerApp does)."""
+    from common.config import load_config
+    from coordinator.distill.config import ExperimentConfig
+
+    return load_config(config, ExperimentConfig).resolve_paths(config.parent.resolve()).out
+
+
+def _simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],
+              timeout: float, insecure: bool, fleet_port: Callable[[int], int] | None,
+              on_start: Callable[[Processes], None] | None) -> int:
+    if insecure:
+        log.warning(INSECURE_WARNING)
+    plan = make_plan(sites, config, workdir, run_config, timeout, insecure, fleet_port)
+    procs = Processes(workdir / "logs", base_env(), workdir)
+    with ExitStack() as stack:
+        stack.callback(procs.stop_all)
+        start_topology(procs, plan)
+        log.info("%d site(s) started; logs in %s", len(sites), procs.logs)
+        if on_start is not None:
+            on_start(procs)
+        try:  # coordinator distill gives up after RUN_TIMEOUT by itself (flwr stop, 124)
+            return procs.named["coordinator"].wait(timeout=timeout + 60)
+        except subprocess.TimeoutExpired:
+            log.error("no result after %.0f s; see %s", timeout, procs.logs)
+            return 124
+    return 1  # pragma: no cover (ExitStack does not swallow exceptions)
+
+
+def sites_from_config(config: Path, n: int) -> list[SiteNode]:
+    """The first ``n`` sites of an ExperimentConfig (paths resolved against its folder)."""
+    from common.config import load_config
+    from coordinator.distill.config import ExperimentConfig
+
+    cfg = load_config(config, ExperimentConfig).resolve_paths(config.parent.resolve())
+    if n > len(cfg.sites):
+        raise ValueError(f"{config}: --sites {n} but the config lists {len(cfg.sites)} sites")
+    return [SiteNode(s.name, s.data, s.teacher_dir) for s in cfg.sites[:n]]
+
+
+def main_simulate(args: argparse.Namespace) -> int:
+    """``coordinator simulate --sites N --config exp.toml --workdir DIR``; prints the tail of the
+    coordinator's log (the run's outcome) as its result."""
+    sites = sites_from_config(args.config, args.sites)
+    for site in sites:
+        site.compression = getattr(args, "compression", "fp16")
+    extra: dict[str, object] = {"train": not args.no_train}
+    if args.round_timeout is not None:
+        extra["timeout"] = float(args.round_timeout)
+    if args.min_sites:
+        extra["min-sites"] = args.min_sites
+    rc = simulate(sites, args.config, args.workdir, extra, timeout=args.timeout,
+                  insecure=getattr(args, "insecure", False))
+    coord_log = args.workdir / "logs" / "coordinator.log"
+    print(coord_log.read_text(errors="replace")[-4000:] if coord_log.exists() else "")
+    print(f"coordinator simulate: the coordinator exited with {rc}; logs in "
+          f"{args.workdir / 'logs'}")
+    return 0 if rc == 0 else 1

@@ -1,0 +1,132 @@
+"""``coordinator predict`` / ``evaluate`` with an exported student that carries its plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.common._predict_data import PLAN, SIZE, tiny_model, write_dataset
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from coordinator.export import export_student
+
+    root = tmp_path_factory.mktemp("export")
+    ds = write_dataset(root / "ds")
+    model = tiny_model(ds)
+    paths = export_student(model, root / "export", SIZE, {"run": "multi_x"}, plan=PLAN)
+    return {"root": root, "ds": ds, "model": model, "paths": paths}
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(nib.load(str(p)).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
+
+
+def test_every_export_file_carries_the_plan(exported: dict) -> None:
+    import onnx
+    import torch
+
+    from common.data.plan import Plan
+    from common.predict import PLAN_EXTRA_FILE, PLAN_KEY
+
+    paths, want = exported["paths"], Plan.model_validate(PLAN)
+    props = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
+    assert Plan.model_validate_json(props[PLAN_KEY]) == want
+    extra = {PLAN_EXTRA_FILE: ""}
+    torch.jit.load(str(paths["torchscript"]), _extra_files=extra)
+    assert Plan.model_validate_json(extra[PLAN_EXTRA_FILE]) == want
+    assert Plan.model_validate(json.loads(paths["card"].read_text())["plan"]) == want
+
+
+def test_onnx_and_torchscript_predict_the_same_masks(exported: dict) -> None:
+    from coordinator.cli import main
+
+    root, ds = exported["root"], exported["ds"]
+    for runtime in ("onnx", "torchscript"):
+        assert main(["predict", "--model", str(root / "export"), "--in", str(ds / "imagesTr"),
+                     "--out", str(root / runtime), "--runtime", runtime]) == 0
+    onnx_masks, ts_masks = _masks(root / "onnx"), _masks(root / "torchscript")
+    assert list(onnx_masks) == ["lps01.nii.gz", "ras02.nii.gz"]
+    for name, mask in onnx_masks.items():
+        np.testing.assert_array_equal(mask, ts_masks[name])
+        image = nib.load(str(ds / "imagesTr" / name.replace(".nii.gz", "_0000.nii.gz")))
+        pred = nib.load(str(root / "onnx" / name))
+        assert pred.shape == image.shape
+        np.testing.assert_array_equal(pred.affine, image.affine)
+        assert 0 < mask.mean() < 0.5  # an informative mask, not empty nor full
+
+
+def test_export_masks_equal_the_eager_model_and_evaluate_matches(exported: dict) -> None:
+    """The export reproduces the eager student's native masks and the training scores."""
+    import torch
+
+    from common.data.layout import discover_dataset
+    from common.data.plan import Plan
+    from common.data.slices import load_volumes
+    from common.evaluate import evaluate_volumes
+    from coordinator.cli import main
+
+    root, ds = exported["root"], exported["ds"]
+    out = root / "onnx_file"
+    assert main(["predict", "--model", str(exported["paths"]["onnx"]), "--in",
+                 str(ds / "imagesTr"), "--out", str(out), "--overlays"]) == 0
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    assert main(["evaluate", "--pred", str(out), "--labels", str(ds / "labelsTr"),
+                 "--out", str(root / "ev")]) == 0
+    got = json.loads((root / "ev" / "evaluation.json").read_text())["cases"]
+    vols = load_volumes(discover_dataset(ds), None, SIZE, plan=Plan.model_validate(PLAN))
+    train, _ = evaluate_volumes(exported["model"], vols, torch.device("cpu"))
+    for case, s in train.items():
+        assert (got[case]["dice"], got[case]["voe"], got[case]["hd95"]) == pytest.approx(
+            (s.dice, s.voe, s.hd95), rel=1e-9, abs=1e-12)
+
+
+def test_auto_runtime_falls_back_to_torchscript(exported: dict,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import predict
+
+    paths = exported["paths"]
+    folder = paths["onnx"].parent
+    assert predict.load_export(folder).source.startswith("onnxruntime")
+    assert predict.load_export(paths["onnx"]).source.startswith("onnxruntime")
+    assert predict.load_export(paths["torchscript"]).source.startswith("torchscript")
+    assert predict.load_export(paths["torchscript"], "onnx").source.startswith("onnxruntime")
+    monkeypatch.setattr(predict, "onnxruntime_available", lambda: False)
+    assert predict.load_export(folder).source.startswith("torchscript")
+    assert predict.load_export(paths["onnx"]).source.startswith("torchscript")  # beside it
+
+
+def test_bad_exports_are_one_line_errors(exported: dict, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.cli import main
+    from coordinator.export import export_student
+
+    ds = exported["ds"]
+    rc = main(["predict", "--model", str(tmp_path / "none.onnx"), "--in", str(ds / "imagesTr"),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "none.onnx: export not found" in capsys.readouterr().err
+    bare = export_student(exported["model"], tmp_path / "bare", SIZE, {})  # no plan anywhere
+    rc = main(["predict", "--model", str(bare["onnx"]), "--in", str(ds / "imagesTr"),
+               "--out", str(tmp_path / "o"), "--runtime", "onnx"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "no preprocessing plan" in err
+
+
+def test_exported_plan_is_the_proxy_sets_plan(exported: dict, tmp_path: Path) -> None:
+    from coordinator.distill.config import ExperimentConfig
+    from coordinator.distill.proxy import load_proxy
+    from coordinator.export import student_plan
+
+    site = {"name": "a", "data": "d", "teacher_dir": "t"}
+    cfg = ExperimentConfig.model_validate({"name": "x", "out": str(tmp_path), "sites": [site],
+                                           "proxy": str(exported["ds"]),
+                                           "student": {"size": SIZE}})
+    proxy_plan = load_proxy(exported["ds"], SIZE, cfg.proxy_label).plan
+    assert proxy_plan is not None and proxy_plan.spacing is not None  # from the fingerprint
+    assert student_plan({}, cfg) == proxy_plan.model_dump(mode="json")
+    assert student_plan({"plan": PLAN}, cfg) == PLAN  # a plan in the checkpoint wins
