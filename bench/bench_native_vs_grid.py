@@ -29,6 +29,7 @@ from common.io import json_safe
 from common.metrics import score_volume, summarise
 from common.models.checkpoint import load_model
 from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.proxy import load_proxy
 
 _CPU = torch.device("cpu")
 
@@ -39,13 +40,19 @@ def _perfect(vol: Volume) -> np.ndarray:
     return np.concatenate([1.0 - fg, fg], axis=1)
 
 
+def _probs(model: torch.nn.Module | None, vol: Volume) -> np.ndarray:
+    return _perfect(vol) if model is None else predict_probs(model, vol.image, _CPU)
+
+
 def _score_all(model: torch.nn.Module | None, vols: list[Volume]) -> dict[str, dict]:
-    """Mean Dice/VOE/HD95 over ``vols`` on the grid and natively (``model`` None: perfect)."""
+    """Mean scores of the same predictions the old way (on the prepared S x S grid against the
+    resampled label) and the new way (on each case's original grid against the untouched
+    label). ``vols`` are prepared with the model's own plan; ``model`` None: perfect."""
     grid, native = {}, {}
-    for vol in vols:
-        probs = _perfect(vol) if model is None else predict_probs(model, vol.image, _CPU)
-        grid[vol.case_id] = score_volume(probs.argmax(1).astype(np.uint8), vol.label, vol.spacing)
-        native[vol.case_id] = score_native(probs, vol)
+    for v in vols:
+        probs = _perfect(v) if model is None else predict_probs(model, v.image, _CPU)
+        grid[v.case_id] = score_volume(probs.argmax(1).astype(np.uint8), v.label, v.spacing)
+        native[v.case_id] = score_native(probs, v)
     return {"grid": summarise(grid), "native": summarise(native)}
 
 
@@ -53,25 +60,24 @@ def main(argv: list[str] | None = None) -> None:
     """Score teachers, chosen students and a perfect prediction both ways; write JSON."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--runs", nargs="*", default=["inverse_dice_loss", "student_only"])
+    ap.add_argument("--runs", nargs="*", default=["multi_inverse_dice_loss", "student_only"])
     ap.add_argument("--out", type=Path, default=Path("bench/results/native_vs_grid.json"))
     args = ap.parse_args(argv)
     cfg = load_config(args.config, ExperimentConfig)
     size = cfg.student.size
-    tests = {s.name: load_test_split(s.data, s.teacher_dir, size) for s in cfg.sites}
+    proxy = load_proxy(cfg.proxy, size, cfg.proxy_label)
+    own = {s.name: load_test_split(s.data, s.teacher_dir, size) for s in cfg.sites}
+    student = {s.name: load_test_split(s.data, s.teacher_dir, size, proxy.plan)
+               for s in cfg.sites}
     rows: dict[str, dict] = {}
     for site in cfg.sites:
-        rows[f"perfect@{size}px/{site.name}"] = _score_all(None, tests[site.name])
+        rows[f"perfect@{size}px/{site.name}"] = _score_all(None, own[site.name])
         teacher, _ = load_model(site.teacher_dir / "best.pt")
-        rows[f"teacher/{site.name}"] = _score_all(teacher, tests[site.name])
+        rows[f"teacher/{site.name}"] = _score_all(teacher, own[site.name])
     for run in args.runs:
-        ckpts = sorted((cfg.out / "runs").glob(f"{run}*/**/best.pt"))
-        if not ckpts:
-            continue
-        student, _ = load_model(ckpts[0])
+        model, _ = load_model(cfg.out / "runs" / run / "last.pt")
         for site in cfg.sites:
-            rows[f"{ckpts[0].parent.relative_to(cfg.out)}/{site.name}"] = _score_all(
-                student, tests[site.name])
+            rows[f"{run}/{site.name}"] = _score_all(model, student[site.name])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(json_safe(rows), indent=1, allow_nan=False))
     for name, r in rows.items():

@@ -51,9 +51,9 @@ def load_scenario(config: Path, epochs: int | None = None, beta: float | None = 
         cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"epochs": epochs})})
     if beta is not None:
         cfg = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"beta": beta})})
-    proxy = load_proxy(cfg.proxy, cfg.student.size)
+    proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
     targets = local_targets(cfg, proxy, TeacherCache(cfg.out / "teacher_cache"))
-    tests = {s.name: load_site_test(s, cfg.student.size) for s in cfg.sites}
+    tests = {s.name: load_site_test(s, cfg.student.size, proxy.plan) for s in cfg.sites}
     return cfg, DistillData(proxy, targets, [s.name for s in cfg.sites], tests)
 
 

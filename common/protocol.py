@@ -32,6 +32,7 @@ invalid config field raises :class:`ProtocolError` with one line naming the peer
 from __future__ import annotations
 
 import hashlib
+import math
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord, RecordDict
 
     from common.compress import CompressionConfig
+    from common.data.plan import Plan
     from common.kd.targets import TeacherTargets
 
 NUM_CLASSES = 2
@@ -79,6 +81,7 @@ class Key(StrEnum):
     RC_EARLY = "rc_early"
     RC_DEEP = "rc_deep"
     RECEIPT = "receipt"
+    UNDEFINED = "undefined"
 
 
 FEATURE_KEYS = (Key.AT_EARLY, Key.AT_DEEP, Key.RC_EARLY, Key.RC_DEEP)  # teacher outputs but logits
@@ -107,11 +110,100 @@ class SiteInfo(StrictModel):
     site_name: SafeName  # names the site's key file on the coordinator: no path characters
 
 
-class TrainReply(StrictModel):
-    """``train`` reply metrics: the teacher's validation 3D Dice and its number of cases."""
+NORM_CODES = {"mri": 1, "ct": 2}  # TrainReply.plan_norm (a MetricRecord carries numbers only)
 
-    val_dice: float
+
+MAX_REASON_LEN = 120  # a reason is a scalar string: the egress policy caps those at 128
+
+
+class MetricsReply(StrictModel):
+    """Base of the metrics-only replies (``train``, ``evaluate``).
+
+    A metric that is undefined (computed as NaN or infinite: HD95 when every case has an empty
+    prediction or truth, a mean over no case, no validation case) is null, and ``undefined``
+    maps its name to a one-line reason; a null without a reason, or a reason for a defined
+    metric, is invalid. On the wire the ``metrics`` record carries the defined values only and
+    the reasons travel in an ``undefined`` ConfigRecord (only when there is one), so nothing
+    non-finite is ever sent, logged or refused for being non-finite."""
+
+    undefined: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @classmethod
+    def reason(cls, name: str, data: dict[str, Any]) -> str:
+        """Why ``name`` is undefined, given the raw values (subclasses say more)."""
+        return "not a finite number"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nonfinite_to_null(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out, why = dict(data), dict(data.get("undefined") or {})
+        for name, value in data.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[name] = None
+                why.setdefault(name, cls.reason(name, data)[:MAX_REASON_LEN])
+        if why:
+            out["undefined"] = why
+        return out
+
+    @model_validator(mode="after")
+    def _null_iff_reason(self) -> MetricsReply:
+        nulls = {k for k in type(self).model_fields if getattr(self, k) is None}
+        if nulls != set(self.undefined):
+            raise ValueError(f"null metrics {sorted(nulls)} must be exactly those with a reason "
+                             f"in 'undefined' {sorted(self.undefined)}")
+        if any(len(v) > MAX_REASON_LEN for v in self.undefined.values()):
+            raise ValueError(f"an 'undefined' reason is longer than {MAX_REASON_LEN} characters")
+        return self
+
+    def metrics(self) -> dict[str, Any]:
+        """The defined metric values (what the ``metrics`` record carries)."""
+        return {k: v for k, v in self.model_dump(exclude={"undefined"}).items() if v is not None}
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics with NaN for the undefined ones (the in-memory convention of
+        :mod:`common.io`: written as null) plus ``undefined``."""
+        return {**{k: (math.nan if v is None else v)
+                   for k, v in self.model_dump(exclude={"undefined"}).items()},
+                "undefined": dict(self.undefined)}
+
+
+class TrainReply(MetricsReply):
+    """``train`` reply metrics: the teacher's validation 3D Dice and its number of cases, and
+    its plan's aggregate facts (issue 17): in-plane spacing ``plan_spacing_y/x`` mm (0: the
+    legacy "fit" plan, no fixed spacing), side ``plan_size`` px and normalisation kind
+    ``plan_norm`` (:data:`NORM_CODES`); all 0 for a teacher without a plan."""
+
+    val_dice: float | None = None  # null: no validation case (reason in ``undefined``)
     case_count: int
+    plan_spacing_y: float = Field(default=0.0, ge=0.0, le=1000.0)
+    plan_spacing_x: float = Field(default=0.0, ge=0.0, le=1000.0)
+    plan_size: int = Field(default=0, ge=0, le=4096)
+    plan_norm: int = Field(default=0, ge=0, le=2)
+
+    @staticmethod
+    def plan_fields(plan: Plan | None) -> dict[str, float | int]:
+        """The ``plan_*`` fields for a teacher's plan (all 0 for None)."""
+        if plan is None:
+            return {}
+        sy, sx = plan.spacing or (0.0, 0.0)
+        return {"plan_spacing_y": float(sy), "plan_spacing_x": float(sx),
+                "plan_size": plan.size, "plan_norm": NORM_CODES[plan.norm]}
+
+    @classmethod
+    def reason(cls, name: str, data: dict[str, Any]) -> str:
+        return "no validation score (no validation case)" if name == "val_dice" else (
+            super().reason(name, data))
+
+    def plan_text(self) -> str:
+        """``"0.75x0.75 mm, 64 px, mri"`` or ``"no plan"``."""
+        if not self.plan_size:
+            return "no plan"
+        sp = (f"{self.plan_spacing_y:g}x{self.plan_spacing_x:g} mm" if self.plan_spacing_y
+              else "fit")
+        norm = {v: k for k, v in NORM_CODES.items()}.get(self.plan_norm, "?")
+        return f"{sp}, {self.plan_size} px, {norm}"
 
 
 class QueryConfig(StrictModel):
@@ -126,12 +218,43 @@ class QueryConfig(StrictModel):
     batch_size: int = Field(default=16, ge=1, le=4096)
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)  # the student's KD temperature
     slice_hashes: list[str] = Field(max_length=100_000)
+    plan_json: str = Field(default="", max_length=4096)
+    """The query grid (issue 17): the student's :class:`common.data.plan.Plan` as JSON. The
+    slices are the proxy prepared with it: canonical ``(z, y, x)`` slices resampled in-plane
+    to ``spacing`` ``(sy, sx)`` mm, centre cropped / padded to ``size`` (= this config's
+    ``size``), normalised as ``norm`` says (``mri``: per-volume percentile clip and z-score;
+    ``ct``: clip to ``ct_clip``, then ``(x - ct_mean) / ct_std``). Each site maps them to its
+    teacher's own plan and answers on this grid (:mod:`common.kd.plan_bridge`). ``""``: no
+    stated geometry; the teacher gets the slices as they are."""
+
+    @field_validator("plan_json")
+    @classmethod
+    def _plan_parses(cls, v: str) -> str:
+        from common.data.plan import Plan
+
+        try:
+            if v:
+                Plan.model_validate_json(v)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"not a Plan ({where}: {err['msg']})") from None
+        return v
 
     @model_validator(mode="after")
     def _chunk_in_range(self) -> QueryConfig:
         if self.chunk >= self.n_chunks:
             raise ValueError(f"chunk {self.chunk} out of range for {self.n_chunks} chunks")
+        plan = self.plan()
+        if plan is not None and plan.size != self.size:
+            raise ValueError(f"plan_json size {plan.size} != query size {self.size}")
         return self
+
+    def plan(self) -> Plan | None:
+        """The decoded query-grid plan, or None."""
+        from common.data.plan import Plan
+
+        return Plan.model_validate_json(self.plan_json) if self.plan_json else None
 
 
 class QueryEcho(StrictModel):
@@ -165,19 +288,51 @@ class EvalConfig(StrictModel):
     run_name: RunName
     model_name: str = Field(max_length=MAX_NAME_LEN)
     size: int = Field(ge=16, le=1024)
+    plan_json: str = Field(default="", max_length=4096)
+    """The student's preprocessing plan (:class:`common.data.plan.Plan` as JSON): the site
+    prepares its test cases with it (its own target labels are kept), so the student is scored
+    on the grid it was trained for. ``""``: the site's own teacher plan."""
+
+    @field_validator("plan_json")
+    @classmethod
+    def _plan_parses(cls, v: str) -> str:
+        if v:
+            from common.data.plan import Plan
+
+            Plan.model_validate_json(v)
+        return v
+
+    def plan(self) -> Plan | None:
+        """The decoded student plan, or None."""
+        from common.data.plan import Plan
+
+        return Plan.model_validate_json(self.plan_json) if self.plan_json else None
 
 
-class EvalReply(StrictModel):
-    """``evaluate`` reply: 3D metric summaries over the site's private test cases."""
+class EvalReply(MetricsReply):
+    """``evaluate`` reply: 3D metric summaries over the site's private test cases; an undefined
+    summary is null with a reason (:class:`MetricsReply`)."""
 
-    dice_mean: float
-    dice_std: float
-    voe_mean: float
-    voe_std: float
-    hd95_mean: float
-    hd95_std: float
+    dice_mean: float | None = None
+    dice_std: float | None = None
+    voe_mean: float | None = None
+    voe_std: float | None = None
+    hd95_mean: float | None = None
+    hd95_std: float | None = None
     hd95_undefined: float
     n: float
+
+    @classmethod
+    def reason(cls, name: str, data: dict[str, Any]) -> str:
+        n, bad = data.get("n"), data.get("hd95_undefined")
+        if n == 0:
+            return "no test case"
+        if name.startswith("hd95") and isinstance(n, float | int) and isinstance(bad, float | int):
+            return (f"HD95 undefined in {bad:g} of {n:g} test cases (empty prediction or "
+                    "ground truth)")
+        if name.startswith("hd95"):
+            return "HD95 undefined (empty prediction or ground truth)"
+        return super().reason(name, data)
 
 
 # ----------------------------------------------------------------------------- tensor schemas
@@ -285,19 +440,32 @@ def decode_train(rd: RecordDict, who: str = "coordinator") -> TrainConfig:
     return decode_model(rd[Key.CONFIG], TrainConfig, who, Key.CONFIG)
 
 
-def _encode_metrics_reply(site: str, reply: BaseModel) -> RecordDict:
-    """A metrics-only reply: the site record plus one MetricRecord, never an array."""
-    from flwr.app import MetricRecord, RecordDict
+def _encode_metrics_reply(site: str, reply: MetricsReply) -> RecordDict:
+    """A metrics-only reply: the site record, one MetricRecord of the defined metrics and,
+    when some are undefined, the ``undefined`` ConfigRecord of reasons; never an array."""
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-    return RecordDict({Key.SITE: _site_record(site),
-                       Key.METRICS: MetricRecord(reply.model_dump())})
+    records: dict[str, Any] = {Key.SITE: _site_record(site),
+                               Key.METRICS: MetricRecord(reply.metrics())}
+    if reply.undefined:
+        records[Key.UNDEFINED] = ConfigRecord(dict(reply.undefined))
+    return RecordDict(records)
 
 
-def _decode_metrics_reply(rd: RecordDict, who: str, model: type[M]) -> tuple[str, M]:
+MR = TypeVar("MR", bound=MetricsReply)
+
+
+def _decode_metrics_reply(rd: RecordDict, who: str, model: type[MR]) -> tuple[str, MR]:
     """Coordinator side of a metrics-only reply: ``(site name, model)``; arrays are refused."""
-    check_records(rd, {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}, who, receipt=True)
+    expected: dict[str, str] = {Key.SITE: "ConfigRecord", Key.METRICS: "MetricRecord"}
+    if Key.UNDEFINED in rd.keys():
+        expected[Key.UNDEFINED] = "ConfigRecord"
+    check_records(rd, expected, who, receipt=True)
     site = decode_model(rd[Key.SITE], SiteInfo, who, Key.SITE).site_name
-    return site, decode_model(rd[Key.METRICS], model, f"{who} ({site})", Key.METRICS)
+    values: dict[str, Any] = dict(rd[Key.METRICS])
+    if Key.UNDEFINED in rd.keys():
+        values["undefined"] = dict(rd[Key.UNDEFINED])
+    return site, decode_model(values, model, f"{who} ({site})", Key.METRICS)
 
 
 def encode_train_reply(site: str, reply: TrainReply) -> RecordDict:

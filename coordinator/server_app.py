@@ -11,7 +11,10 @@ keys: every reply's receipt must verify, see :mod:`coordinator.audit_trail`; "" 
 Rounds: wait for nodes -> ``train`` (site names, val Dice) -> ``query.teacher_outputs`` per
 proxy chunk (cached per site and proxy digest) -> students trained by the very engine of
 ``distill --local`` -> ``evaluate`` at every site -> ``federated_results.json`` / ``.md``.
-A site whose reply times out, carries an error or fails validation is dropped with one log line.
+A site whose ``train`` or ``query`` reply times out, carries an error or fails validation is
+dropped with one log line. ``evaluate`` has a retry rule (:func:`eval_round`): a failed evaluate
+is sent once more, and a site that fails it again has no score for that student but is never
+dropped for it, so it still scores the later runs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from pydantic import ConfigDict, Field
 
+from common.data.plan import Plan
 from common.io import atomic_write_json
 from common.kd.targets import TeacherTargets
 from common.protocol import (
@@ -49,6 +53,7 @@ from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
+from coordinator.distill.teacher_check import check_teachers, plan_line
 from coordinator.run_config import RunConfig
 
 app = ServerApp()
@@ -85,12 +90,14 @@ class Roster:
 
     names: dict[int, str] = field(default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)
+    val_dice: dict[str, float | None] = field(default_factory=dict)  # site -> its train reply's
+    verb: str = "dropping"  # what the log line calls a removal
 
     def drop(self, node: int, why: str) -> None:
         """Remove ``node`` from the live set, logging one line."""
         label = self.names.pop(node, f"node {node}")
         self.dropped[node] = why
-        log(f"dropping {label}: {why}")
+        log(f"{self.verb} {label}: {why}")
 
 
 def validate_replies(replies: Iterable[Reply], expected: Iterable[int],
@@ -189,7 +196,10 @@ def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Ro
             roster.drop(node, f"duplicate site name {site!r}")
             continue
         roster.names[node] = site
-        log(f"{site}: teacher ready, val Dice {rep.val_dice:.4f} on {rep.case_count} cases")
+        roster.val_dice[site] = rep.val_dice
+        val = "n/a" if rep.val_dice is None else f"{rep.val_dice:.4f}"
+        log(f"{site}: teacher ready, val Dice {val} on {rep.case_count} cases; "
+            f"plan {rep.plan_text()}")
     return roster
 
 
@@ -203,6 +213,7 @@ def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConf
     for i, sl in enumerate(parts_of):
         qc = QueryConfig(run_id=run_id, chunk=i, n_chunks=len(parts_of), size=cfg.student.size,
                          at_form=cfg.kd.at_form, p=cfg.kd.at_p, slice_hashes=proxy.hashes[sl],
+                         plan_json=proxy.plan.model_dump_json() if proxy.plan else "",
                          batch_size=cfg.student.teacher_batch_size,
                          temperature=cfg.kd.temperature)
         rd = encode_query(proxy.images[sl], proxy.masks[sl], qc)
@@ -223,17 +234,46 @@ def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConf
             if n in roster.names}
 
 
+EVAL_ATTEMPTS = 2  # evaluate retry rule: one retry, and a failed evaluate never drops a site
+
+
 def eval_round(grid: Grid, roster: Roster, run: str, state: dict[str, torch.Tensor],
-               cfg: ExperimentConfig, s: FedSettings, run_id: str) -> dict[str, dict]:
-    """Send the student to every live site; per-site metric summaries keyed by site name."""
+               cfg: ExperimentConfig, s: FedSettings, run_id: str,
+               plan: Plan | None = None) -> dict[str, dict]:
+    """Send the student (and its preprocessing ``plan``: the proxy set's) to every live site;
+    per-site metric summaries keyed by site name (:meth:`common.protocol.EvalReply.summary`:
+    NaN for an undefined metric, with the reason).
+
+    Retry rule: a site whose evaluate fails (timeout, error reply, invalid reply) is asked
+    again, up to :data:`EVAL_ATTEMPTS` in all; if every attempt fails, this student has no
+    score from it (``{"error": why}``) but the site stays in ``roster`` and scores later runs."""
     ec = EvalConfig(run_id=run_id, run_name=run, model_name=cfg.student.model,
-                    size=cfg.student.size)
+                    size=cfg.student.size, plan_json=plan.model_dump_json() if plan else "")
     rd = encode_eval(ec, state)
-    nodes = list(roster.names)
-    replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.EVALUATE, f"eval-{run}",
-                        s.timeout, s.trail)
-    ok = validate_replies(replies, nodes, decode_eval_reply, roster)
-    return {site: rep.model_dump() for site, rep in ok.values()}
+    todo, out = list(roster.names), {}
+    failed = Roster(dict(roster.names), verb="evaluate failed for")
+    for attempt in range(EVAL_ATTEMPTS):
+        group = f"eval-{run}" + (f"-retry{attempt}" if attempt else "")
+        failed = Roster(dict(roster.names), verb="evaluate failed for")
+        replies = _exchange(grid, dict.fromkeys(todo, rd), MsgType.EVALUATE, group, s.timeout,
+                            s.trail)
+        ok = validate_replies(replies, todo, decode_eval_reply, failed)
+        out.update({site: rep.summary() for site, rep in ok.values()})
+        todo = [n for n in todo if n in failed.dropped]
+        if not todo:
+            break
+    for node in todo:
+        log(f"{roster.names[node]}: no score for {run} after {EVAL_ATTEMPTS} attempts; the "
+            "site stays in the roster (evaluate retry rule)")
+        out[roster.names[node]] = {"error": failed.dropped[node]}
+    return out
+
+
+def mean_dice(sites: dict[str, dict]) -> float:
+    """Mean of the sites' defined ``dice_mean`` (NaN when none is defined)."""
+    vals = [float(v["dice_mean"]) for v in sites.values()
+            if v.get("dice_mean") is not None and v["dice_mean"] == v["dice_mean"]]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -271,7 +311,9 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     if not s.train:
         roster.names = {n: f"node{n}" for n in nodes}
     proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
+    log(f"student plan: {plan_line(proxy.plan)}")
     names, targets = fuse_sites(gather_targets(grid, roster, proxy, cfg, s, run_id), min_sites)
+    check_teachers(names, targets, proxy.masks, roster.val_dice, cfg.teacher_proxy_dice_floor)
     data = DistillData(proxy, targets, names, site_tests={})
     rows = []
     for run in plan_federated(cfg, names):
@@ -293,9 +335,8 @@ def train_and_score(grid: Grid, roster: Roster, run: StudentRun, data: DistillDa
     def score(row: dict, seed: int, sub: Path) -> dict:
         state = torch.load(sub / "last.pt", map_location="cpu", weights_only=False)["model"]
         name = f"{run.name}_seed{seed}" if several else run.name
-        row["sites"] = eval_round(grid, roster, name, state, cfg, s, run_id)
-        row["mean_dice"] = sum(v["dice_mean"] for v in row["sites"].values()) / max(
-            len(row["sites"]), 1)
+        row["sites"] = eval_round(grid, roster, name, state, cfg, s, run_id, data.proxy.plan)
+        row["mean_dice"] = mean_dice(row["sites"])
         row["checkpoint_dir"] = str(sub)
         return row
 

@@ -2,7 +2,8 @@
 
 Node config (``flower-supernode --node-config``, parsed into
 :class:`site_node.node_config.NodeSettings`): ``data-path`` (the private dataset),
-``teacher-dir`` (the teacher run folder: ``best.pt``, ``split.json``, ``teacher.json``) and
+``teacher-dir`` (the teacher folder: ``best.pt``, ``split.json``, ``teacher.json``; the serving
+version of :mod:`site_node.teacher_versions`) and
 ``site-name``; egress keys ``state-dir``, ``audit-key``, ``policy-path``, codec keys.
 The egress gate is the app's mod (:func:`site_node.egress.egress_mod`, installed by
 ``ClientApp(mods=[...])``): every message to ANY handler registered on :data:`app` is logged and
@@ -38,7 +39,16 @@ from common.protocol import (
     encode_train_reply,
 )
 from site_node.egress import codec_from_node_config, egress_mod
+from site_node.membership import teacher_fingerprints
 from site_node.node_config import NodeSettings
+from site_node.policy import EgressPolicy, RemoteTrainPolicy, load_policy
+from site_node.teacher_versions import (
+    is_complete,
+    new_version_dir,
+    remote_overrides,
+    serving_dir,
+    use_version,
+)
 
 if TYPE_CHECKING:
     from common.kd.targets import TeacherTargets
@@ -53,40 +63,79 @@ def _case_count(teacher_dir: Path) -> int:
     return sum(len(split[k]) for k in ("train", "val", "test"))
 
 
-def _train_config(node: NodeSettings, cfg: TrainConfig) -> Any:
+def _train_config(node: NodeSettings, cfg: TrainConfig, rule: RemoteTrainPolicy) -> Any:
+    """The site's own train config (the serving teacher's, else the base folder's, else the
+    defaults) with only the request's overrides that the site's ``remote_train`` rule allows."""
     from site_node.train_config import TeacherTrainConfig
 
-    saved = node.teacher_dir / "train_config.json"
-    base = (TeacherTrainConfig.model_validate_json(saved.read_text()) if saved.exists()
+    saved = [d / "train_config.json" for d in (serving_dir(node.teacher_dir), node.teacher_dir)]
+    found = next((p for p in saved if p.is_file()), None)
+    base = (TeacherTrainConfig.model_validate_json(found.read_text()) if found is not None
             else TeacherTrainConfig())
-    over = {"model": cfg.model or None, "epochs": cfg.epochs or None, "size": cfg.size or None}
-    return TeacherTrainConfig.model_validate(  # overrides validated (registry names too)
-        {**base.model_dump(), **{k: v for k, v in over.items() if v is not None}})
+    over, ignored = remote_overrides(cfg, rule)
+    if ignored:
+        log.warning("[site %s] train request: ignored %s (not allowed by this site's "
+                    "remote_train policy)", node.site_name, ", ".join(ignored))
+    return TeacherTrainConfig.model_validate({**base.model_dump(), **over})
 
 
-def handle_train(node: NodeSettings, cfg: TrainConfig) -> TrainReply:
-    """Train the local teacher unless ``best.pt`` exists (and no retraining is forced)."""
-    card_path = node.teacher_dir / "teacher.json"
-    if cfg.force_retrain or not (node.teacher_dir / "best.pt").exists() or not card_path.exists():
-        from site_node.train import run_training
+def _train_version(node: NodeSettings, cfg: TrainConfig, rule: RemoteTrainPolicy,
+                   first: bool) -> None:
+    """Train a NEW version folder; it serves at once only when no teacher served before."""
+    from site_node.train import run_training
 
-        run_training(node.data, _train_config(node, cfg), node.teacher_dir)
-    card = json.loads(card_path.read_text())
+    folder = new_version_dir(node.teacher_dir)
+    run_training(node.data, _train_config(node, cfg, rule), folder)
+    if first:
+        use_version(node.teacher_dir, folder.name)
+    log.info("[site %s] trained teacher version %s%s", node.site_name, folder.name,
+             " (serving)" if first else f"; serve it with `site-node teacher use "
+             f"{folder.name} --teacher-dir {node.teacher_dir}`")
+
+
+def handle_train(node: NodeSettings, cfg: TrainConfig, policy: EgressPolicy | None = None
+                 ) -> TrainReply:
+    """Reply the serving teacher's scores. Train only when no teacher serves yet, or on
+    ``force_retrain`` if the site's policy (``policy``, default the node's ``policy-path``)
+    allows it; training writes a new version and never overwrites a teacher."""
+    policy = policy or load_policy(node.policy_path)
+    rule = policy.remote_train
+    first = not is_complete(serving_dir(node.teacher_dir))
+    if first or (cfg.force_retrain and rule.allow_retrain):
+        _train_version(node, cfg, rule, first)
+    elif cfg.force_retrain:
+        log.warning("[site %s] train request: force_retrain ignored (remote_train."
+                    "allow_retrain is false in this site's policy)", node.site_name)
+    serving = serving_dir(node.teacher_dir)
+    if policy.membership.enabled:  # made now (once per teacher), not on the first query
+        try:
+            teacher_fingerprints(node.data, serving, policy.membership.resolution)
+        except (OSError, ValueError, KeyError) as exc:  # queries will be refused (fail closed)
+            log.warning("[site %s] membership fingerprints: %s", node.site_name, exc)
+    card = json.loads((serving / "teacher.json").read_text())
     val = card.get("val_dice")  # null: no validation cases (small_site = "train_on_all")
-    return TrainReply(val_dice=float("nan") if val is None else float(val),
-                      case_count=_case_count(node.teacher_dir))
+    from common.data.test_split import site_plan
+
+    return TrainReply.model_validate({"val_dice": float("nan") if val is None else float(val),
+                                      "case_count": _case_count(serving),
+                                      **TrainReply.plan_fields(site_plan(serving))})
 
 
 def handle_query(node: NodeSettings, cfg: QueryConfig, images: np.ndarray, masks: np.ndarray
                  ) -> TeacherTargets:
-    """The teacher's outputs on proxy slices ``images (N,1,S,S)``, ``masks (N,S,S)`` (J = 1)."""
-    from common.kd.teacher_outputs import teacher_outputs
+    """The teacher's outputs on proxy slices ``images (N,1,S,S)``, ``masks (N,S,S)`` (J = 1),
+    computed in the teacher's own plan and mapped back to the query grid (``cfg.plan()``;
+    :mod:`common.kd.plan_bridge`)."""
+    from common.data.test_split import site_plan
+    from common.kd.plan_bridge import bridged_teacher_outputs
     from common.models.checkpoint import load_model
     from common.training import select_device
 
     dev = select_device("auto")
-    model, _ = load_model(node.teacher_dir / "best.pt")
-    return teacher_outputs(model, images, masks, dev, cfg.batch_size, cfg.at_form, cfg.p)
+    folder = serving_dir(node.teacher_dir)
+    model, _ = load_model(folder / "best.pt")
+    return bridged_teacher_outputs(model, images, masks, dev, cfg.plan(), site_plan(folder),
+                                   cfg.batch_size, cfg.at_form, cfg.p)
 
 
 def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any]) -> EvalReply:
@@ -105,9 +154,9 @@ def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any]) 
         raise ProtocolError(f"{node.site_name}: student weights do not fit "
                             f"{cfg.model_name}: {first}") from None
     dev = select_device("auto")
-    vols = load_test_split(node.data, node.teacher_dir, cfg.size)
+    vols = load_test_split(node.data, serving_dir(node.teacher_dir), cfg.size, cfg.plan())
     scores, _ = evaluate_volumes(model.to(dev), vols, dev)
-    return EvalReply(**summarise(scores))
+    return EvalReply.model_validate(summarise(scores))  # NaN -> null with a reason
 
 
 # ----------------------------------------------------------------------------- Flower handlers
@@ -121,7 +170,7 @@ def train(msg: Message, context: Context) -> Message:
     """``train``: reply ``val_dice`` and ``case_count`` only (never weights)."""
     node = _node(context)
     reply = handle_train(node, decode_train(msg.content))
-    log.info("[site %s] train: val Dice %.4f", node.site_name, reply.val_dice)
+    log.info("[site %s] train: val Dice %s", node.site_name, reply.val_dice)  # None: undefined
     return Message(encode_train_reply(node.site_name, reply), reply_to=msg)
 
 
@@ -142,5 +191,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = _node(context)
     cfg, state = decode_eval(msg.content)
     reply = handle_evaluate(node, cfg, state)
-    log.info("[site %s] evaluate %s: Dice %.4f", node.site_name, cfg.run_name, reply.dice_mean)
+    log.info("[site %s] evaluate %s: Dice %s", node.site_name, cfg.run_name, reply.dice_mean)
     return Message(encode_eval_reply(node.site_name, reply), reply_to=msg)

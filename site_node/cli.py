@@ -3,7 +3,7 @@
 Start this site's SuperNode: ``site-node --data DIR --coordinator HOST:PORT --name SITE``
 (same as ``site-node run ...``; see :mod:`site_node.run`). Subcommands: ``status`` (what this
 node has done), ``make-phantom`` (synthetic data), ``check`` (data fingerprint),
-``train`` (local teacher), ``audit`` (verify
+``train`` (local teacher), ``teacher list|use`` (which teacher version serves), ``audit`` (verify
 the signed exchange log), ``policy show`` (the egress allowlist), ``predict`` / ``evaluate``
 (segment a folder of NIfTI with the teacher; score predictions, :mod:`common.predict_cli`).
 Errors in the input
@@ -179,6 +179,15 @@ def _add_run_and_status(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_status)
 
 
+def _add_teacher(sub: argparse._SubParsersAction) -> None:
+    from site_node.teacher_versions import add_teacher_args, main_teacher
+
+    p = sub.add_parser("teacher", help="list this site's teacher versions or choose the one "
+                                       "that serves (a remote retrain never switches it)")
+    add_teacher_args(p)
+    p.set_defaults(func=main_teacher)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
     from common.logs import add_verbosity_everywhere
@@ -189,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_and_status(sub)
     _add_make_phantom(sub)
     _add_train(sub)
+    _add_teacher(sub)
     _add_check(sub)
     _add_audit_and_policy(sub)
     add_predict_commands(sub, "site")  # predict, evaluate

@@ -17,7 +17,8 @@ Node config keys (all optional; parsed by :class:`site_node.node_config.EgressCo
   identical to ``deploy/egress-policy.toml``).
 
 Flow of one message (:meth:`EgressGate.respond`): log the request (``in``), admit queries with
-the :class:`~site_node.policy.QueryBudget`, compute the reply, check it with
+the :class:`~site_node.policy.QueryBudget`, screen their images with the membership guard
+(:mod:`site_node.membership`: the site's own slices are refused), compute the reply, check it with
 :func:`~site_node.policy.check_reply`, then either log ``refused`` with the reason and raise
 :class:`EgressRefused` (Flower turns it into an error reply that carries no payload) or log
 ``sent`` and attach the signed receipt of that log entry as the reply's ``receipt`` record.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +37,16 @@ from common.audit import AuditLog, make_receipt
 from common.compress import CompressionConfig
 from common.protocol import Key
 from common.records import load_or_create_key, loggable, record_contents
+from site_node.membership import membership_refusal
 from site_node.node_config import EgressConfig
 from site_node.policy import EgressPolicy, QueryBudget, check_reply, default_policy
 
 if TYPE_CHECKING:
+    import numpy as np
     from flwr.app import Context, Message, RecordDict
 
 log = logging.getLogger(__name__)
+Screen = Callable[[dict[str, "np.ndarray"]], "str | None"]  # request arrays -> refusal or None
 
 
 def codec_from_node_config(node_config: dict[str, Any],
@@ -105,17 +110,47 @@ class EgressGate:
                         reason=why)
         return EgressRefused(f"egress refused: {why}")
 
-    def respond(self, req: RequestInfo, request: RecordDict,
-                compute: Callable[[], RecordDict]) -> RecordDict:
-        """Log ``request``, admit it, compute the reply, check it, log and sign it."""
-        arrays, scalars = record_contents(request)
+    def log_request(self, req: RequestInfo, request: RecordDict
+                    ) -> tuple[dict[str, np.ndarray], str | None]:
+        """Log ``request`` (``in``) before anything else: its arrays, and why it is unreadable
+        if its arrays cannot be digested (then its record names are logged instead)."""
+        try:
+            arrays, scalars = record_contents(request)
+            config, why = loggable(scalars), None
+        except Exception as exc:  # any undecodable record: logged here, refused by the caller
+            arrays, why = {}, f"request unreadable: {type(exc).__name__}: {exc}"[:500]
+            config = {"records": ",".join(sorted(str(k) for k in request.keys()))}
         self.log.append(run_id=req.run_id, peer=req.peer, direction="in", msg_type=req.msg_type,
-                        arrays=arrays, config=loggable(scalars), decision="received")
+                        arrays=arrays, config=config, decision="received", reason=why)
+        return arrays, why
+
+    def respond(self, req: RequestInfo, request: RecordDict,
+                compute: Callable[[], RecordDict], screen: Screen | None = None) -> RecordDict:
+        """Log ``request`` first, admit it, ``screen`` its arrays (a reason refuses it before any
+        compute: the membership guard), compute the reply, check it, log and sign it.
+
+        A request that cannot be read, or that the handler (or the screen) fails on, e.g. a
+        :class:`~common.protocol.ProtocolError` while decoding it, is logged ``refused`` with
+        the one-line reason; the handler's exception then propagates unchanged (Flower turns it
+        into the error reply)."""
+        arrays, unreadable = self.log_request(req, request)
+        if unreadable:
+            raise self.refuse(req, unreadable)
         if req.n is not None:
             admitted = self.budget.admit_query(req.run_id, req.n)
             if not admitted.allowed:
                 raise self.refuse(req, str(admitted.reason))
-        reply = compute()
+        try:
+            why = screen(arrays) if screen is not None else None
+            if why:
+                raise self.refuse(req, why)
+            reply = compute()
+        except EgressRefused:
+            raise
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0][:500]
+            self.refuse(req, f"request refused by the handler: {type(exc).__name__}: {first}")
+            raise
         return self.seal(req, reply)
 
     def seal(self, req: RequestInfo, reply: RecordDict) -> RecordDict:
@@ -170,6 +205,8 @@ def egress_mod(msg: Message, context: Context,
             raise gate.refuse(req, f"handler error reply {reply.error.code}")
         return reply.content
 
-    content = gate.respond(req, msg.content, compute)
+    screen = (partial(membership_refusal, dict(context.node_config), gate.policy.membership)
+              if req.n is not None else None)  # queries: the site's own slices are refused
+    content = gate.respond(req, msg.content, compute, screen)
     log.debug("%s %s: reply sealed", req.msg_type, req.run_id)
     return Message(content, reply_to=msg)

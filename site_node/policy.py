@@ -57,6 +57,29 @@ class ReplyRule(StrictModel):
     max_reply_bytes: int = Field(default=0, ge=0)
 
 
+class RemoteTrainPolicy(StrictModel):
+    """What a coordinator's ``train`` request may decide about this site's teacher (default:
+    nothing). An override outside these bounds is ignored (the site's own value is used); a
+    remote retrain never overwrites a teacher, it writes a new version
+    (:mod:`site_node.teacher_versions`) that serves only once the site switches to it."""
+
+    allow_retrain: bool = False  # honour force_retrain when a teacher already serves
+    models: list[str] = Field(default_factory=list, max_length=64)  # model overrides allowed
+    max_epochs: int = Field(default=0, ge=0, le=100_000)  # epochs override 1..max (0: none)
+    min_size: int = Field(default=16, ge=16, le=1024)
+    max_size: int = Field(default=0, ge=0, le=1024)  # size override min..max (0: none)
+
+
+class MembershipPolicy(StrictModel):
+    """Membership guard (:mod:`site_node.membership`): a query holding one of the site's own
+    slices (same prepared bytes, or a ``resolution``-px correlation >= ``max_correlation``)
+    is refused before the teacher runs."""
+
+    enabled: bool = True
+    max_correlation: float = Field(default=0.98, gt=0.0, le=1.0)
+    resolution: int = Field(default=16, ge=4, le=64)
+
+
 class EgressPolicy(StrictModel):
     """The site's egress policy (see the module docstring)."""
 
@@ -67,11 +90,17 @@ class EgressPolicy(StrictModel):
     max_slices_per_run: int = Field(default=100_000, ge=1)
     max_str_len: int = Field(default=128, ge=1)
     replies: dict[str, ReplyRule]
+    remote_train: RemoteTrainPolicy = RemoteTrainPolicy()
+    membership: MembershipPolicy = MembershipPolicy()
 
 
 #: Scalars of a query reply saying how its logits are encoded (``common.protocol.QueryEcho``).
 CODEC_KEYS = ["compression", "downsample_factor", "int8_classes", "temperature", "noise_sigma",
               "noise_on", "at_form"]
+
+
+#: The teacher plan's aggregate facts of a train reply (``common.protocol.TrainReply``).
+PLAN_KEYS = ["plan_spacing_y", "plan_spacing_x", "plan_size", "plan_norm"]
 
 
 def default_policy() -> EgressPolicy:
@@ -90,8 +119,15 @@ def default_policy() -> EgressPolicy:
     evaluate = ReplyRule(metric_keys=["site_name", "dice_mean", "dice_std", "voe_mean",
                                       "voe_std", "hd95_mean", "hd95_std", "hd95_undefined", "n"])
     return EgressPolicy(replies={
-        "train": ReplyRule(metric_keys=["val_dice", "case_count", "site_name"]),
+        "train": ReplyRule(metric_keys=["val_dice", "case_count", "site_name", *PLAN_KEYS]),
         "query.teacher_outputs": query, "evaluate": evaluate})
+
+
+def load_policy(path: Path | None) -> EgressPolicy:
+    """The policy file at ``path`` (node config ``policy-path``), else :func:`default_policy`."""
+    from common.config import load_config
+
+    return load_config(path, EgressPolicy) if path is not None else default_policy()
 
 
 def allowed_arrays(policy: EgressPolicy) -> dict[str, frozenset[str]]:
@@ -248,7 +284,14 @@ def format_policy(policy: EgressPolicy) -> str:
              f"query limits: {p.min_query_batch} <= N <= {p.max_slices_per_query} slices, "
              f"side <= {p.max_side}",
              f"per run: <= {p.max_queries_per_run} queries, <= {p.max_slices_per_run} slices",
-             f"scalar strings: <= {p.max_str_len} chars", ""]
+             f"scalar strings: <= {p.max_str_len} chars",
+             f"remote train: retrain {'allowed' if p.remote_train.allow_retrain else 'refused'}"
+             f" (new version, served only when the site switches); overrides: models "
+             f"{p.remote_train.models or 'none'}, epochs <= {p.remote_train.max_epochs}, size "
+             f"{p.remote_train.min_size}..{p.remote_train.max_size} (0: none)",
+             f"membership guard: {'on' if p.membership.enabled else 'OFF'}, refuse at "
+             f"correlation >= {p.membership.max_correlation} at {p.membership.resolution} px",
+             ""]
     for msg_type, rule in p.replies.items():
         lines += _format_rule(msg_type, rule) + [""]
     return "\n".join(lines).rstrip() + "\n"

@@ -101,7 +101,10 @@ def validate_data(data: Path) -> dict[str, Any]:
 
 
 def teacher_warnings(teacher_dir: Path) -> list[str]:
-    """Non-fatal notes about the teacher folder (a missing one is trained on ``train``)."""
+    """Non-fatal notes about the serving teacher (a missing one is trained on ``train``)."""
+    from site_node.teacher_versions import serving_dir
+
+    teacher_dir = serving_dir(teacher_dir)
     if not (teacher_dir / "best.pt").is_file():
         return [f"{teacher_dir}: no best.pt yet; the coordinator's train message will train "
                 "the teacher here (this can take a long time)"]

@@ -60,7 +60,10 @@ def _num(value: Any) -> float:
 
 
 def teacher_lines(teacher_dir: Path) -> list[str]:
-    """The teacher card's key facts, or a note that there is no trained teacher yet."""
+    """The serving teacher card's key facts, or a note that there is no trained teacher yet."""
+    from site_node.teacher_versions import serving_dir
+
+    teacher_dir = serving_dir(teacher_dir)
     card_path = teacher_dir / "teacher.json"
     if not card_path.is_file():
         return [f"teacher: none yet in {teacher_dir} (trained on the coordinator's train message)"]

@@ -25,6 +25,7 @@ from common.data.errors import DataError, data_error
 Spacing = tuple[float, float, float]
 _READ_ERRORS = (
     nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,  # e.g. an unknown datatype code (tests/test_fuzz.py)
     OSError,
     EOFError,
     ValueError,

@@ -3,22 +3,50 @@
 The coordinator (``coordinator distill --local``, which scores teachers and students on every
 site's test split) and the site node (which scores a student on its private test split for the
 ``evaluate`` message) both call :func:`load_test_split`, so neither imports the other.
+
+Which grid: a model is scored on test cases prepared with *its own* plan (the grid it was trained
+on): a teacher with the plan in its ``teacher.json``, a student with the proxy set's plan (sent
+in the ``evaluate`` request). The target label always stays the site's own (its teacher's plan),
+and the scores themselves are taken on each case's original grid (:mod:`common.evaluate`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from common.data.errors import data_error
 from common.data.layout import discover_dataset
+from common.data.plan import Plan
 from common.data.slices import Volume, load_volumes
 from common.data.split import load_split
 
 
-def load_test_split(data: Path, teacher_dir: Path, size: int) -> list[Volume]:
-    """The test volumes of the dataset at ``data`` resized to ``size``.
+def site_plan(teacher_dir: Path) -> Plan | None:
+    """The plan recorded in ``teacher_dir/teacher.json`` (None for teachers trained before
+    plans existed, or when there is no card)."""
+    card = teacher_dir / "teacher.json"
+    if not card.is_file():
+        return None
+    try:
+        plan = json.loads(card.read_text()).get("plan")
+        return Plan.model_validate(plan) if plan else None
+    except ValueError as exc:
+        raise data_error(card, f"unreadable preprocessing plan ({exc})".splitlines()[0]) from None
+
+
+def load_test_split(data: Path, teacher_dir: Path, size: int,
+                    plan: Plan | None = None) -> list[Volume]:
+    """The held-out test volumes of the dataset at ``data``.
 
     Case ids are those of ``teacher_dir/split.json`` (written when the teacher was trained), so
-    the test split is the one the teacher never saw. Each volume's image is ``(Z, size, size)``.
+    the test split is the one the teacher never saw. Preprocessing: ``plan`` when given (a
+    student's), else the teacher's own plan, else the legacy default at ``size``; the target
+    labels are the site's (teacher plan's) whenever it has one. Images are ``(Z, S, S)``.
     """
     split = load_split(teacher_dir / "split.json")
-    return load_volumes(discover_dataset(data), split.test, size)
+    own = site_plan(teacher_dir)
+    use = plan or own
+    if use is not None and own is not None:
+        use = use.model_copy(update={"labels": own.labels, "label_name": own.label_name})
+    return load_volumes(discover_dataset(data), split.test, size, plan=use)

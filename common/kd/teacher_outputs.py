@@ -2,7 +2,10 @@
 
 The same function serves the in-process ``--local`` run (coordinator) and the federated ClientApp
 (site node), so both paths send exactly the same quantities (never features, never weights). It
-lives in ``common`` because both roles run it and neither role imports the other.
+lives in ``common`` because both roles run it and neither role imports the other. It runs the
+teacher on the slices exactly as given; both roles call it through
+:func:`common.kd.plan_bridge.bridged_teacher_outputs`, which first maps the query slices to the
+teacher's own plan and maps the outputs back to the query grid.
 """
 
 from __future__ import annotations

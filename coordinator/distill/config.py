@@ -147,6 +147,9 @@ class ExperimentConfig(StrictModel):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     repeats: int = Field(default=1, ge=1, le=100)  # seeds seed .. seed+repeats-1; rows = mean
     min_sites: int = Field(default=1, ge=1, le=1000)
+    teacher_proxy_dice_floor: float | None = Field(default=None, gt=0.0, le=1.0, description=(
+        "refuse to train students when a teacher's Dice on the labelled proxy slices is below "
+        "this fraction of its own validation Dice (None: only warn, below 0.8 of it)"))
     student: StudentTrainConfig = StudentTrainConfig()
     kd: KDConfig = KDConfig()
     runs: RunsConfig = RunsConfig()

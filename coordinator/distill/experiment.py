@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 
+from common.data.plan import Plan
 from common.data.slices import Volume
-from common.data.test_split import load_test_split
+from common.data.test_split import load_test_split, site_plan
 from common.evaluate import evaluate_volumes
 from common.io import atomic_write_json
+from common.kd.plan_bridge import bridged_teacher_outputs
 from common.kd.targets import TeacherTargets
-from common.kd.teacher_outputs import teacher_outputs
 from common.metrics import summarise
 from common.models.checkpoint import load_model
 from common.training import select_device
@@ -25,29 +26,37 @@ from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
 from coordinator.distill.student import DistillData, StudentRun
+from coordinator.distill.teacher_check import check_teachers, plan_line
 
 log = logging.getLogger(__name__)
 
 
-def load_site_test(site: SiteSpec, size: int) -> list[Volume]:
-    """The site's held-out test volumes (case ids from the teacher run's ``split.json``)."""
-    return load_test_split(site.data, site.teacher_dir, size)
+def load_site_test(site: SiteSpec, size: int, plan: Plan | None = None) -> list[Volume]:
+    """The site's held-out test volumes (case ids from the teacher run's ``split.json``),
+    prepared with ``plan`` (a student's) or else the site teacher's own plan."""
+    return load_test_split(site.data, site.teacher_dir, size, plan)
 
 
 def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -> TeacherTargets:
-    """Every site's teacher outputs on the proxy set, from the cache or computed in-process."""
+    """Every site's teacher outputs on the proxy set, from the cache or computed in-process,
+    each teacher in its own plan and mapped back to the proxy's (student's) grid
+    (:mod:`common.kd.plan_bridge`, as a federated site does)."""
     dev = select_device(cfg.student.device)
     parts = []
+    log.info("[distill] student plan: %s", plan_line(proxy.plan))
     for site in cfg.sites:
         taps = cfg.kd.feature_taps
         at_tag = cfg.kd.at_form if taps == "emkd" else f"{cfg.kd.at_form}+{taps}"
-        key = cache_key(proxy.digest, teacher_digest(site.teacher_dir), at_tag, cfg.kd.at_p)
+        key = cache_key(proxy.digest, teacher_digest(site.teacher_dir), f"{at_tag}+bridge",
+                        cfg.kd.at_p)
+        plan = site_plan(site.teacher_dir)
+        log.info("[distill] %s: teacher plan: %s", site.name, plan_line(plan))
         t = cache.get(site.name, key)
         if t is None:
             model, _ = load_model(site.teacher_dir / "best.pt")
-            t = teacher_outputs(model, proxy.images, proxy.masks, dev,
-                                cfg.student.teacher_batch_size, cfg.kd.at_form, cfg.kd.at_p,
-                                taps)
+            t = bridged_teacher_outputs(model, proxy.images, proxy.masks, dev, proxy.plan, plan,
+                                        cfg.student.teacher_batch_size, cfg.kd.at_form,
+                                        cfg.kd.at_p, taps)
             cache.put(site.name, key, t)
             log.info("[distill] %s: teacher outputs for %d proxy slices cached", site.name,
                      len(proxy))
@@ -57,12 +66,15 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
     return TeacherTargets.stack(parts)
 
 
-def teacher_rows(cfg: ExperimentConfig, tests: dict[str, list[Volume]]) -> list[dict]:
-    """Each teacher scored on every site's test set (top block of the paper's Table 3)."""
+def teacher_rows(cfg: ExperimentConfig) -> list[dict]:
+    """Each teacher scored on every site's test set (top block of the paper's Table 3), the
+    test cases prepared with that teacher's own plan (the grid it was trained on)."""
     dev = select_device(cfg.student.device)
     rows = []
     for site in cfg.sites:
         model, _ = load_model(site.teacher_dir / "best.pt", dev)
+        plan = site_plan(site.teacher_dir)
+        tests = {s.name: load_site_test(s, cfg.student.size, plan) for s in cfg.sites}
         scores = {name: summarise(evaluate_volumes(model.to(dev), vols, dev)[0])
                   for name, vols in tests.items()}
         mean = sum(s["dice_mean"] for s in scores.values()) / len(scores)
@@ -71,11 +83,16 @@ def teacher_rows(cfg: ExperimentConfig, tests: dict[str, list[Volume]]) -> list[
     return rows
 
 
-def _arch(site: SiteSpec) -> str:
+def _card(site: SiteSpec) -> dict:
+    """The site teacher's ``teacher.json`` ({} when there is none)."""
     import json
 
     card = site.teacher_dir / "teacher.json"
-    return str(json.loads(card.read_text())["architecture"]) if card.exists() else "?"
+    return json.loads(card.read_text()) if card.exists() else {}
+
+
+def _arch(site: SiteSpec) -> str:
+    return str(_card(site).get("architecture", "?"))
 
 
 def plan_runs(cfg: ExperimentConfig) -> list[StudentRun]:
@@ -100,10 +117,13 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
     proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
     targets = local_targets(cfg, proxy, TeacherCache(out / "teacher_cache"))
-    tests = {s.name: load_site_test(s, cfg.student.size) for s in cfg.sites}
+    check_teachers([s.name for s in cfg.sites], targets, proxy.masks,
+                   {s.name: _card(s).get("val_dice") for s in cfg.sites},
+                   cfg.teacher_proxy_dice_floor)
+    tests = {s.name: load_site_test(s, cfg.student.size, proxy.plan) for s in cfg.sites}
     data = DistillData(proxy, targets, [s.name for s in cfg.sites], tests,
                        [teacher_digest(s.teacher_dir) for s in cfg.sites])
-    rows = teacher_rows(cfg, tests)
+    rows = teacher_rows(cfg)
     for run in plan_runs(cfg):
         log.info("[distill] run %s", run.name)
         rows.append(train_repeats(run, data, cfg, out / "runs" / run.name))

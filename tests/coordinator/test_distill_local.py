@@ -58,7 +58,7 @@ def test_local_experiment_writes_tables_and_reuses_cache(
     log = (tmp_path / "exp" / "runs" / "multi_inverse_dice_loss" / "metrics.csv").read_text()
     assert "w2" in log.splitlines()[0]
     # second run: every teacher output comes from the cache, every student from result.json
-    monkeypatch.setattr(experiment, "teacher_outputs", _refuse)
+    monkeypatch.setattr(experiment, "bridged_teacher_outputs", _refuse)
     again = experiment.run_experiment(cfg)
     assert [r["mean_dice"] for r in again] == [r["mean_dice"] for r in rows]
 

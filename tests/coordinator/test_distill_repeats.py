@@ -89,7 +89,8 @@ def test_federated_repeats_score_every_seed_at_the_sites(tmp_path: Path,
         trained.append(cfg.seed)
         return {"run": run.name, "teachers": ["a"], "weighting": "x", "train_seconds": 1.0}
 
-    def fake_eval(grid, roster, name, state, cfg, s, run_id):  # type: ignore[no-untyped-def]
+    def fake_eval(grid, roster, name, state, cfg, s, run_id, plan):  # type: ignore[no-untyped-def]
+        assert plan == "student-plan"  # the student's plan goes with every evaluate request
         dice = 0.5 + 0.1 * float(state["w"][0])  # seed 3: 0.8, seed 4: 0.9
         return {"site_a": {"dice_mean": dice, "voe_mean": 1 - dice, "hd95_mean": 2.0,
                            "eval_name": name}}
@@ -100,7 +101,10 @@ def test_federated_repeats_score_every_seed_at_the_sites(tmp_path: Path,
     cfg = ExperimentConfig.model_validate({"name": "t", "out": str(tmp_path), "proxy": "p",
                                            "sites": [site], "seed": 3, "repeats": 2})
     run = StudentRun("multi_x", [0], WeightingSpec(name="equal"))
-    row = server_app.train_and_score(None, None, run, None, cfg, None, "r")  # type: ignore[arg-type]
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(proxy=SimpleNamespace(plan="student-plan"))
+    row = server_app.train_and_score(None, None, run, data, cfg, None, "r")  # type: ignore[arg-type]
     assert trained == [3, 4]
     assert row["seed_mean_dice"] == pytest.approx([0.8, 0.9])
     assert row["mean_dice"] == pytest.approx(0.85)

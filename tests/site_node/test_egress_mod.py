@@ -36,6 +36,10 @@ def site(tmp_path: Path) -> dict[str, Path]:
     (teacher / "teacher.json").write_text(json.dumps({"val_dice": 0.75}))
     (teacher / "split.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"],
                                                     "test": ["d"]}))
+    from site_node.membership import Fingerprints, card_digest  # no private slice to screen
+
+    Fingerprints(card_digest(teacher), 16, frozenset(), np.zeros((0, 256), np.float32)).save(
+        teacher / "membership.npz")
     return {"data": tmp_path / "data", "teacher": teacher, "state": tmp_path / "state"}
 
 

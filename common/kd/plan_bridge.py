@@ -1,0 +1,170 @@
+"""Serve a teacher in its own preprocessing plan and answer on the query's grid (issue 17).
+
+Both roles call :func:`bridged_teacher_outputs`: the site's ``query.teacher_outputs`` handler and
+the coordinator's ``--local`` path, so neither imports the other. The query slices come on the
+*query grid*: the student's :class:`~common.data.plan.Plan` (in-plane spacing ``(qy, qx)`` mm,
+side ``S``, normalisation). The teacher was trained on its own plan (``(ty, tx)`` mm, side ``T``).
+
+Rules (query grid -> teacher grid -> query grid):
+
+a. **Intensities.** MRI -> MRI: kept as is. Both are z-scored per volume after clipping to that
+   volume's percentiles, a statistic of the anatomy and not of the grid, so the student's
+   normalised slices are what the teacher's own preprocessing would have produced (the raw
+   scale is unknown and is not needed). CT -> CT with other statistics: the student's
+   ``(x - mean_q) / std_q`` is undone (HU clipped to the student's window) and the teacher's
+   clip / mean / std applied. MRI <-> CT: kept as is with a warning (no meaningful map).
+b. **Geometry.** Each slice is resampled bilinearly to ``round(S * q / t)`` px per axis (the
+   same physical field at the teacher's spacing), then centre cropped / padded to ``T``
+   (padding: the slice's minimum, as :func:`common.data.native.prepare_loaded` pads with the
+   volume's minimum). The proxy masks follow with nearest neighbour.
+c. The teacher runs there (:func:`common.kd.teacher_outputs.teacher_outputs`).
+d. **Logits** are mapped back, never labels: un-crop / un-pad to the resampled field, then
+   bilinear resampling of the logits to ``S x S``. Query pixels the teacher never saw (its
+   ``T`` grid is smaller than the field) get the slice's *background logit*: the mean logit
+   vector over the pixels the teacher predicted as background (zeros if it predicted none).
+e. **Attention maps** are resampled in physical space: bilinear to the teacher's pixel grid,
+   un-crop / un-pad (unseen pixels: 0, no activation), bilinear to the query's map grid (the
+   same fraction of ``S`` as the teacher's map was of ``T``: ``S/2`` and ``S/8`` for the EMKD
+   taps), then, for the Zagoruyko form, re-normalised to unit L2 norm (paper form: only
+   interpolated).
+f. **Region contrast** scalars are cosines of the two class prototypes of a feature map: they
+   are computed on the teacher grid with the proxy mask mapped there (nearest) and returned as
+   is (a cosine has no grid).
+
+When the teacher's plan has the query's spacing and side (and the same normalisation), the
+slices go to the teacher untouched: the result is exactly :func:`teacher_outputs`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.data.native import place, resize_stack, unplace
+from common.data.plan import Plan
+from common.kd.targets import FeatureTaps, TeacherTargets
+from common.kd.teacher_outputs import teacher_outputs
+from common.models.base import SegModel
+
+log = logging.getLogger(__name__)
+__all__ = ["bridged_teacher_outputs", "renormalise", "same_grid", "to_teacher_grid"]
+
+
+def same_grid(query: Plan, teacher: Plan) -> bool:
+    """True when both plans put slices on the same grid (spacing within 1e-6 mm, same side)."""
+    if query.size != teacher.size:
+        return False
+    if query.spacing is None or teacher.spacing is None:
+        return query.spacing is None and teacher.spacing is None
+    return all(abs(a - b) <= 1e-6 for a, b in zip(query.spacing, teacher.spacing, strict=True))
+
+
+def renormalise(images: np.ndarray, query: Plan, teacher: Plan) -> np.ndarray:
+    """Rule (a): ``images`` normalised by ``query``'s plan -> as ``teacher``'s plan would."""
+    if query.norm != teacher.norm:
+        log.warning("query slices are %s-normalised, the teacher expects %s: kept as is",
+                    query.norm, teacher.norm)
+        return images
+    if query.norm == "mri" or query.ct_params() == teacher.ct_params():
+        return images
+    _, q_mean, q_std = query.ct_params()
+    (lo, hi), t_mean, t_std = teacher.ct_params()
+    hu = images.astype(np.float64) * q_std + q_mean
+    return ((np.clip(hu, lo, hi) - t_mean) / max(t_std, 1e-8)).astype(np.float32)
+
+
+def _field_hw(query: Plan, teacher: Plan) -> tuple[int, int]:
+    """Side of the query field in teacher pixels, ``(h2, w2)``."""
+    assert query.spacing is not None and teacher.spacing is not None
+    s = query.size
+    return (max(1, round(s * query.spacing[0] / teacher.spacing[0])),
+            max(1, round(s * query.spacing[1] / teacher.spacing[1])))
+
+
+def _offset(hw: tuple[int, int], side: int) -> tuple[int, int]:
+    return (side - hw[0]) // 2, (side - hw[1]) // 2
+
+
+def to_teacher_grid(images: np.ndarray, masks: np.ndarray, query: Plan, teacher: Plan
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Rule (b): ``images (N,1,S,S)``, ``masks (N,S,S)`` -> ``(N,1,T,T)``, ``(N,T,T)``."""
+    hw = _field_hw(query, teacher)
+    off, side = _offset(hw, teacher.size), teacher.size
+    img = resize_stack(images[:, 0].astype(np.float32), hw, linear=True)
+    fills = img.reshape(len(img), -1).min(axis=1)
+    out = np.stack([place(s, side, off, float(f)) for s, f in zip(img, fills, strict=True)])
+    msk = place(resize_stack(masks.astype(np.uint8), hw, linear=False), side, off, 0)
+    return out[:, None].astype(np.float32), msk.astype(np.uint8)
+
+
+def _background_logit(logits: np.ndarray) -> np.ndarray:
+    """``(N,K,T,T)`` -> ``(N,K,1,1)``: mean logits over each slice's predicted background."""
+    bg = logits.argmax(axis=1) == 0
+    out = np.zeros((*logits.shape[:2], 1, 1), np.float32)
+    for i in range(len(logits)):
+        if bg[i].any():
+            out[i, :, 0, 0] = logits[i][:, bg[i]].mean(axis=1)
+    return out
+
+
+def _logits_back(logits: np.ndarray, query: Plan, teacher: Plan) -> np.ndarray:
+    """Rule (d): teacher logits ``(N,K,T,T)`` -> query-grid logits ``(N,K,S,S)``."""
+    n, k = logits.shape[:2]
+    hw = _field_hw(query, teacher)
+    field = unplace(logits, hw, _offset(hw, teacher.size), _background_logit(logits))
+    back = resize_stack(field.reshape(n * k, *hw), (query.size, query.size), linear=True)
+    return back.reshape(n, k, query.size, query.size)
+
+
+def _attention_back(at: torch.Tensor, query: Plan, teacher: Plan, size: tuple[int, int],
+                    at_form: Literal["zagoruyko", "paper"]) -> torch.Tensor:
+    """Rule (e): teacher-grid maps ``(N,h,w)`` -> the query's map grid ``(N, *size)``."""
+    side, hw = teacher.size, _field_hw(query, teacher)
+    full = F.interpolate(at[:, None].float(), size=(side, side), mode="bilinear",
+                         align_corners=False)[:, 0].numpy()
+    field = unplace(full, hw, _offset(hw, side), 0.0)
+    out = torch.from_numpy(resize_stack(field, size, linear=True))
+    if at_form == "zagoruyko":
+        out = F.normalize(out.flatten(1), p=2, dim=1).reshape_as(out)
+    return out
+
+
+def bridged_teacher_outputs(
+    model: SegModel, images: np.ndarray, masks: np.ndarray, device: torch.device,
+    query: Plan | None, teacher: Plan | None, batch_size: int = 16,
+    at_form: Literal["zagoruyko", "paper"] = "zagoruyko", p: int = 2,
+    taps: FeatureTaps = "emkd",
+) -> TeacherTargets:
+    """The teacher's targets for query slices, computed in the teacher's own plan.
+
+    Args:
+        images: ``(N, 1, S, S)`` float32 on the ``query`` plan's grid; masks ``(N, S, S)``.
+        query / teacher: the two plans; when either is None or has no spacing (legacy "fit"
+            plans: no physical grid to map), the slices go to the teacher as they are.
+    Returns:
+        J = 1 TeacherTargets on the CPU with exactly :func:`teacher_outputs`'s shapes for side
+        ``S`` (module rules a-f).
+    """
+    if query is not None and images.shape[-1] != query.size:
+        raise ValueError(f"query slices of side {images.shape[-1]} != query plan size "
+                         f"{query.size}")
+    if query is None or teacher is None:
+        return teacher_outputs(model, images, masks, device, batch_size, at_form, p, taps)
+    images = renormalise(images, query, teacher)
+    if same_grid(query, teacher) or query.spacing is None or teacher.spacing is None:
+        return teacher_outputs(model, images, masks, device, batch_size, at_form, p, taps)
+    t_img, t_msk = to_teacher_grid(images, masks, query, teacher)
+    t = teacher_outputs(model, t_img, t_msk, device, batch_size, at_form, p, taps)
+    logits = _logits_back(t.logits[0].numpy(), query, teacher)
+    s = query.size
+    first, second = ((s // 2, s // 2), (s // 8, s // 8)) if taps == "emkd" else \
+        ((s // 8, s // 8), (s // 4, s // 4))  # the sizes teacher_outputs gives for side S
+    return TeacherTargets(
+        logits=torch.from_numpy(logits)[None],
+        at_early=_attention_back(t.at_early[0], query, teacher, first, at_form)[None],
+        at_deep=_attention_back(t.at_deep[0], query, teacher, second, at_form)[None],
+        rc_early=t.rc_early, rc_deep=t.rc_deep)

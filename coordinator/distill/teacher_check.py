@@ -1,0 +1,72 @@
+"""No silent mismatch (issue 17): each teacher's plan is logged and its outputs are scored.
+
+Before any student is trained, every teacher is scored on the labelled proxy slices with the very
+outputs the coordinator received (Dice of the argmax of that teacher's own logits against the
+proxy masks, pooled over all slices). A teacher far below its own reported validation Dice was
+most likely fed slices it was not trained for (a lost or mismatched plan): the coordinator warns
+below :data:`WARN_RATIO` x its validation Dice and refuses (:class:`TeacherMismatchError`)
+below ``teacher_proxy_dice_floor`` x its validation Dice when that floor is configured.
+A teacher without a validation Dice (None / NaN: no validation cases) is only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from common.data.plan import Plan
+from common.kd.targets import TeacherTargets
+
+log = logging.getLogger(__name__)
+WARN_RATIO = 0.8
+__all__ = ["WARN_RATIO", "TeacherMismatchError", "check_teachers", "plan_line", "proxy_dice"]
+
+
+class TeacherMismatchError(RuntimeError):
+    """A teacher scores far below its own validation Dice on the proxy slices."""
+
+
+def plan_line(plan: Plan | None) -> str:
+    """``"0.75x0.75 mm, 64 px, mri"`` (``"no plan"`` / ``"fit"`` spacing when unknown)."""
+    if plan is None:
+        return "no plan"
+    sp = "fit" if plan.spacing is None else f"{plan.spacing[0]:g}x{plan.spacing[1]:g} mm"
+    return f"{sp}, {plan.size} px, {plan.norm}"
+
+
+def proxy_dice(logits: np.ndarray, masks: np.ndarray) -> float:
+    """Pooled foreground Dice of ``argmax(logits (N,K,S,S))`` vs ``masks (N,S,S)`` (1 if both
+    are empty)."""
+    pred = np.asarray(logits).argmax(axis=1) > 0
+    gt = np.asarray(masks) > 0
+    denom = int(pred.sum()) + int(gt.sum())
+    return 1.0 if denom == 0 else 2.0 * int((pred & gt).sum()) / denom
+
+
+def check_teachers(names: Sequence[str], targets: TeacherTargets, masks: np.ndarray,
+                   val_dice: Mapping[str, float | None], floor: float | None = None
+                   ) -> dict[str, float]:
+    """Score teacher ``j`` (``names[j]``) of ``targets`` on the proxy ``masks (N,S,S)``; warn /
+    refuse as the module says. Returns ``{name: proxy Dice}``."""
+    scores, bad = {}, []
+    for j, name in enumerate(names):
+        score = proxy_dice(targets.logits[j].float().numpy(), masks)
+        scores[name] = score
+        val = val_dice.get(name)
+        if val is None or not math.isfinite(val) or val <= 0:
+            log.info("teacher %s: proxy Dice %.3f (no validation Dice to compare)", name, score)
+            continue
+        msg = f"teacher {name}: proxy Dice {score:.3f} vs its validation Dice {val:.3f}"
+        if floor is not None and score < floor * val:
+            bad.append(f"{msg} (< {floor:g} x)")
+        elif score < WARN_RATIO * val:
+            log.warning("%s: far below (a lost or mismatched plan, or the proxy set is unlike "
+                        "this site's data)", msg)
+        else:
+            log.info(msg)
+    if bad:
+        raise TeacherMismatchError("; ".join(bad) + " (teacher_proxy_dice_floor)")
+    return scores
