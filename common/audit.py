@@ -14,14 +14,16 @@ truncating the tail is invisible to the chain alone, which is why :func:`verify_
 Receipts (:func:`make_receipt`, all-string, so they fit a Flower ``ConfigRecord``) carry the
 signed body minus the array digests, which the coordinator recomputes from the arrays it received
 before checking hash and signature (:func:`verify_receipt`).
+
+This module holds the log, its chain and its verification and summary; the entry model, hashing
+and receipts live in :mod:`common.audit_entries`, the keys in :mod:`common.audit_keys`. Every
+public name of those is re-exported here.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
-import math
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -30,18 +32,45 @@ from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from common.config import StrictModel
+from common.audit_entries import (
+    NONFINITE_KEY,
+    RECEIPT_KEYS,
+    ArrayDigest,
+    AuditEntry,
+    Scalar,
+    VerifyReport,
+    canonical_json,
+    clean_config,
+    digest_array,
+    digest_arrays,
+    entry_hash_of,
+    make_receipt,
+    receipt_problem,
+    verify_receipt,
+)
+from common.audit_keys import (
+    AuditError,
+    _signature_ok,
+    fingerprint,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+)
 from common.io import atomic_write_bytes
 
+__all__ = [
+    "CLEAN_STATEMENT", "GENESIS", "NONFINITE_KEY", "RECEIPT_KEYS", "RECOVERY", "TEACHER_OUTPUTS",
+    "ArrayDigest", "AuditEntry", "AuditError", "AuditLog", "Scalar", "VerifyReport",
+    "canonical_json", "clean_config", "digest_array", "digest_arrays", "entry_hash_of",
+    "fingerprint", "generate_keypair", "load_private_key", "load_public_key", "make_receipt",
+    "read_entries", "receipt_problem", "recoveries", "summarise_entries", "summarise_log",
+    "teacher_output_names", "verify_log", "verify_receipt",
+]
+
 GENESIS = "0" * 64
-Scalar = str | int | float | bool | None
-#: Config key of an entry whose record held NaN/inf: the keys, their values and why they are null.
-NONFINITE_KEY = "_nonfinite"
 #: ``msg_type`` of the entry that records a torn final line moved aside (:meth:`AuditLog.recover`).
 RECOVERY = "log.recovery"
 
@@ -69,141 +98,6 @@ CLEAN_STATEMENT = ("No array other than teacher outputs on coordinator-provided 
                    "left this site")
 
 
-class AuditError(ValueError):
-    """An audit log or key file is unusable (corrupt tail, wrong key type, loose file mode)."""
-
-
-class ArrayDigest(StrictModel):
-    """What identifies one array on the wire without revealing it."""
-
-    name: str
-    shape: list[int]
-    dtype: str
-    nbytes: int
-    sha256: str
-
-
-class AuditEntry(StrictModel):
-    """One line of the log (see the module docstring for what is hashed and signed)."""
-
-    seq: int
-    time: str
-    run_id: str
-    peer: str
-    direction: Literal["in", "out", "local"]  # "local": the log's own upkeep (recovery)
-    msg_type: str
-    arrays: list[ArrayDigest]
-    config: dict[str, Scalar]
-    decision: Literal["sent", "refused", "received", "recovered"]
-    reason: str | None
-    prev_hash: str
-    signer: str
-    entry_hash: str = ""
-    signature: str = ""
-
-
-class VerifyReport(StrictModel):
-    """Result of :func:`verify_log`: ``ok`` or the first bad line (1-based) and why."""
-
-    ok: bool
-    n_entries: int
-    head_hash: str
-    signatures_checked: bool
-    first_bad_line: int | None = None
-    reason: str | None = None
-
-
-# ----------------------------------------------------------------------------- hashing
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no spaces, ASCII, NaN refused."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
-def digest_array(name: str, arr: np.ndarray) -> ArrayDigest:
-    """Digest of one array: little-endian C-order bytes, as ``numpy.save`` would carry them."""
-    a = np.ascontiguousarray(arr)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return ArrayDigest(name=name, shape=list(a.shape), dtype=str(a.dtype), nbytes=int(a.nbytes),
-                       sha256=hashlib.sha256(a.tobytes()).hexdigest())
-
-
-def digest_arrays(arrays: Mapping[str, np.ndarray]) -> list[ArrayDigest]:
-    """Digests of ``arrays``, sorted by name (the order of the record does not matter)."""
-    return [digest_array(k, arrays[k]) for k in sorted(arrays)]
-
-
-def entry_hash_of(entry: AuditEntry) -> str:
-    """sha256 hex of the canonical body (everything but ``entry_hash`` and ``signature``)."""
-    body = entry.model_dump(exclude={"entry_hash", "signature"})
-    return hashlib.sha256(canonical_json(body)).hexdigest()
-
-
-# ----------------------------------------------------------------------------- keys
-def fingerprint(pub: Ed25519PublicKey) -> str:
-    """``ed25519:<sha256 hex of the raw 32-byte public key>``."""
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "ed25519:" + hashlib.sha256(raw).hexdigest()
-
-
-def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
-    """New Ed25519 key as ``<name>.key`` (PKCS8 PEM, mode 0600) and ``<name>.pub``; no overwrite."""
-    directory.mkdir(parents=True, exist_ok=True)
-    priv_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    atomic_write_bytes(pub_path, key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return priv_path, pub_path
-
-
-def _key_bytes(path: Path, kind: str) -> bytes:
-    """The key file's bytes; a missing or unreadable file is an AuditError naming it."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise AuditError(f"{path}: cannot read {kind} key ({exc.strerror or exc})") from None
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load a PEM Ed25519 private key; refused when group/other may read it."""
-    data = _key_bytes(path, "private")
-    if path.stat().st_mode & 0o077:
-        raise AuditError(f"{path}: private key is readable by others (chmod 600 it)")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise AuditError(f"{path}: not a PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise AuditError(f"{path}: not an Ed25519 private key")
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load a PEM Ed25519 public key; a missing file or another kind of key is one line."""
-    data = _key_bytes(path, "public")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise AuditError(f"{path}: not a PEM public key (a private key or another file?)") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise AuditError(f"{path}: not an Ed25519 public key")
-    return key
-
-
-def _signature_ok(pub: Ed25519PublicKey, entry_hash: str, signature: str) -> bool:
-    try:
-        pub.verify(bytes.fromhex(signature), entry_hash.encode("ascii"))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 # ----------------------------------------------------------------------------- the log
 def _final_line(fh: IO[bytes]) -> tuple[int, bytes]:
     """``(offset, bytes)`` of the file's final line, its newline included (``(0, b"")`` if empty).
@@ -227,33 +121,6 @@ def _parse(raw: bytes) -> AuditEntry | None:
         return AuditEntry.model_validate_json(raw)
     except ValidationError:
         return None
-
-
-def _finite_scalar(value: Any) -> Scalar:
-    """``value`` as a loggable scalar: numpy scalars unwrapped, others named by their type."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return f"<{type(value).__name__}>"
-
-
-def clean_config(config: Mapping[str, Any]) -> dict[str, Scalar]:
-    """``config`` made loggable: NaN/inf become null and :data:`NONFINITE_KEY` says which keys
-    held what (``"hd95_mean=nan: ..."``); numpy scalars are unwrapped, other values named by type.
-    So logging a record, e.g. the refusal of a reply with an undefined metric, never raises."""
-    out: dict[str, Scalar] = {}
-    bad: list[str] = []
-    for key, value in config.items():
-        v = _finite_scalar(value)
-        if isinstance(v, float) and not math.isfinite(v):
-            bad.append(f"{key}={v}")
-            v = None
-        out[str(key)] = v
-    if bad:
-        out[NONFINITE_KEY] = (", ".join(bad) + ": not finite, logged as null "
-                              "(strict JSON has no NaN/Infinity)")
-    return out
 
 
 class AuditLog:
@@ -453,38 +320,3 @@ def recoveries(entries: list[tuple[int, AuditEntry]]) -> list[dict[str, Any]]:
     return [{"line": i, "time": e.time, "side_file": e.config.get("side_file"),
              "torn_bytes": e.config.get("torn_bytes"), "torn_sha256": e.config.get("torn_sha256")}
             for i, e in entries if e.msg_type == RECOVERY and e.decision == "recovered"]
-
-# ----------------------------------------------------------------------------- receipts
-RECEIPT_KEYS = ("entry_hash", "signature", "signer", "header")
-
-
-def make_receipt(entry: AuditEntry) -> dict[str, str]:
-    """What a site returns with a reply: hash, signature, signer and the body minus arrays."""
-    header = entry.model_dump(exclude={"entry_hash", "signature", "arrays"})
-    return {"entry_hash": entry.entry_hash, "signature": entry.signature, "signer": entry.signer,
-            "header": canonical_json(header).decode("ascii")}
-
-
-def receipt_problem(receipt: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                    public_key: Ed25519PublicKey) -> str | None:
-    """Why ``receipt`` does not prove that the site signed exactly ``arrays``; None if it does."""
-    if set(receipt) != set(RECEIPT_KEYS):
-        return f"receipt keys {sorted(receipt)}, expected {sorted(RECEIPT_KEYS)}"
-    if receipt["signer"] != fingerprint(public_key):
-        return f"receipt signed by {receipt['signer'] or '(unsigned)'}, not the site's key"
-    try:
-        header = json.loads(str(receipt["header"]))
-        entry = AuditEntry.model_validate({**header, "arrays": digest_arrays(arrays)})
-    except (ValueError, TypeError) as exc:
-        return f"receipt header unreadable: {exc}"
-    if entry.signer != receipt["signer"] or entry_hash_of(entry) != receipt["entry_hash"]:
-        return "receipt does not match the received arrays/metadata"
-    if not _signature_ok(public_key, str(receipt["entry_hash"]), str(receipt["signature"])):
-        return "receipt signature invalid"
-    return None
-
-
-def verify_receipt(receipt: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                   public_key: Ed25519PublicKey) -> bool:
-    """True when the site's signed log entry covers exactly the received ``arrays``."""
-    return receipt_problem(receipt, arrays, public_key) is None

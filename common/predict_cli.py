@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,10 @@ def _cmd_predict_teacher(args: argparse.Namespace) -> int:
     from common.predict import load_teacher, predict_folder
 
     refuse_inside(args.out, args.inp)  # masks never go into the image folder
-    pred = load_teacher(args.model, device=args.device)
+    model = args.resolve_model(args.model) if args.resolve_model else args.model
+    if model != args.model:
+        log.info("teacher %s serves version %s", args.model, model)
+    pred = load_teacher(model, device=args.device)
     written = predict_folder(pred, args.inp, args.out, overlays=args.overlays)
     print(f"wrote {len(written)} masks to {args.out}")
     return 0
@@ -52,9 +56,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_predict_commands(sub: argparse._SubParsersAction, role: str) -> None:
+def add_predict_commands(sub: argparse._SubParsersAction, role: str,
+                         resolve_model: Callable[[Path], Path] | None = None) -> None:
     """Add ``predict`` and ``evaluate`` to a CLI; ``role`` is ``"site"`` (``--model`` is a
-    teacher run folder) or ``"coordinator"`` (an exported student)."""
+    teacher run folder, mapped by ``resolve_model`` to the version that serves) or
+    ``"coordinator"`` (an exported student)."""
     if role not in ("site", "coordinator"):
         raise ValueError(f"unknown role {role!r}")
     site = role == "site"
@@ -72,7 +78,8 @@ def add_predict_commands(sub: argparse._SubParsersAction, role: str) -> None:
     else:
         p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torchscript"],
                        help="auto: onnxruntime when installed, else TorchScript")
-    p.set_defaults(func=_cmd_predict_teacher if site else _cmd_predict_export)
+    p.set_defaults(func=_cmd_predict_teacher if site else _cmd_predict_export,
+                   resolve_model=resolve_model)
     p = sub.add_parser("evaluate", help="per-case and summary Dice, VOE, HD95 (mm) of a "
                                         "folder of predictions against labels")
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")

@@ -50,6 +50,7 @@ from common.protocol import (
 from coordinator.audit_trail import CoordinatorTrail
 from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.identity import cache_key
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
@@ -277,11 +278,22 @@ def mean_dice(sites: dict[str, dict]) -> float:
 
 
 # ----------------------------------------------------------------------------- experiment
+def fed_cache_key(proxy: ProxySet, cfg: ExperimentConfig, val_dice: float | None) -> str:
+    """Cache key of a site's federated answers: the proxy set, the attention settings, the
+    answer's form (served in the teacher's own plan, issue 17) and what the site reported of its
+    teacher (its validation Dice: a federated coordinator never sees the weights, so a retrained
+    teacher is recognised by its reported score, not by a digest)."""
+    return cache_key(proxy.digest, f"federated|bridged|val={val_dice}", cfg.kd.at_form,
+                     cfg.kd.at_p)
+
+
 def gather_targets(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
                    s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
     """Cached targets where available, a query round for the rest; cache what comes back."""
     cache = TeacherCache(cfg.out / "teacher_cache")
-    have = {site: cache.get(site, proxy.digest) for site in roster.names.values()}
+    keys = {site: fed_cache_key(proxy, cfg, roster.val_dice.get(site))
+            for site in roster.names.values()}
+    have = {site: cache.get(site, keys[site]) for site in roster.names.values()}
     cached = {site: t for site, t in have.items() if t is not None}
     log(f"teacher outputs cached for {sorted(cached)}")
     todo = Roster({n: site for n, site in roster.names.items() if site not in cached})
@@ -289,7 +301,7 @@ def gather_targets(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentC
     for node, why in todo.dropped.items():
         roster.drop(node, why)
     for site, t in fresh.items():
-        cache.put(site, proxy.digest, t)
+        cache.put(site, keys[site], t)
         log(f"{site}: teacher outputs for {len(proxy)} proxy slices validated and cached")
     return {**cached, **fresh}
 

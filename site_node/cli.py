@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
     from common.logs import add_verbosity_everywhere
     from common.predict_cli import add_predict_commands
+    from site_node.teacher_versions import serving_dir
 
     parser = argparse.ArgumentParser(prog="site-node", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher(sub)
     _add_check(sub)
     _add_audit_and_policy(sub)
-    add_predict_commands(sub, "site")  # predict, evaluate
+    add_predict_commands(sub, "site", serving_dir)  # predict, evaluate (the serving teacher)
     add_verbosity_everywhere(parser)
     return parser
 

@@ -177,3 +177,24 @@ def test_receipt_key_lookup_refuses_a_path_as_site_name(tmp_path: Path) -> None:
     assert why is not None and why.startswith("site name '../../x' is not a safe name")
     assert trail._problem("site_a", {"entry_hash": "h"}, {}, {}) == (
         f"no public key {keys / 'site_a.pub'} for site 'site_a'")
+
+
+def test_federated_cache_key_changes_with_the_reported_teacher_and_at_settings() -> None:
+    """A federated rerun reuses cached answers only for the same proxy set, attention settings
+    and reported teacher (the weights never reach the coordinator, so its validation Dice
+    stands in for a digest)."""
+    from types import SimpleNamespace
+
+    from coordinator.distill.config import ExperimentConfig
+    from coordinator.server_app import fed_cache_key
+
+    site = {"name": "site_a", "data": "d", "teacher_dir": "t"}
+    cfg = ExperimentConfig.model_validate({"name": "t", "out": "o", "proxy": "p",
+                                           "sites": [site]})
+    proxy = SimpleNamespace(digest="abc")
+    key = fed_cache_key(proxy, cfg, 0.9)  # type: ignore[arg-type]
+    assert key == fed_cache_key(proxy, cfg, 0.9)  # type: ignore[arg-type]
+    assert key != fed_cache_key(proxy, cfg, 0.8)  # type: ignore[arg-type]
+    assert key != fed_cache_key(SimpleNamespace(digest="abd"), cfg, 0.9)  # type: ignore[arg-type]
+    paper = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"at_form": "paper"})})
+    assert key != fed_cache_key(proxy, paper, 0.9)  # type: ignore[arg-type]

@@ -55,3 +55,26 @@ def test_missing_teacher_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
                "--out", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "best.pt: checkpoint not found" in err
+
+
+def test_predict_uses_the_teacher_version_the_site_serves(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After ``site-node teacher use 1`` the site predicts with versions/1, not the base
+    folder: here the base's weights are deliberately broken, so only the served version works."""
+    import shutil
+
+    from site_node.cli import main
+    from site_node.teacher_versions import new_version_dir, use_version
+
+    ds = write_dataset(tmp_path / "ds")
+    teacher = write_teacher(tmp_path / "teacher", tiny_model(ds))
+    v1 = new_version_dir(teacher)
+    for name in ("best.pt", "teacher.json"):
+        shutil.copy(teacher / name, v1 / name)
+    use_version(teacher, "1")
+    (teacher / "best.pt").write_bytes(b"not a checkpoint")
+    caplog.set_level("INFO")
+    assert main(["predict", "--model", str(teacher), "--in", str(ds / "imagesTr"), "--out",
+                 str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 2
+    assert "serves version" in caplog.text and str(v1) in caplog.text
