@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLI_OUTPUT_MODULES = {
     "common/cli_errors.py", "common/audit_cli.py", "common/predict_cli.py",
     "site_node/cli.py", "site_node/run.py", "site_node/status.py",
+    "site_node/teacher_versions.py",  # the answers of `site-node teacher list|use`
     "coordinator/cli.py", "coordinator/federated_cli.py", "coordinator/topology/simulate.py",
 }
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|DEBUG|WARNING) ", re.MULTILINE)

@@ -44,6 +44,7 @@ def site(tiny_sites: dict, tiny_teachers: dict, tmp_path: Path) -> dict[str, str
     """Node config of site_a with a private copy of its teacher (the fixture is shared)."""
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_teachers["site_a"], teacher)
+    (teacher / FILE).unlink(missing_ok=True)  # earlier tests may fingerprint the shared one
     return {"data-path": str(tiny_sites["site_a"]), "teacher-dir": str(teacher),
             "site-name": "site_a", "state-dir": str(tmp_path / "state")}
 
