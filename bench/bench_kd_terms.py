@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from common.io import strict_json_dumps
-from common.kd.diagnostics import term_gradient_norms, weighted_terms
+from common.kd.diagnostics import disc_batch, term_gradient_norms, weighted_terms
 from common.kd.losses import KDLoss
 from common.kd.targets import compute_teacher_targets
 from common.models import build_model
@@ -28,21 +28,11 @@ from common.models import build_model
 KW = {"in_channels": 1, "num_classes": 2}
 
 
-def blob_batch(b: int, s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``b`` noisy slices ``(b,1,s,s)`` with an off-centre disc label ``(b,s,s)``."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-    disc = ((yy - s / 2) ** 2 + (xx - s / 2.4) ** 2 < (s / 5) ** 2).long()
-    masks = disc.expand(b, s, s).clone()
-    images = masks[:, None].float() * 1.5 + 0.5 * torch.randn(b, 1, s, s, generator=g)
-    return images, masks
-
-
 def measure(student_name: str, teacher_name: str, size: int, batch: int,
             seed: int) -> dict[str, dict[str, float]]:
     """``{at_reduce: {term: gradient norm}}`` for one configuration."""
     torch.manual_seed(seed)
-    x, y = blob_batch(batch, size, seed)
+    x, y = disc_batch(batch, size, seed)
     targets = compute_teacher_targets(build_model(teacher_name, **KW), x, y)
     student = build_model(student_name, **KW).train()
     out = student.seg_forward(x)

@@ -110,15 +110,21 @@ def read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot parse TOML: {_one_line(exc)}") from None
 
 
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """``(dotted location, message)`` of a validation error's first problem: what every one-line
+    config, wire and CLI error reports."""
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), str(err["msg"])
+
+
 def load_config(path: Path, model: type[M]) -> M:
     """Read ``path`` and validate it as ``model``; errors name the file and the field."""
     data = read_mapping(path)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {loc}: {_one_line(first['msg'])}") from None
+        loc, msg = first_error(exc)
+        raise ConfigError(f"{path}: {loc}: {_one_line(msg)}") from None
 
 
 def validated_copy(model: M, update: dict[str, Any], where: str) -> M:
@@ -128,6 +134,5 @@ def validated_copy(model: M, update: dict[str, Any], where: str) -> M:
     try:
         return type(model).model_validate({**model.model_dump(), **update})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}: {loc}: {_one_line(first['msg'])}") from None
+        loc, msg = first_error(exc)
+        raise ConfigError(f"{where}: {loc}: {_one_line(msg)}") from None

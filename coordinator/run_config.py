@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from common.config import StrictModel
+from common.config import StrictModel, first_error
 
 R = TypeVar("R", bound="RunConfig")
 
@@ -53,9 +53,8 @@ class RunConfig(StrictModel):
         try:
             return cls.model_validate(rc)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{who}: {loc}: {first['msg']}") from None
+            loc, msg = first_error(exc)
+            raise ValueError(f"{who}: {loc}: {msg}") from None
 
     def to_run_config(self) -> dict[str, object]:
         """The dash-separated mapping Flower expects (``Path`` as ``str``)."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import ConfigDict, Field, ValidationError
 
 from common.compress import CompressionConfig
-from common.config import SafeName, StrictModel
+from common.config import SafeName, StrictModel, first_error
 
 E = TypeVar("E", bound="EgressConfig")
 
@@ -47,9 +47,8 @@ class EgressConfig(StrictModel):
         try:
             return cls.model_validate(dict(node_config))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"supernode --node-config: {key}: {err['msg']}") from None
+            key, msg = first_error(exc)
+            raise ValueError(f"supernode --node-config: {key}: {msg}") from None
 
     def resolved_state_dir(self) -> Path:
         """``state-dir``, else ``<teacher-dir>/site_state``."""

@@ -49,3 +49,14 @@ def term_gradient_norms(model: nn.Module, terms: dict[str, Tensor]) -> dict[str,
         sq = sum(float(g.double().pow(2).sum()) for g in grads if g is not None)
         norms[name] = sq**0.5
     return norms
+
+
+def disc_batch(b: int, s: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``b`` noisy slices ``(b,1,s,s)`` with an off-centre disc label ``(b,s,s)``: a tiny,
+    seeded segmentation task for measuring the loss terms (bench and tests)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    disc = ((yy - s / 2) ** 2 + (xx - s / 2.4) ** 2 < (s / 5) ** 2).long()
+    masks = disc.expand(b, s, s).clone()
+    images = masks[:, None].float() * 1.5 + 0.5 * torch.randn(b, 1, s, s, generator=g)
+    return images, masks

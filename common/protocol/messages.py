@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from common.config import MAX_NAME_LEN, RunId, RunName, SafeName, StrictModel
+from common.config import MAX_NAME_LEN, RunId, RunName, SafeName, StrictModel, first_error
 
 if TYPE_CHECKING:
     from common.compress import CompressionConfig
@@ -201,9 +201,8 @@ class QueryConfig(StrictModel):
             if v:
                 Plan.model_validate_json(v)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"not a Plan ({where}: {err['msg']})") from None
+            where, msg = first_error(exc)
+            raise ValueError(f"not a Plan ({where}: {msg})") from None
         return v
 
     @model_validator(mode="after")

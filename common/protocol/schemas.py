@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from common.config import first_error
 from common.protocol.messages import Key, ProtocolError
 
 if TYPE_CHECKING:
@@ -76,9 +77,8 @@ def decode_model(record: Any, model: type[M], who: str, key: str) -> M:
     try:
         return model.model_validate(dict(record))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ProtocolError(f"{who}: record {str(key)!r}: field {loc}: {err['msg']}") from None
+        loc, msg = first_error(exc)
+        raise ProtocolError(f"{who}: record {str(key)!r}: field {loc}: {msg}") from None
 
 
 def decode_arrays(rec: ArrayRecord, schema: dict[str, tuple[str, tuple[int, ...]]], who: str,

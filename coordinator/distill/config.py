@@ -8,36 +8,40 @@ name fails at once and lists the valid ones (not hours into a run).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from common.config import DEVICE_PATTERN, MAX_SEED, SafeName, StrictModel, safe_run_name
 from common.data.augment import AugmentConfig
 
+if TYPE_CHECKING:
+    from common.registry import Registry
+
+
+def _registered(registry: Registry[Any], name: str) -> str:
+    """``name`` if ``registry`` knows it, else a ValueError listing the valid names."""
+    from common.registry import RegistryError
+
+    try:
+        registry.get(name)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
 
 def registered_model(name: str) -> str:
     """``name`` if the model registry knows it, else a ValueError listing the valid names."""
     from common.models import MODELS
-    from common.registry import RegistryError
 
-    try:
-        MODELS.get(name)
-    except RegistryError as exc:
-        raise ValueError(str(exc)) from None
-    return name
+    return _registered(MODELS, name)
 
 
 def registered_weighting(name: str) -> str:
     """``name`` if the teacher-weighting registry knows it, else a ValueError listing them."""
     from common.kd.fusion import WEIGHTINGS
-    from common.registry import RegistryError
 
-    try:
-        WEIGHTINGS.get(name)
-    except RegistryError as exc:
-        raise ValueError(str(exc)) from None
-    return name
+    return _registered(WEIGHTINGS, name)
 
 
 class SiteSpec(StrictModel):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from common.data.augment import AugmentConfig, build_augment
-from common.kd.diagnostics import term_gradient_norms, weighted_terms
+from common.kd.diagnostics import disc_batch, term_gradient_norms, weighted_terms
 from common.kd.functional import region_contrast, valid_at
 from common.kd.losses import KDLoss
 from common.kd.targets import TeacherTargets, compute_teacher_targets
@@ -21,16 +21,6 @@ from coordinator.distill.dataset import DistillDataset, batch_targets
 from coordinator.distill.proxy import ProxySet
 
 KW = {"in_channels": 1, "num_classes": 2}
-
-
-def _blobs(b: int, s: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``b`` noisy slices ``(b,1,s,s)`` with an off-centre disc label ``(b,s,s)``."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-    disc = ((yy - s / 2) ** 2 + (xx - s / 2.4) ** 2 < (s / 5) ** 2).long()
-    masks = disc.expand(b, s, s).clone()
-    images = masks[:, None].float() * 1.5 + 0.5 * torch.randn(b, 1, s, s, generator=g)
-    return images, masks
 
 
 def _models(seed: int = 0) -> tuple[SegModel, SegModel]:
@@ -44,7 +34,7 @@ def test_at_gradient_within_an_order_of_magnitude_of_kl(size: int) -> None:
     in [KL/10, 10 KL] at both resolutions; the former mean over positions is >100x weaker
     (the issue's measurement at 384 px: AT early 7.9e-7 vs KL 0.25)."""
     student, teacher = _models()
-    x, y = _blobs(2, size)
+    x, y = disc_batch(2, size)
     tt = compute_teacher_targets(teacher, x, y)
     student.train()
     out = student.seg_forward(x)
@@ -61,7 +51,7 @@ def test_at_gradient_within_an_order_of_magnitude_of_kl(size: int) -> None:
 
 def test_weighted_terms_add_up_to_total() -> None:
     student, teacher = _models()
-    x, y = _blobs(2, 32)
+    x, y = disc_batch(2, 32)
     tt = TeacherTargets.stack([compute_teacher_targets(teacher, x, y)] * 2)
     w = torch.tensor([[0.3, 0.7], [0.5, 0.5]])
     out = student.seg_forward(x)
@@ -73,7 +63,7 @@ def test_weighted_terms_add_up_to_total() -> None:
 
 def test_kd_loss_checks_weight_rows_sum_to_one() -> None:
     student, teacher = _models()
-    x, y = _blobs(2, 32)
+    x, y = disc_batch(2, 32)
     tt = TeacherTargets.stack([compute_teacher_targets(teacher, x, y)] * 2)
     out = student.seg_forward(x)
     KDLoss()(out, y, tt, torch.tensor([[0.5, 0.5], [0.99995, 0.0]]))  # within 1e-4
@@ -91,7 +81,7 @@ ROTATE = AugmentConfig(rotate_limit=45.0, scale_limit=0.0, shift_limit=0.0,
 
 
 def _rotated_item(size: int = 32) -> tuple[dict, TeacherTargets]:
-    x, y = _blobs(2, size, seed=1)
+    x, y = disc_batch(2, size, seed=1)
     _, teacher = _models(1)
     tt = compute_teacher_targets(teacher, x, y)
     proxy = ProxySet(images=x.numpy(), masks=y.numpy().astype(np.uint8),
@@ -135,7 +125,7 @@ def test_rotated_sample_loss_ignores_padded_corners() -> None:
 
 
 def test_unaugmented_items_are_all_valid() -> None:
-    x, y = _blobs(1, 16)
+    x, y = disc_batch(1, 16)
     proxy = ProxySet(images=x.numpy(), masks=y.numpy().astype(np.uint8), slice_ids=["a:0"],
                      hashes=["0"])
     item = DistillDataset(proxy, None)[0]
@@ -154,7 +144,7 @@ def test_region_contrast_mismatch_of_the_cached_teacher_value() -> None:
     s = 64
     _, teacher = _models(4)
     teacher.eval()
-    x, y = _blobs(8, s, seed=5)
+    x, y = disc_batch(8, s, seed=5)
     aug = build_augment(ROTATE, seed=7)
     rows = [aug(x[i, 0].numpy(), y[i].numpy().astype(np.uint8),
                 {"valid": np.ones((s, s), np.float32)}) for i in range(8)]
@@ -195,7 +185,7 @@ def test_decoder_taps_end_to_end() -> None:
     from common.kd.teacher_outputs import teacher_outputs
 
     student, teacher = _models(6)
-    x, y = _blobs(2, 32)
+    x, y = disc_batch(2, 32)
     out = student.seg_forward(x)
     assert tapped_features(out) == (out.features[0], out.features[-1])
     assert tapped_features(out, "decoder") == (out.features[-1], out.decoder)
