@@ -39,8 +39,12 @@ class PairedComparison:
     n_cases: int
 
     def significant(self, alpha: float = ALPHA) -> bool:
-        """``p < alpha`` (two-sided)."""
-        return self.p_value < alpha
+        """``p < alpha`` (two-sided) AND the bootstrap CI excludes 0.
+
+        The rank test and the CI of the mean can disagree (a few large differences against
+        many small ones of the other sign); a difference is called only when both agree.
+        """
+        return self.p_value < alpha and (self.ci_low > 0.0 or self.ci_high < 0.0)
 
 
 def paired_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:

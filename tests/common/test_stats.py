@@ -57,6 +57,16 @@ def test_wilcoxon_on_case_means_by_hand() -> None:
     assert not c.significant()
 
 
+def test_rank_test_and_ci_must_agree() -> None:
+    # 19 cases +0.01 and one -1.0: the signed-rank test says "a better" (W- = 20 of 210,
+    # p < 0.01) while the mean difference is (0.19 - 1) / 20 = -0.0405 and its CI spans 0
+    d = np.array([[0.01] * 19 + [-1.0]])
+    c = compare_paired(d, np.zeros_like(d))
+    assert c.p_value < 0.01 and c.mean_diff == pytest.approx(-0.0405)
+    assert c.ci_low < 0 < c.ci_high
+    assert not c.significant()
+
+
 def test_paired_t_equals_scipy_paired_t() -> None:
     from scipy.stats import ttest_rel
 
