@@ -90,7 +90,7 @@ def reply_extra_bytes(targets: TeacherTargets) -> int:
 def mode_row(name: str, data: DistillData, cfg: ExperimentConfig, seeds: list[int],
              workdir: Path, ref: dict | None) -> dict:
     """Bytes and the student's Dice for one mode (``ref``: the fp32 row, None for fp32 itself)."""
-    assert data.targets is not None
+    assert isinstance(data.targets, TeacherTargets)  # load_scenario materialises
     comp = MODES[name]
     decoded = encode_decode(data.targets, comp, seed=1234)
     size = int(data.targets.logits.shape[-1])
@@ -188,7 +188,7 @@ def main() -> None:
     for name in modes:
         rows.append(mode_row(name, data, cfg, args.seeds, args.workdir, rows[0] if rows else None))
     add_changes(rows)
-    assert data.targets is not None
+    assert isinstance(data.targets, TeacherTargets)  # load_scenario materialises
     res = {"config": str(args.config), "seeds": args.seeds, "epochs": cfg.student.epochs,
            "size": cfg.student.size, "sites": data.site_names, "weighting": "inverse_dice_loss",
            "reply_extra_bytes_per_slice": reply_extra_bytes(data.targets),

@@ -30,7 +30,7 @@ import torch
 
 from common.config import load_config
 from common.io import strict_json_dumps
-from coordinator.distill.cache import TeacherCache
+from coordinator.distill.cache import TeacherCache, materialise
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.corrupt import CORRUPTIONS, Corruption, corrupt_teacher
 from coordinator.distill.experiment import load_site_test, local_targets
@@ -52,7 +52,7 @@ def load_scenario(config: Path, epochs: int | None = None, beta: float | None = 
     if beta is not None:
         cfg = cfg.model_copy(update={"kd": cfg.kd.model_copy(update={"beta": beta})})
     proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
-    targets = local_targets(cfg, proxy, TeacherCache(cfg.out / "teacher_cache"))
+    targets = materialise(local_targets(cfg, proxy, TeacherCache(cfg.out / "teacher_cache")))
     tests = {s.name: load_site_test(s, cfg.student.size, proxy.plan) for s in cfg.sites}
     return cfg, DistillData(proxy, targets, [s.name for s in cfg.sites], tests)
 
@@ -104,7 +104,8 @@ def robustness(cfg: ExperimentConfig, data: DistillData, bad: int, seeds: list[i
         rows.append({"scenario": "clean_2", "weighting": w,
                      **cell(data, cfg, clean, seeds, workdir)})
         for kind in kinds:
-            bad_data = dataclasses.replace(data, targets=corrupt_teacher(data.targets, bad, kind))
+            bad_data = dataclasses.replace(
+                data, targets=corrupt_teacher(materialise(data.targets), bad, kind))
             run = StudentRun(f"{kind}_3_{w}", list(range(len(data.site_names))), spec)
             rows.append({"scenario": kind, "weighting": w,
                          **cell(bad_data, cfg, run, seeds, workdir)})

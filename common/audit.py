@@ -179,6 +179,13 @@ class AuditLog:
             raise AuditError(f"{self.path}: last line is not a valid entry; run verify")
         return last.seq, last.entry_hash
 
+    def head(self) -> tuple[int, str]:
+        """``(seq, entry_hash)`` of the last entry (``(0, GENESIS)`` for an empty log)."""
+        if not self.path.is_file():
+            return 0, GENESIS
+        with self._locked() as fh:
+            return self._tail(fh)
+
     @staticmethod
     def _write(fh: IO[bytes], data: bytes) -> None:
         fh.write(data)

@@ -20,15 +20,22 @@ def add_audit_args(p: argparse.ArgumentParser) -> None:
     sig.add_argument("--no-signatures", action="store_true",
                      help="check the hash chain only; without --pub or this flag audit fails")
     p.add_argument("--head", help="expected entry_hash of the last entry (detects truncation)")
+    p.add_argument("--peer-log", dest="peer_log", type=Path,
+                   help="the other side's exchange log: checked against its signed heads "
+                        "recorded in --log (detects truncation or rewriting of either log)")
+    p.add_argument("--peer-pub", dest="peer_pub", type=Path,
+                   help="the other side's Ed25519 public key (default: the key its recorded "
+                        "heads carry)")
     p.add_argument("--html", type=Path, help="also write a readable HTML report here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run_audit(args: argparse.Namespace, summarise: Report | None = None) -> int:
     """Verify chain and signatures; print a summary and the statement; exit status 0 only when
-    the log verifies, no egress violation is found and signatures were checked (or waived with
-    ``--no-signatures``); otherwise 1, with the statement withheld
-    (:func:`common.audit_report.final_statement`).
+    the log verifies, no egress violation is found, signatures were checked (or waived with
+    ``--no-signatures``) and, with ``--peer-log``, the other side's log holds every signed head
+    of it recorded here (:func:`common.audit_anchor.check_anchors`); otherwise 1, with the
+    statement withheld (:func:`common.audit_report.final_statement`).
 
     ``summarise`` builds the summary (default :func:`common.audit_report.site_report`;
     ``coordinator audit`` passes :func:`common.audit_report.coordinator_report`)."""
@@ -43,6 +50,11 @@ def run_audit(args: argparse.Namespace, summarise: Report | None = None) -> int:
     pub = load_public_key(args.pub) if args.pub else None
     report = verify_log(log, pub, expected_head=args.head)
     summary = (summarise or site_report)(log)
+    if getattr(args, "peer_log", None) is not None:
+        from common.audit_anchor import check_anchors
+
+        peer_pub = load_public_key(args.peer_pub) if getattr(args, "peer_pub", None) else None
+        summary["anchors"] = check_anchors(log, Path(args.peer_log), peer_pub)
     waived = bool(getattr(args, "no_signatures", False))
     summary["statement"] = final_statement(report, summary, waived)
     if args.json:
@@ -84,4 +96,17 @@ def _print_human(log: Path, report: object, summary: dict, signed: bool) -> None
     for v in summary.get("violations", []):
         print(f"  VIOLATION: {v}")
     _print_dp(summary.get("dp", []))
+    _print_anchors(summary.get("anchors"))
     print(f"  {summary.get('statement', '')}")
+
+
+def _print_anchors(a: dict | None) -> None:
+    if not a:
+        return
+    print(f"  anchors: {a['heads_checked']} head(s) of {a['peer_log']} ({a['peer_signer']}) "
+          f"recorded here; it has {a['peer_entries']} valid entries, last anchored seq "
+          f"{a['last_anchored_seq']} ({a['unanchored_tail']} later entries not anchored)")
+    for line in a.get("ignored", []):
+        print(f"  ignored head: {line}")
+    for line in a["problems"]:
+        print(f"  ANCHOR: {line}")

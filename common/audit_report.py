@@ -70,12 +70,17 @@ def final_statement(report: VerifyReport, summary: Mapping[str, Any], unsigned_o
     bad_side = [r["side_file"] for r in summary.get("recoveries", []) if not r.get("side_file_ok")]
     if bad_side:
         return f"{WITHHELD}: recovered torn line(s) missing or altered in {bad_side}"
+    anchors = summary.get("anchors") or {}
+    if anchors.get("problems"):
+        return (f"{WITHHELD}: the other side's log does not match the signed heads recorded "
+                f"here ({anchors['problems'][0]})")
     return str(summary.get("statement", ""))
 
 
 def audit_passed(report: VerifyReport, summary: Mapping[str, Any], unsigned_ok: bool) -> bool:
     """Exit status 0 of ``audit``: verified, no violation, signatures checked or explicitly
-    waived, and every recovered torn line's side file intact."""
+    waived, every recovered torn line's side file intact and, with ``--peer-log``, the other
+    side's log holding every signed head recorded here."""
     statement = final_statement(report, summary, unsigned_ok)
     return not statement.startswith(WITHHELD) and not summary.get("violations")
 

@@ -7,6 +7,12 @@ and whether it verified). With a keys folder (run config ``site-keys-dir``, hold
 ``<site>.pub`` per site) every reply must carry a receipt that verifies against the arrays and
 scalars actually received and the public key of the site it claims to be; otherwise the
 reply is rejected (the site is dropped). Without one, receipts are stored unverified.
+
+Log anchoring (:mod:`common.audit_anchor`): every request carries this log's signed ``head``
+(the site records it), and every accepted reply's site ``head`` (its signature, the site's key,
+the receipt's entry, never behind an earlier one) is recorded in the reply's ``in`` entry.
+``peer_heads.json`` keeps the last head per site key. With a keys folder a reply without a
+valid head is rejected.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.audit import AuditLog, clean_config, load_public_key, receipt_problem
+from common.audit import AuditLog, clean_config, fingerprint, load_public_key, receipt_problem
+from common.audit_anchor import HeadStore, head_problem, log_head
 from common.config import ConfigError, safe_name
 from common.io import strict_json_dumps
-from common.protocol import Key
+from common.protocol import Key, LogHead
 from common.records import load_or_create_key, loggable, record_contents
 
 
@@ -30,10 +37,15 @@ class CoordinatorTrail:
         self.log = AuditLog(folder / "coordinator.jsonl",
                             load_or_create_key(folder / "coordinator.key"))
         self.receipts = folder / "receipts.jsonl"
+        self.heads = HeadStore(folder / "peer_heads.json")
         self.run_id, self.keys_dir = run_id, keys_dir
 
     def sent(self, node: int, msg_type: str, rd: Any) -> None:
-        """Log one outgoing request."""
+        """Attach this log's signed head to the outgoing request ``rd`` (the site records it:
+        log anchoring), then log the request."""
+        from flwr.app import ConfigRecord
+
+        rd[Key.HEAD] = ConfigRecord(log_head(self.log))
         arrays, scalars = record_contents(rd)
         self.log.append(run_id=self.run_id, peer=f"node {node}", direction="out",
                         msg_type=msg_type, arrays=arrays, config=loggable(scalars))
@@ -64,20 +76,45 @@ class CoordinatorTrail:
             why = f"receipt is for run {header.get('run_id')!r}, not {self.run_id!r} (replay?)"
         return why
 
+    def _head_problem(self, site: str, head: dict[str, Any] | None,
+                      receipt: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+        """The reply's site log head (validated) and why it is refused: forged, not the
+        receipt's entry, not the site's key, or behind a head seen before (log cut)."""
+        from pydantic import ValidationError
+
+        if head is None:
+            return {}, "reply carries no signed log head" if self.keys_dir is not None else None
+        try:
+            h = LogHead.model_validate(head).model_dump()
+        except ValidationError as exc:
+            return {}, f"log head malformed: {str(exc).splitlines()[0][:200]}"
+        if self.keys_dir is not None:
+            signer = fingerprint(load_public_key(self.keys_dir / f"{site}.pub"))
+            why = head_problem(h, signer)
+            if why is None and receipt is not None and h["head_hash"] != receipt["entry_hash"]:
+                why = "log head is not the receipt's entry"
+            if why:
+                return h, why
+        why = self.heads.admit(h)
+        return h, f"site {why}" if why else None
+
     def received(self, node: int, msg_type: str, rd: Any) -> tuple[Any, str | None]:
         """Check and log one reply; returns it without its receipt, and why it is rejected."""
         from flwr.app import RecordDict
 
         receipt = dict(rd[Key.RECEIPT]) if Key.RECEIPT in rd.keys() else None
-        content = RecordDict({k: v for k, v in rd.items() if k != Key.RECEIPT})
+        head = dict(rd[Key.HEAD]) if Key.HEAD in rd.keys() else None
+        content = RecordDict({k: v for k, v in rd.items() if k not in (Key.RECEIPT, Key.HEAD)})
         arrays, scalars = record_contents(content)
         site = str(scalars.get("site_name", f"node {node}"))
         why = self._problem(site, receipt, arrays, scalars)
+        anchor, head_why = self._head_problem(site, head, receipt) if why is None else ({}, None)
+        why = why or head_why
         self.log.append(run_id=self.run_id, peer=f"node {node}", direction="in",
                         msg_type=msg_type, arrays=arrays,
                         config={**loggable(scalars), "receipt": (receipt or {}).get(
                             "entry_hash", ""), "receipt_verified": self.keys_dir is not None
-                            and why is None},
+                            and why is None, **(anchor if why is None else {})},
                         decision="refused" if why else "received", reason=why)
         line = {"site": site, "node": node, "msg_type": msg_type, "receipt": receipt,
                 "verified": self.keys_dir is not None and why is None, "problem": why}

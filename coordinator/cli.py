@@ -60,8 +60,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if not args.local:
         from coordinator.federated_cli import main_federated
 
+        if cfg.runs.local_only or cfg.runs.pooled or cfg.runs.fedavg:
+            log.warning("baseline rows (local_only, pooled, fedavg) run with --local only: skipped")
         return main_federated(args, cfg)
-    export_best_multi(cfg.out, run_experiment(cfg), cfg)  # as the federated ServerApp does
+    from coordinator.baselines.rows import baseline_rows
+
+    export_best_multi(cfg.out, run_experiment(cfg, baseline_rows), cfg)  # as the ServerApp does
     print(f"results: {cfg.out / 'results.md'}")  # the command's answer: where the table is
     return 0
 
@@ -89,6 +93,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compression", default="fp16",
                    choices=["fp16", "int8_probs", "downsample", "fp32"],
                    help="how every site encodes its query logits (node config `compression`)")
+    from coordinator.federated_cli import add_simulate_engine_args
+
+    add_simulate_engine_args(p)
     p.set_defaults(func=_cmd_simulate)
 
 

@@ -1,14 +1,19 @@
-"""Export a trained student to TorchScript and ONNX, with a JSON model card.
+"""Export a trained student for CPU inference (torch.export, ONNX, int8), with a model card.
 
-:func:`export_student` writes ``student.ts``, ``student.onnx`` and ``model_card.json`` (all
-atomically) and verifies them: the TorchScript file is reloaded and must reproduce the eager
-model's logits, and the ONNX graph must pass ``onnx.checker``. :func:`export_best_multi` picks
-the default-weighting multi-teacher run of an experiment and exports it to ``<out>/export/``.
+:func:`export_student` writes ``student.pt2`` (:func:`torch.export.export`, dynamic batch),
+``student.onnx`` (opset 17), ``student.pt`` (state dict, the ``eager`` runtime),
+``student.int8.onnx`` (ONNX Runtime static int8, calibrated on the coordinator's proxy slices
+only) and ``model_card.json`` (all atomically). Conv+BN pairs are folded and ENet's
+MaxUnpool swapped for a scatter in the exported graphs. Each file is verified against the eager
+fp32 model (pt2 within 1e-4, the ONNX graph through ``onnx.checker``, every runtime's argmax
+agreement on proxy slices) and timed; the card records each runtime's precision, agreement,
+proxy Dice and latency. :func:`export_best_multi` picks the default-weighting multi-teacher
+run of an experiment and exports it to ``<out>/export/``.
 
 Each file carries the student's preprocessing plan (:class:`common.data.plan.Plan` as JSON) so
 that ``coordinator predict`` needs no other file: ONNX ``metadata_props`` key
-:data:`common.predict.PLAN_KEY`, the TorchScript extra file :data:`common.predict.PLAN_EXTRA_FILE`
-and ``model_card.json["plan"]``.
+:data:`common.predict.PLAN_KEY`, the ``.pt2`` extra file :data:`common.predict.PLAN_EXTRA_FILE`,
+the ``student.pt`` key ``plan`` and ``model_card.json["plan"]``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from common.io import atomic_write_bytes, atomic_write_json
+from common.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from common.models.base import SegModel, count_params
+from common.models.checkpoint import model_state
 from common.predict import PLAN_EXTRA_FILE, PLAN_KEY
+from common.runtimes import FILES, fastest, runtime_report
+from coordinator.distill.proxy import ProxySet
+from coordinator.quantize import quantize_student
 
 if TYPE_CHECKING:
     from coordinator.distill.config import ExperimentConfig
@@ -68,43 +78,53 @@ def _is_plain_unpool(u: nn.MaxUnpool2d) -> bool:
     return k == st and k[0] == k[1] and pad == (0, 0)
 
 
-def exportable(model: SegModel) -> SegModel:
-    """A deep copy of ``model`` with every non-traceable module replaced by an equivalent."""
+def exportable(model: SegModel, fold: bool = True) -> SegModel:
+    """A deep copy of ``model`` in eval mode with every non-traceable module replaced by an
+    equivalent and (``fold``) every Conv+BatchNorm pair folded into the conv
+    (:func:`common.runtimes.fold_conv_bn`, checked to keep the output within 1e-4)."""
+    from common.runtimes import fold_conv_bn
+
     out = copy.deepcopy(model).eval()
     for mod in list(out.modules()):
         for name, child in list(mod.named_children()):
             if isinstance(child, nn.MaxUnpool2d) and _is_plain_unpool(child):
                 setattr(mod, name, ScatterUnpool(child))
+    if fold:
+        fold_conv_bn(out, _example(64, 2))
     return out
 
 
-def _example(size: int) -> torch.Tensor:
+def _example(size: int, batch: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(1, 1, size, size, generator=gen)
+    return torch.randn(batch, 1, size, size, generator=gen)
 
 
-def export_torchscript(model: SegModel, x: torch.Tensor, path: Path,
-                       extra_files: dict[str, str] | None = None) -> float:
-    """Trace ``model.forward`` on ``x``, save to ``path`` (with ``extra_files``, e.g. the
-    plan); return max |reloaded - eager|."""
+def export_pt2(model: SegModel, x: torch.Tensor, path: Path,
+               extra_files: dict[str, str] | None = None) -> float:
+    """:func:`torch.export.export` ``model.forward`` (dynamic batch) on ``x`` (batch >= 2), save
+    to ``path`` with ``extra_files`` (e.g. the plan); return max |reloaded - eager|."""
+    from common.runtimes import load_pt2
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings about shapes turned into constants
-        traced = torch.jit.trace(exportable(model), x, check_trace=False)
+        warnings.simplefilter("ignore")
+        program = torch.export.export(exportable(model), (x,), dynamic_shapes=({0: batch},))
         buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files=extra_files or {})
+        torch.export.save(program, buf, extra_files=extra_files or {})
         atomic_write_bytes(path, buf.getvalue())
-        reloaded = torch.jit.load(str(path), map_location="cpu")
-        diffs = [float((reloaded(v) - model(v)).abs().max()) for v in (x, x.flip(-1) * 0.5)]
+        reloaded = load_pt2(path)
+        diffs = [float((reloaded(v) - model(v)).abs().max()) for v in (x, x[:1].flip(-1) * 0.5)]
     diff = max(diffs)
     if not diff < TOLERANCE:
-        raise ExportError(f"{path}: TorchScript output differs from the eager model by {diff:.2e}")
+        raise ExportError(f"{path}: torch.export output differs from the eager model by "
+                          f"{diff:.2e}")
     return diff
 
 
 def export_onnx(model: SegModel, x: torch.Tensor, path: Path,
                 metadata: dict[str, str] | None = None) -> int:
-    """Export ``model.forward`` to ONNX (opset 17, dynamic batch) with ``metadata`` in its
-    ``metadata_props``, check it; return node count."""
+    """Export ``model.forward`` (Conv+BN folded) to ONNX (opset 17, dynamic batch) with
+    ``metadata`` in its ``metadata_props``, check it; return node count."""
     import onnx
 
     buf: Any = io.BytesIO()  # torch's stubs say path-only; file objects work with dynamo=False
@@ -135,36 +155,55 @@ def fedmtkd_version() -> str:
 
 
 def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
-                   plan: dict | None = None) -> dict[str, Path]:
-    """Write and verify ``student.ts``, ``student.onnx`` and ``model_card.json`` in ``out_dir``.
+                   plan: dict | None = None, spec: dict | None = None,
+                   proxy: ProxySet | None = None) -> dict[str, Path]:
+    """Write, verify and time the student's runtimes and ``model_card.json`` in ``out_dir``.
 
-    ``card`` adds to (and may override) the computed fields: e.g. ``architecture``, ``sites``,
-    ``fusion_weights``, ``site_metrics``, ``bytes_exchanged``. ``plan`` (a
-    :class:`common.data.plan.Plan` as JSON dict, its ``size`` equal to ``size``) goes into all
-    three files. ``model`` is put in eval mode on the CPU; the traced copy has ENet's unpooling
-    swapped (:func:`exportable`). Returns the three paths keyed ``torchscript``, ``onnx``,
-    ``card``.
+    Files (:data:`common.runtimes.FILES`): ``student.pt2`` (torch.export), ``student.onnx``
+    (fp32), ``student.pt`` (the state dict, for the ``eager`` runtime; only with ``spec`` =
+    ``{"model_name", "model_kwargs"}``) and ``student.int8.onnx`` (only with ``proxy``: static
+    int8 calibrated on the coordinator's proxy slices, :func:`coordinator.quantize.
+    quantize_student`). Conv+BN pairs are folded in the pt2/ONNX graphs. ``card`` adds to (and
+    may override) the computed fields; ``plan`` (a :class:`common.data.plan.Plan` as JSON dict,
+    ``size`` equal to ``size``) goes into every file. The card's ``runtimes`` give per runtime
+    its precision, agreement with eager fp32 (on proxy slices, else random inputs) and measured
+    batch-1 latency; ``default_runtime`` is the fastest one with agreement >= 99.5 %.
+    Returns the paths keyed by runtime name and ``card``.
     """
     if plan is not None and int(plan.get("size", size)) != size:
         raise ExportError(f"{out_dir}: plan size {plan.get('size')} != export size {size}")
     model = model.eval().cpu()
-    x = _example(size)
-    paths = {"torchscript": out_dir / "student.ts", "onnx": out_dir / "student.onnx",
-             "card": out_dir / "model_card.json"}
     text = json.dumps(plan, sort_keys=True) if plan is not None else None
-    diff = export_torchscript(model, x, paths["torchscript"],
-                              {PLAN_EXTRA_FILE: text} if text else None)
-    nodes = export_onnx(model, x, paths["onnx"], {PLAN_KEY: text} if text else None)
+    paths = {r: out_dir / FILES[r] for r in ("pt2", "onnx")}
+    diff = export_pt2(model, _example(size, 2), paths["pt2"],
+                      {PLAN_EXTRA_FILE: text} if text else None)
+    nodes = export_onnx(model, _example(size), paths["onnx"], {PLAN_KEY: text} if text else None)
+    if spec is not None:
+        paths["eager"] = out_dir / FILES["eager"]
+        atomic_torch_save(paths["eager"], {**model_state(model, spec["model_name"],
+                                                         dict(spec["model_kwargs"])),
+                                           **({"plan": plan} if plan else {})})
+    extra: dict[str, Any] = {}
+    if proxy is not None:
+        paths["onnx-int8"] = out_dir / FILES["onnx-int8"]
+        extra["calibration"] = quantize_student(paths["onnx"], paths["onnx-int8"], proxy)
+    x, masks = _check_inputs(size, proxy)
     with torch.no_grad():
-        classes = int(model(x).shape[1])
+        ref = model(torch.from_numpy(x)).numpy()
+    report = runtime_report(paths, ref, x, masks)
+    paths["card"] = out_dir / "model_card.json"
     full: dict[str, Any] = {
         "architecture": type(model).__name__, "params": count_params(model),
         "input": {"shape": [1, 1, size, size], "in_channels": 1, "size": size,
                   "dtype": "float32", "name": "image"},
-        "output": {"name": "logits", "shape": [1, classes, size, size]},
-        "files": {"torchscript": paths["torchscript"].name, "onnx": paths["onnx"].name},
-        "verification": {"torchscript_max_abs_diff": diff, "onnx_checker": "passed",
-                         "onnx_opset": OPSET, "onnx_nodes": nodes},
+        "output": {"name": "logits", "shape": [1, int(ref.shape[1]), size, size]},
+        "files": {r: p.name for r, p in paths.items() if r != "card"},
+        "runtimes": report, **extra,
+        "default_runtime": fastest({r: v["latency"]["median_ms"] for r, v in report.items()},
+                                   report, {r: v["agreement"] for r, v in report.items()}),
+        "verification": {"pt2_max_abs_diff": diff, "onnx_checker": "passed",
+                         "onnx_opset": OPSET, "onnx_nodes": nodes,
+                         "inputs": "proxy slices" if proxy is not None else "random"},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "fedmtkd_version": fedmtkd_version(),
         **({"plan": plan} if plan is not None else {}),
@@ -172,6 +211,15 @@ def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
     }
     atomic_write_json(paths["card"], full)
     return paths
+
+
+def _check_inputs(size: int, proxy: ProxySet | None, n: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``n`` evenly spread proxy slices and their masks, else 4 random images."""
+    if proxy is None or len(proxy) == 0 or proxy.images.shape[-1] != size:
+        return _example(size, 4).numpy(), None
+    idx = np.unique(np.linspace(0, len(proxy) - 1, min(n, len(proxy))).round().astype(int))
+    return proxy.images[idx].astype(np.float32), proxy.masks[idx]
 
 
 def mean_fusion_weights(metrics_csv: Path, sites: list[str]) -> dict[str, float]:
@@ -267,6 +315,19 @@ def main_export(args: Any) -> int:
     return 0 if export_best_multi(out, result_rows(out), cfg) is not None else 1
 
 
+def _proxy_or_none(cfg: ExperimentConfig) -> ProxySet | None:
+    """The proxy set at the student size (int8 calibration data), None with a warning when it
+    cannot be read (then no int8 model is exported)."""
+    from common.data.errors import DataError
+    from coordinator.distill.proxy import load_proxy
+
+    try:
+        return load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
+    except DataError as exc:
+        log.warning("proxy set unreadable (%s); no int8 model exported", exc)
+        return None
+
+
 def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
                       bytes_exchanged: int | None = None) -> dict[str, Path] | None:
     """Export ``<out>/runs/<default multi run>/last.pt`` to ``<out>/export/``.
@@ -296,8 +357,8 @@ def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
     if bytes_exchanged is not None or traffic is not None:
         card["bytes_exchanged"] = int(bytes_exchanged if bytes_exchanged is not None
                                       else traffic["total"] if traffic else 0)
+    spec = {"model_name": ckpt["model_name"], "model_kwargs": ckpt["model_kwargs"]}
     paths = export_student(model, out / "export", cfg.student.size, card,
-                           plan=student_plan(ckpt, cfg))
-    log.info("[export] %s: %s, %s, %s", row["run"], paths["torchscript"], paths["onnx"],
-             paths["card"])
+                           plan=student_plan(ckpt, cfg), spec=spec, proxy=_proxy_or_none(cfg))
+    log.info("[export] %s: %s", row["run"], ", ".join(str(p) for p in paths.values()))
     return paths

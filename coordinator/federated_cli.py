@@ -66,6 +66,8 @@ def add_federated_args(p: argparse.ArgumentParser) -> None:
                    help="skip the train round (sites are then named node<id>)")
     g.add_argument("--chunk-size", dest="chunk_size", type=int,
                    help=f"proxy slices per query message {APP_DEFAULT}")
+    g.add_argument("--query-window", dest="query_window", type=int,
+                   help=f"query chunks in flight per site, 0 = lockstep {APP_DEFAULT}")
     g.add_argument("--site-keys", dest="site_keys", type=Path,
                    help="folder of <site>.pub audit keys: every receipt must verify")
     g.add_argument("--workdir", type=Path, help="FLWR_HOME, run config, log (default OUT/flwr)")
@@ -75,6 +77,23 @@ def add_federated_args(p: argparse.ArgumentParser) -> None:
                                             "of this source tree)")
     g.add_argument("--print-command", dest="print_command", action="store_true",
                    help="write the config files, print the flwr command, run nothing")
+
+
+def add_simulate_engine_args(p: argparse.ArgumentParser) -> None:
+    """``coordinator simulate`` flags of the query pipeline and of the engine choice."""
+    p.add_argument("--engine", choices=["processes", "ray"], default="processes",
+                   help="processes: a SuperLink and one SuperNode process per site (the compose "
+                        "topology, default); ray: N virtual sites on Flower's Simulation "
+                        "Engine (needs the `simulation` extra)")
+    p.add_argument("--query-window", dest="query_window", type=int,
+                   help=f"query chunks in flight per site, 0 = lockstep {APP_DEFAULT}")
+    p.add_argument("--chunk-size", dest="chunk_size", type=int,
+                   help=f"proxy slices per query message {APP_DEFAULT}")
+    p.add_argument("--ray-address", dest="ray_address",
+                   help="--engine ray: join this Ray cluster (e.g. 10.0.0.2:6379 or 'auto'; "
+                        "default: start a local one)")
+    p.add_argument("--client-cpus", dest="client_cpus", type=float, default=1.0,
+                   help="--engine ray: CPUs per ClientApp actor (default 1)")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,6 +158,7 @@ def run_values(args: argparse.Namespace, cfg: ExperimentConfig, config: Path
     flags: dict[str, object | None] = {
         "config-path": str(config), "out": str(cfg.out), "timeout": args.round_timeout,
         "train": not args.no_train, "min-sites": args.min_sites, "chunk-size": args.chunk_size,
+        "query-window": args.query_window,
         "expected-sites": int(args.expected_sites or len(cfg.sites)),
         "site-keys-dir": str(args.site_keys.resolve()) if args.site_keys is not None else None}
     values = {**app_defaults(app_dir(args)), **{k: v for k, v in flags.items() if v is not None}}

@@ -37,6 +37,8 @@ class RunConfig(StrictModel):
     timeout: float = Field(gt=0, le=1e7, description="seconds per round (and for nodes to connect)")
     train: bool = Field(description="send `train` first (site names, teacher val Dice)")
     chunk_size: int = Field(ge=1, le=100_000, description="proxy slices per query message")
+    query_window: int = Field(ge=0, le=64, description="query chunks in flight per site "
+                                                       "(0 = lockstep, one chunk at a time)")
     out: str = Field(description='override the experiment\'s out folder ("" = keep)')
     site_keys_dir: str = Field(description='<site>.pub receipt keys ("" = unverified)')
 

@@ -6,12 +6,11 @@ files the other roles are given through their environment:
 
 * TLS: a CA and a SuperLink certificate (SANs from ``SUPERLINK_HOSTS``); the SuperLink serves
   with it, the SuperNodes, the SuperExec and the ``flwr`` CLI trust ``ca.crt``.
-* Node auth (always on with TLS): each site's ECDSA key, ``sites/<site>/<site>.pub`` registered
-  by the coordinator with ``flwr supernode register``, ``<site>.ssh`` (OpenSSH format, what
-  ``flower-supernode --auth-supernode-private-key`` loads) given to the site.
-* Audit keys: each site's Ed25519 key ``sites/<site>/audit.key`` signs its egress log; the
-  public halves ``audit/<site>.pub`` are the coordinator's ``site-keys-dir`` (every receipt
-  must verify).
+* Node auth (always on with TLS) and audit keys are NOT made here: each site makes its own
+  pairs (``site-node keys init``: ``node.key`` for ``flower-supernode
+  --auth-supernode-private-key``, ``audit.key`` signing its egress log) and hands over only
+  ``node.pub`` / ``audit.pub``; ``make_certs.py register`` installs them for the coordinator
+  (``flwr supernode register``; ``site-keys-dir``: every receipt must verify).
 * ``--insecure`` (``TLS=off``): plaintext, no node auth, for local experiments only (warning).
 """
 
@@ -54,21 +53,3 @@ class CertsLayout:
     def superexec_secret(self) -> Path:
         """The shared secret of the SuperLink and the coordinator's SuperExec."""
         return self.root / "superexec.secret"
-
-    @property
-    def node_keys(self) -> Path:
-        """Folder of ``<site>/<site>.pub`` node-auth public keys (registered)."""
-        return self.root / "sites"
-
-    def node_key(self, site: str) -> Path:
-        """The site's node-auth private key in OpenSSH format."""
-        return self.root / "sites" / site / f"{site}.ssh"
-
-    @property
-    def audit_keys(self) -> Path:
-        """Folder of ``<site>.pub`` Ed25519 audit public keys (``site-keys-dir``)."""
-        return self.root / "audit"
-
-    def audit_key(self, site: str) -> Path:
-        """The site's Ed25519 audit signing key."""
-        return self.root / "sites" / site / "audit.key"

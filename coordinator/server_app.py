@@ -4,13 +4,16 @@ Run config (``flwr run ... --run-config``, parsed into :class:`coordinator.run_c
 defaults only in ``deploy/flwr_app/pyproject.toml``): ``config-path`` (ExperimentConfig TOML/YAML),
 ``min-sites`` (fewest live sites to go on, 0 = the config's ``min_sites``), ``expected-sites``
 (nodes to wait for, 0 = number of sites in the config), ``timeout`` (seconds per round),
-``train`` (send ``train`` first), ``chunk-size`` (proxy slices per query message), ``out``
+``train`` (send ``train`` first), ``chunk-size`` (proxy slices per query message),
+``query-window`` (query chunks in flight per site, 0 = lockstep), ``out``
 (override the experiment's out folder, "" = keep), ``site-keys-dir`` (``<site>.pub`` Ed25519
 keys: every reply's receipt must verify, see :mod:`coordinator.audit_trail`; "" = unverified).
 
 Rounds: wait for nodes -> ``train`` (site names, val Dice) -> ``query.teacher_outputs`` per
-proxy chunk (cached per site and proxy digest) -> students trained by the very engine of
-``distill --local`` -> ``evaluate`` at every site -> ``federated_results.json`` / ``.md``.
+proxy chunk, pipelined: several chunks in flight per site, all sites at once, each at its own
+pace (:mod:`coordinator.query_pipeline`; cached per site and proxy digest) -> students
+trained by the very engine of ``distill --local`` -> ``evaluate`` at every site ->
+``federated_results.json`` / ``.md``.
 A site whose ``train`` or ``query`` reply times out, carries an error or fails validation is
 dropped with one log line. ``evaluate`` has a retry rule (:func:`eval_round`): a failed evaluate
 is sent once more, and a site that fails it again has no score for that student but is never
@@ -55,6 +58,7 @@ from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
 from coordinator.distill.teacher_check import check_teachers, plan_line
+from coordinator.query_pipeline import run_windowed
 from coordinator.run_config import RunConfig
 
 app = ServerApp()
@@ -149,26 +153,36 @@ def chunks(n: int, size: int) -> list[slice]:
 
 
 # ----------------------------------------------------------------------------- transport
+def _outgoing(node: int, content: RecordDict, mtype: str, group: str,
+              trail: CoordinatorTrail | None) -> Message:
+    """One request to ``node`` (logged as sent with a ``trail``, which may add records to it:
+    a per-message copy of ``content``, whose records are shared, not copied)."""
+    content = RecordDict(dict(content.items()))
+    if trail is not None:
+        trail.sent(node, mtype, content)
+    return Message(content, dst_node_id=node, message_type=mtype, group_id=group)
+
+
+def _incoming(m: Message, mtype: str, trail: CoordinatorTrail | None,
+              node: int | None = None) -> Reply:
+    """One reply as a :class:`Reply`; with a ``trail`` logged and its receipt checked.
+    ``node``: the node the request went to (an error reply made by the SuperLink, e.g. "Node
+    Unavailable", comes from the SuperLink's node id, not from the site's)."""
+    node = m.metadata.src_node_id if node is None else node
+    if m.has_error():
+        reply = Reply(node, error=f"{m.error.code} {m.error.reason}".strip())
+        if trail is not None:
+            trail.error(node, mtype, reply.error)
+        return reply
+    content, why = (m.content, None) if trail is None else trail.received(node, mtype, m.content)
+    return Reply(node, error=f"receipt rejected: {why}") if why else Reply(node, content)
+
+
 def _exchange(grid: Grid, contents: dict[int, RecordDict], mtype: str, group: str,
               timeout: float, trail: CoordinatorTrail | None = None) -> list[Reply]:
     """Send, receive; with a ``trail`` log both ways and check every reply's receipt."""
-    msgs = [Message(c, dst_node_id=n, message_type=mtype, group_id=group)
-            for n, c in contents.items()]
-    for n, c in contents.items():
-        if trail is not None:
-            trail.sent(n, mtype, c)
-    out = []
-    for m in grid.send_and_receive(msgs, timeout=timeout):
-        node = m.metadata.src_node_id
-        if m.has_error():
-            out.append(Reply(node, error=f"{m.error.code} {m.error.reason}".strip()))
-            if trail is not None:
-                trail.error(node, mtype, out[-1].error)
-            continue
-        content, why = (m.content, None) if trail is None else trail.received(node, mtype,
-                                                                               m.content)
-        out.append(Reply(node, error=f"receipt rejected: {why}") if why else Reply(node, content))
-    return out
+    msgs = [_outgoing(n, c, mtype, group, trail) for n, c in contents.items()]
+    return [_incoming(m, mtype, trail) for m in grid.send_and_receive(msgs, timeout=timeout)]
 
 
 def wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
@@ -204,35 +218,92 @@ def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Ro
     return roster
 
 
+@dataclass
+class _QueryRound:
+    """State of one query round: the chunks' requests (encoded once for every site, a few
+    recent ones kept) and each live node's validated answers by chunk index."""
+
+    roster: Roster
+    proxy: ProxySet
+    cfg: ExperimentConfig
+    s: FedSettings
+    run_id: str
+    parts_of: list[slice]
+    parts: dict[int, dict[int, TeacherTargets]] = field(default_factory=dict)
+    made: dict[int, RecordDict] = field(default_factory=dict)
+
+    def content(self, i: int) -> RecordDict:
+        """The ``query.teacher_outputs`` request of chunk ``i`` (the same for every site)."""
+        if i not in self.made:
+            sl, p, cfg = self.parts_of[i], self.proxy, self.cfg
+            qc = QueryConfig(run_id=self.run_id, chunk=i, n_chunks=len(self.parts_of),
+                             size=cfg.student.size, at_form=cfg.kd.at_form, p=cfg.kd.at_p,
+                             slice_hashes=p.hashes[sl],
+                             plan_json=p.plan.model_dump_json() if p.plan else "",
+                             batch_size=cfg.student.teacher_batch_size,
+                             temperature=cfg.kd.temperature)
+            self.made[i] = encode_query(p.images[sl], p.masks[sl], qc)
+            while len(self.made) > 2 * self.s.query_window + 2:
+                self.made.pop(min(self.made))
+        return self.made[i]
+
+    def take(self, i: int, replies: list[Reply], nodes: list[int]) -> None:
+        """Validate chunk ``i``'s replies of ``nodes``; drop the silent and the invalid."""
+        n, size = self.parts_of[i].stop - self.parts_of[i].start, self.cfg.student.size
+
+        def dec(c: RecordDict, who: str) -> tuple[str, TeacherTargets]:
+            return decode_teacher_reply(c, n, size, who, chunk=i)
+
+        names = self.roster.names
+        for node, (site, t) in validate_replies(replies, nodes, dec, self.roster).items():
+            if site != names[node]:
+                self.roster.drop(node, f"answered as {site!r}, registered as {names[node]!r}")
+            else:
+                self.parts.setdefault(node, {})[i] = t
+
+    def take_one(self, node: int, i: int, m: Message) -> bool:
+        """One pipelined reply of ``node`` to chunk ``i``; whether the node is still live."""
+        self.take(i, [_incoming(m, MsgType.QUERY, self.s.trail, node)], [node])
+        return node in self.roster.names
+
+    def send(self, node: int, i: int) -> Message:
+        """Chunk ``i``'s request to ``node`` (logged as sent)."""
+        return _outgoing(node, self.content(i), MsgType.QUERY, f"query-{i}", self.s.trail)
+
+    def lockstep(self, grid: Grid) -> None:
+        """The round before issue 14: one ``send_and_receive`` per chunk, all sites waiting
+        for the slowest (``query-window = 0``; kept for ``bench/bench_query.py``)."""
+        for i in range(len(self.parts_of)):
+            nodes = list(self.roster.names)
+            self.take(i, _exchange(grid, dict.fromkeys(nodes, self.content(i)), MsgType.QUERY,
+                                   f"query-{i}", self.s.timeout, self.s.trail), nodes)
+
+    def result(self) -> dict[str, TeacherTargets]:
+        """Each live site's answers concatenated in chunk order."""
+        return {self.roster.names[n]: TeacherTargets.concat([p[i] for i in sorted(p)])
+                for n, p in self.parts.items() if n in self.roster.names}
+
+
 def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
                 s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
-    """Every live node's teacher outputs on all proxy chunks, validated and concatenated."""
+    """Every live node's teacher outputs on all proxy chunks, validated and concatenated.
+
+    Pipelined (:func:`coordinator.query_pipeline.run_windowed`): ``s.query_window`` chunks in
+    flight per site, all sites at once, each at its own pace; a site is dropped after
+    ``s.timeout`` seconds without a reply, or on an invalid reply. ``query-window = 0`` is
+    the lockstep round (:meth:`_QueryRound.lockstep`)."""
     if cfg.kd.feature_taps != "emkd":  # the query protocol carries the EMKD maps only
         raise ValueError("federated runs support [kd] feature_taps = 'emkd' only (issue 18)")
-    parts: dict[int, list[TeacherTargets]] = {n: [] for n in roster.names}
-    parts_of = chunks(len(proxy), s.chunk_size)
-    for i, sl in enumerate(parts_of):
-        qc = QueryConfig(run_id=run_id, chunk=i, n_chunks=len(parts_of), size=cfg.student.size,
-                         at_form=cfg.kd.at_form, p=cfg.kd.at_p, slice_hashes=proxy.hashes[sl],
-                         plan_json=proxy.plan.model_dump_json() if proxy.plan else "",
-                         batch_size=cfg.student.teacher_batch_size,
-                         temperature=cfg.kd.temperature)
-        rd = encode_query(proxy.images[sl], proxy.masks[sl], qc)
-        nodes = [n for n in parts if n in roster.names]
-        n = sl.stop - sl.start
-
-        def dec(c: RecordDict, who: str, i: int = i, n: int = n) -> tuple[str, TeacherTargets]:
-            return decode_teacher_reply(c, n, cfg.student.size, who, chunk=i)
-
-        replies = _exchange(grid, dict.fromkeys(nodes, rd), MsgType.QUERY, f"query-{i}",
-                            s.timeout, s.trail)
-        for node, (site, t) in validate_replies(replies, nodes, dec, roster).items():
-            if site != roster.names[node]:
-                roster.drop(node, f"answered as {site!r}, registered as {roster.names[node]!r}")
-            else:
-                parts[node].append(t)
-    return {roster.names[n]: TeacherTargets.concat(p) for n, p in parts.items()
-            if n in roster.names}
+    q = _QueryRound(roster, proxy, cfg, s, run_id, chunks(len(proxy), s.chunk_size))
+    t0 = time.perf_counter()
+    if s.query_window > 0:
+        run_windowed(grid, list(roster.names), len(q.parts_of), q.send, q.take_one,
+                     roster.drop, s.query_window, s.timeout)
+    else:
+        q.lockstep(grid)
+    log(f"query round: {len(q.parts_of)} chunk(s) x {len(q.parts)} site(s), window "
+        f"{s.query_window}: {time.perf_counter() - t0:.2f} s")
+    return q.result()
 
 
 EVAL_ATTEMPTS = 2  # evaluate retry rule: one retry, and a failed evaluate never drops a site

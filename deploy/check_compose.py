@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Engine-less check of docker-compose.yml (for CI, where no Docker engine exists).
 
-Validates: required services; each site has its own /local volume; build contexts,
+Validates: required services; each site has its own /local volume; a site's services (roles
+``site``, ``site-keys``) mount nothing of the ``certs`` volume but ``public``; build contexts,
 Dockerfiles and entrypoint scripts exist; every variable an entrypoint script needs (every
 ``${VAR:?}`` it requires, and any other variable it reads without a ``${VAR:-default}``, not
 assigned in it) is set in the service environment, and the service sets no variable that
@@ -27,7 +28,9 @@ from typing import Any
 
 import yaml
 
-REQUIRED = ("init", "superlink", "site-a", "site-b", "site-c", "coordinator")
+REQUIRED = ("init", "superlink", "site-a", "site-b", "site-c", "site-a-keys", "site-b-keys",
+            "site-c-keys", "coordinator")
+SITE_ROLES = ("site", "site-keys")  # run on a site: may see only the public part of `certs`
 SITES = ("site-a", "site-b", "site-c")
 SCRIPTS_IN_IMAGE = "/opt/fedmtkd/deploy/entrypoints/"
 SCRIPTS_IN_REPO = Path("deploy/entrypoints")
@@ -138,6 +141,22 @@ def check_volumes(services: dict[str, Any], declared: dict[str, Any]) -> list[st
     return problems
 
 
+def check_site_secrets(services: dict[str, Any]) -> list[str]:
+    """A site's services mount no private part of the ``certs`` volume (only ``public``): its
+    keys are its own (``site-node keys init``), and no other secret is its business."""
+    problems = []
+    for name, svc in services.items():
+        if _role(svc) not in SITE_ROLES:
+            continue
+        for v in svc.get("volumes") or []:
+            src = v.split(":")[0] if isinstance(v, str) else str(v.get("source", ""))
+            sub = "" if isinstance(v, str) else str((v.get("volume") or {}).get("subpath", ""))
+            if src == "certs" and sub != "public":
+                problems.append(f"{name}: mounts certs{'/' + sub if sub else ''}; a site may "
+                                "see only certs/public (its keys are made on the site)")
+    return problems
+
+
 def check_build(name: str, svc: dict[str, Any], root: Path) -> list[str]:
     """Build context and Dockerfile exist; the Dockerfile switches to a non-root USER."""
     build = svc.get("build")
@@ -203,6 +222,7 @@ def check_compose(path: Path, root: Path) -> list[str]:
         problems += check_build(name, svc, root) + check_env(name, svc, root)
         problems += check_health(name, svc, root)
     problems += check_volumes(services, (doc or {}).get("volumes") or {})
+    problems += check_site_secrets(services)
     return problems + check_ports_and_deps(services)
 
 

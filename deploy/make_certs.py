@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
-"""Generate the TLS and node-authentication material of a fedmtkd Flower deployment.
+"""TLS material of a fedmtkd Flower deployment, and the registration of the sites' public keys.
 
-Writes under ``--out DIR`` (private keys mode 0600, everything else 0644)::
+The coordinator's operator runs this. It makes NO site key: each site makes its own node-auth
+and audit key pairs (``site-node keys init``) and hands over only ``node.pub`` and
+``audit.pub``; the private halves never leave the site.
+
+``make_certs.py --out DIR [--hosts ...]`` writes (private keys mode 0600, everything else 0644)::
 
     ca.crt  ca.key                      ECDSA P-384 CA (10 years)
     superlink/server.pem  server.key    SuperLink server cert, SANs = --hosts (2 years)
-    public/ca.crt                       copy of the CA cert (what sites mount)
-    sites/<site>/<site>.key             ECDSA P-384 node-auth private key (PEM, PKCS#8)
-    sites/<site>/<site>.ssh             the same key in OpenSSH format (what ``flower-supernode
-                                        --auth-supernode-private-key`` loads)
-    sites/<site>/<site>.pub             its public key in OpenSSH format (ecdsa-sha2-nistp384),
-                                        for ``flwr supernode register``
-    sites/<site>/audit.key  audit.pub   Ed25519 key signing the site's egress log (PEM)
-    audit/<site>.pub                    copy of each audit.pub: the coordinator's
-                                        ``site-keys-dir`` (every receipt must verify)
+    public/ca.crt                       copy of the CA cert (what sites mount / are sent)
     superexec.secret                    shared secret of SuperLink <-> SuperExec (32 random bytes)
 
 Idempotent: existing files are kept unless ``--force``.
-Usage: ``python deploy/make_certs.py --out DIR --sites site-a,site-b,site-c [--hosts ...]``.
+
+``make_certs.py register --pubs IN --sites a,b --node-dir N --audit-dir A`` checks the public
+keys the sites sent (``IN/<site>/node.pub``: OpenSSH ``ecdsa-sha2-nistp384``;
+``IN/<site>/audit.pub``: PEM Ed25519; a private key is refused) and installs them as
+``N/<site>.pub`` (then ``flwr supernode register N/<site>.pub``) and ``A/<site>.pub`` (the
+coordinator's ``site-keys-dir``: every receipt must verify). A site already registered with a
+different key is refused unless ``--force``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -144,61 +147,80 @@ def make_pki(out: Path, hosts: Sequence[str], force: bool) -> list[Path]:
     return written
 
 
-def make_site(out: Path, site: str, force: bool) -> list[Path]:
-    """Node-auth key (PEM, OpenSSH private and public) and audit key of one site."""
-    return make_node_key(out, site, force) + make_audit_key(out, site, force)
-
-
-def make_node_key(out: Path, site: str, force: bool) -> list[Path]:
-    """ECDSA P-384 key pair of one site: PEM and OpenSSH private key + OpenSSH public key."""
-    folder = out / "sites" / site
-    key_path, pub_path = folder / f"{site}.key", folder / f"{site}.pub"
-    written: list[Path] = []
-    if key_path.exists() and pub_path.exists() and not force:
-        key = load_key(key_path)
-    else:
-        key = ensure_key(key_path, True)
-        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                            serialization.PublicFormat.OpenSSH)
-        write_file(pub_path, pub + f" {site}\n".encode(), False, True)
-        written = [key_path, pub_path]
-    ssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                            serialization.NoEncryption())
-    if write_file(folder / f"{site}.ssh", ssh, True, bool(written)):
-        written.append(folder / f"{site}.ssh")
-    return written
-
-
-def make_audit_key(out: Path, site: str, force: bool) -> list[Path]:
-    """Ed25519 audit key of one site (``sites/<site>/audit.key``), its public half beside it
-    and in ``audit/<site>.pub``."""
-    key_path = out / "sites" / site / "audit.key"
-    written: list[Path] = []
-    if key_path.exists() and not force:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ValueError(f"{key_path}: not an Ed25519 private key")
-    else:
-        key = ed25519.Ed25519PrivateKey.generate()
-        write_file(key_path, key_pem(key), private=True, force=True)
-        written.append(key_path)
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    for path in (key_path.with_suffix(".pub"), out / "audit" / f"{site}.pub"):
-        if write_file(path, pub, False, bool(written)):
-            written.append(path)
-    return written
-
-
-def make_all(out: Path, sites: Sequence[str], hosts: Sequence[str], force: bool) -> list[Path]:
-    """Everything listed in the module docstring; returns the files written."""
+def make_all(out: Path, hosts: Sequence[str], force: bool) -> list[Path]:
+    """CA, SuperLink certificate and SuperExec secret; returns the files written. No site key:
+    sites make their own (``site-node keys init``) and hand over only the public halves."""
     out.mkdir(parents=True, exist_ok=True)
     written = make_pki(out, hosts, force)
-    for site in sites:
-        written += make_site(out, site, force)
     if write_file(out / "superexec.secret", secrets.token_hex(32).encode(), True, force):
         written.append(out / "superexec.secret")
     return written
+
+
+# ----------------------------------------------------------------------------- registration
+class RegisterError(ValueError):
+    """A handed-over public key is missing, of the wrong kind, or differs from the registered."""
+
+
+def check_node_pub(path: Path) -> bytes:
+    """The OpenSSH ``ecdsa-sha2-nistp384`` public key line at ``path`` (what
+    ``flwr supernode register`` takes); anything else, a private key above all, is refused."""
+    data = _read_pub(path)
+    try:
+        key = serialization.load_ssh_public_key(data.split(b"\n")[0].strip())
+    except (ValueError, UnsupportedAlgorithm):
+        raise RegisterError(f"{path}: not an OpenSSH public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != CURVE.name:
+        raise RegisterError(f"{path}: not an ECDSA P-384 key (Flower node auth needs one)")
+    return data
+
+
+def check_audit_pub(path: Path) -> bytes:
+    """The PEM Ed25519 public key at ``path`` (a site's egress-log signing key)."""
+    data = _read_pub(path)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise RegisterError(f"{path}: not a PEM public key") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise RegisterError(f"{path}: not an Ed25519 public key")
+    return data
+
+
+def _read_pub(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RegisterError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if b"PRIVATE KEY" in data:
+        raise RegisterError(f"{path}: is a PRIVATE key: only the site's .pub files may be "
+                            "handed over (the site must make a new key pair)")
+    return data
+
+
+def register_site(pubs: Path, node_dir: Path, audit_dir: Path, site: str,
+                  force: bool) -> list[Path]:
+    """Install ``pubs/<site>/node.pub`` as ``node_dir/<site>.pub`` and ``pubs/<site>/audit.pub``
+    as ``audit_dir/<site>.pub`` after checking their kind; an already registered, different key
+    is refused unless ``force`` (a swapped key must be a deliberate act)."""
+    src = pubs / site
+    pairs = ((check_node_pub(src / "node.pub"), node_dir / f"{site}.pub"),
+             (check_audit_pub(src / "audit.pub"), audit_dir / f"{site}.pub"))
+    for data, dst in pairs:
+        if dst.exists() and dst.read_bytes() != data and not force:
+            raise RegisterError(f"{dst}: {site} is registered with a different key (the site "
+                                "made new keys? check with its IT, then --force)")
+    return [dst for data, dst in pairs if (not dst.exists() or dst.read_bytes() != data)
+            and write_file(dst, data, False, True)]
+
+
+def register_all(pubs: Path, node_dir: Path, audit_dir: Path, sites: Sequence[str],
+                 force: bool) -> list[Path]:
+    """:func:`register_site` for every site (all checked before the first is written)."""
+    for site in sites:
+        check_node_pub(pubs / site / "node.pub")
+        check_audit_pub(pubs / site / "audit.pub")
+    return [p for site in sites for p in register_site(pubs, node_dir, audit_dir, site, force)]
 
 
 def _names(text: str) -> list[str]:
@@ -206,20 +228,55 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _site_names(p: argparse.ArgumentParser, text: str) -> list[str]:
+    sites = _names(text)
+    bad = [s for s in sites if not s.replace("-", "").replace("_", "").isalnum()]
+    if bad or not sites:
+        p.error(f"need site names of letters, digits, '-' or '_': {bad}")
+    return sites
+
+
+def main_register(argv: Sequence[str]) -> int:
+    """``make_certs.py register``: check and install the sites' handed-over public keys."""
+    p = argparse.ArgumentParser(prog="make-certs register", description=register_site.__doc__)
+    p.add_argument("--pubs", type=Path, required=True,
+                   help="folder of <site>/node.pub and <site>/audit.pub, as the sites sent them")
+    p.add_argument("--sites", required=True, help="comma-separated site names to register")
+    p.add_argument("--node-dir", type=Path, required=True,
+                   help="where <site>.pub node-auth keys go (flwr supernode register)")
+    p.add_argument("--audit-dir", type=Path, required=True,
+                   help="where <site>.pub audit keys go (the coordinator's site-keys-dir)")
+    p.add_argument("--force", action="store_true", help="replace a different registered key")
+    args = p.parse_args(argv)
+    try:
+        written = register_all(args.pubs, args.node_dir, args.audit_dir,
+                               _site_names(p, args.sites), args.force)
+    except RegisterError as exc:
+        print(f"make-certs register: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"make-certs register: {len(written)} public key file(s) written")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
+    """Command line entry point (``register ...`` as first argument: :func:`main_register`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["register"]:
+        return main_register(argv[1:])
     p = argparse.ArgumentParser(prog="make-certs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--sites", required=True, help="comma-separated site names")
     p.add_argument("--hosts", default=DEFAULT_HOSTS, help="SuperLink SANs, comma-separated")
     p.add_argument("--force", action="store_true", help="regenerate existing keys and certs")
+    p.add_argument("--sites", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sites, hosts = _names(args.sites), _names(args.hosts)
-    bad = [s for s in sites if not s.replace("-", "").replace("_", "").isalnum()]
-    if bad or not sites or not hosts:
-        p.error(f"need site names of letters, digits, '-' or '_' and at least one host: {bad}")
-    written = make_all(args.out, sites, hosts, args.force)
+    if args.sites is not None:
+        p.error("--sites is gone: each site makes its own keys (`site-node keys init`) and "
+                "sends its .pub files; register them with `make_certs.py register`")
+    hosts = _names(args.hosts)
+    if not hosts:
+        p.error("need at least one host")
+    written = make_all(args.out, hosts, args.force)
     print(f"make-certs: {len(written)} file(s) written under {args.out}"
           + ("" if written else " (all present; --force to regenerate)"))
     return 0

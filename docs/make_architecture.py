@@ -41,7 +41,7 @@ def main() -> None:
     arrow(ax, (6.8, 2.6), (7.3, 2.6), "")
     box(ax, 7.4, 1.2, 3.4, 2.8, "coordinator ServerApp\npublic proxy set\nteacher-output cache"
         "\nadaptive Dice weighting w_j(x)\nKD = Seg + a*Mid + b*KL\nstudent ENet/ESPNet/"
-        "MobileNetV2 (GPU)\n-> TorchScript / ONNX + model card", "#d9edf7")
+        "MobileNetV2 (GPU)\n-> torch.export / ONNX + model card", "#d9edf7")
     ax.set_title("fedmtkd: what crosses a site boundary is only teacher outputs on proxy data")
     out = Path(__file__).parent / "img" / "architecture.png"
     out.parent.mkdir(exist_ok=True)

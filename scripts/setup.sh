@@ -12,7 +12,7 @@ stamp=.venv/.fedmtkd-setup
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing fedmtkd and its dependencies into .venv (torch==2.14.1, torchvision==0.29.1)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,export]" 2>&1 \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,export,simulation]" 2>&1 \
     | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import torch, torchvision, flwr, segmentation_models_pytorch, albumentations" 
   echo "$want" > "$stamp"

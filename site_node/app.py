@@ -193,3 +193,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     reply = handle_evaluate(node, cfg, state)
     log.info("[site %s] evaluate %s: Dice %s", node.site_name, cfg.run_name, reply.dice_mean)
     return Message(encode_eval_reply(node.site_name, reply), reply_to=msg)
+
+
+@app.query("fedavg_train")
+def fedavg_train(msg: Message, context: Context) -> Message:
+    """``query.fedavg_train`` (FedAvg baseline runs only): releases model weights, so it is
+    refused unless this site's policy sets ``weight_release.allow`` (:mod:`site_node.fedavg`)."""
+    from site_node.fedavg import handle_fedavg
+
+    node = _node(context)
+    reply = handle_fedavg(node, msg.content)
+    log.warning("[site %s] fedavg: released model weights (audit: query.fedavg_train)",
+                node.site_name)
+    return Message(reply, reply_to=msg)

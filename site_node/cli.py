@@ -3,7 +3,8 @@
 Start this site's SuperNode: ``site-node --data DIR --coordinator HOST:PORT --name SITE``
 (same as ``site-node run ...``; see :mod:`site_node.run`). Subcommands: ``status`` (what this
 node has done), ``make-phantom`` (synthetic data), ``check`` (data fingerprint),
-``train`` (local teacher), ``teacher list|use`` (which teacher version serves), ``audit`` (verify
+``train`` (local teacher), ``keys init|show`` (this site's key pairs, made here),
+``teacher list|use`` (which teacher version serves), ``audit`` (verify
 the signed exchange log), ``policy show`` (the egress allowlist), ``predict`` / ``evaluate``
 (segment a folder of NIfTI with the teacher; score predictions, :mod:`common.predict_cli`).
 Errors in the input
@@ -188,6 +189,15 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main_teacher)
 
 
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    from site_node.keys import add_keys_args, main_keys
+
+    p = sub.add_parser("keys", help="generate (init) or print (show) this site's node-auth and "
+                                    "audit key pairs; only the .pub files leave the site")
+    add_keys_args(p)
+    p.set_defaults(func=main_keys)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
     from common.logs import add_verbosity_everywhere
@@ -200,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_phantom(sub)
     _add_train(sub)
     _add_teacher(sub)
+    _add_keys(sub)
     _add_check(sub)
     _add_audit_and_policy(sub)
     add_predict_commands(sub, "site", serving_dir)  # predict, evaluate (the serving teacher)

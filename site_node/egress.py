@@ -16,12 +16,15 @@ Node config keys (all optional; parsed by :class:`site_node.node_config.EgressCo
 * ``policy-path``: the egress policy TOML (default: :func:`site_node.policy.default_policy`,
   identical to ``deploy/egress-policy.toml``).
 
-Flow of one message (:meth:`EgressGate.respond`): log the request (``in``), admit queries with
+Flow of one message (:meth:`EgressGate.respond`): log the request (``in``; with the
+coordinator's signed log ``head``, which is then checked: forged or rolled-back heads are
+refused, :mod:`common.audit_anchor`), admit queries with
 the :class:`~site_node.policy.QueryBudget`, screen their images with the membership guard
 (:mod:`site_node.membership`: the site's own slices are refused), compute the reply, check it with
 :func:`~site_node.policy.check_reply`, then either log ``refused`` with the reason and raise
 :class:`EgressRefused` (Flower turns it into an error reply that carries no payload) or log
-``sent`` and attach the signed receipt of that log entry as the reply's ``receipt`` record.
+``sent`` and attach the signed receipt of that log entry as the reply's ``receipt`` record and
+this log's signed head as its ``head`` record (the coordinator records it: log anchoring).
 """
 
 from __future__ import annotations
@@ -34,12 +37,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.audit import AuditLog, make_receipt
+from common.audit_anchor import HeadStore, sign_head
 from common.compress import CompressionConfig
-from common.protocol import Key
+from common.protocol import Key, LogHead
 from common.records import load_or_create_key, loggable, record_contents
 from site_node.membership import membership_refusal
 from site_node.node_config import EgressConfig
-from site_node.policy import EgressPolicy, QueryBudget, check_reply, default_policy
+from site_node.policy import (
+    WEIGHT_RELEASE_TYPE,
+    EgressPolicy,
+    QueryBudget,
+    check_reply,
+    default_policy,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,6 +93,7 @@ class EgressGate:
         self.key_path = key_path or state_dir / "audit" / "site.key"
         self.log = AuditLog(state_dir / "audit" / "egress.jsonl", load_or_create_key(self.key_path))
         self.budget = QueryBudget(state_dir / "query_budget.json", self.policy)
+        self.heads = HeadStore(state_dir / "audit" / "peer_heads.json")
 
     @staticmethod
     def from_node_config(node_config: dict[str, Any], teacher_dir: Path | None = None
@@ -136,6 +147,9 @@ class EgressGate:
         arrays, unreadable = self.log_request(req, request)
         if unreadable:
             raise self.refuse(req, unreadable)
+        bad_head = self.peer_head_problem(request)
+        if bad_head:
+            raise self.refuse(req, bad_head)
         if req.n is not None:
             admitted = self.budget.admit_query(req.run_id, req.n)
             if not admitted.allowed:
@@ -153,8 +167,24 @@ class EgressGate:
             raise
         return self.seal(req, reply)
 
+    def peer_head_problem(self, request: RecordDict) -> str | None:
+        """The coordinator's signed log ``head`` of ``request`` (already recorded in the
+        request's ``in`` entry): why it is refused (malformed, forged, or behind a head of the
+        same signer seen before: the coordinator cut its log), or None (also when absent)."""
+        from pydantic import ValidationError
+
+        if Key.HEAD not in request.keys():
+            return None
+        try:
+            head = LogHead.model_validate(dict(request[Key.HEAD])).model_dump()
+        except (ValidationError, TypeError) as exc:
+            return f"coordinator log head malformed: {str(exc).splitlines()[0][:200]}"
+        why = self.heads.admit(head)
+        return f"coordinator {why}" if why else None
+
     def seal(self, req: RequestInfo, reply: RecordDict) -> RecordDict:
-        """Check ``reply`` against the policy; refuse, or log ``sent`` and attach the receipt."""
+        """Check ``reply`` against the policy; refuse, or log ``sent`` and attach the receipt
+        and this log's signed head (that very entry: the coordinator records it)."""
         from flwr.app import ConfigRecord
 
         arrays, scalars = record_contents(reply)
@@ -165,6 +195,8 @@ class EgressGate:
                                 msg_type=req.msg_type, arrays=arrays, config=loggable(scalars),
                                 decision="sent")
         reply[Key.RECEIPT] = ConfigRecord(dict(make_receipt(entry)))  # type: ignore[arg-type]
+        if self.log.key is not None:
+            reply[Key.HEAD] = ConfigRecord(sign_head(self.log.key, entry.seq, entry.entry_hash))
         return reply
 
 
@@ -178,7 +210,7 @@ def request_info(msg: Message) -> RequestInfo:
     fields: dict[str, Any] = dict(cfg) if cfg is not None else {}
     n: int | None = None
     side: int | None = None
-    if mtype.split(".")[0] == "query":
+    if mtype.split(".")[0] == "query" and mtype != WEIGHT_RELEASE_TYPE:  # fedavg: no slices
         hashes = fields.get("slice_hashes")
         n = len(hashes) if isinstance(hashes, list) else 0
         side = int(fields["size"]) if isinstance(fields.get("size"), int) else None

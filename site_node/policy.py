@@ -80,6 +80,19 @@ class MembershipPolicy(StrictModel):
     resolution: int = Field(default=16, ge=4, le=64)
 
 
+class WeightReleasePolicy(StrictModel):
+    """FedAvg baseline (issue 15, :mod:`site_node.fedavg`): a ``query.fedavg_train`` reply
+    releases model weights trained on this site's data. Refused unless ``allow``."""
+
+    allow: bool = False
+    max_reply_bytes: int = Field(default=200_000_000, ge=0)
+
+
+#: The message type whose reply releases model weights (FedAvg baseline runs only).
+WEIGHT_RELEASE_TYPE = "query.fedavg_train"
+WEIGHT_RELEASE_KEYS = ["site_name", "release", "num-examples", "train-loss"]
+
+
 class EgressPolicy(StrictModel):
     """The site's egress policy (see the module docstring)."""
 
@@ -92,6 +105,7 @@ class EgressPolicy(StrictModel):
     replies: dict[str, ReplyRule]
     remote_train: RemoteTrainPolicy = RemoteTrainPolicy()
     membership: MembershipPolicy = MembershipPolicy()
+    weight_release: WeightReleasePolicy = WeightReleasePolicy()
 
 
 #: Scalars of a query reply saying how its logits are encoded (``common.protocol.QueryEcho``).
@@ -207,6 +221,8 @@ def check_reply(policy: EgressPolicy, msg_type: str, arrays: Mapping[str, np.nda
                 metrics: Mapping[str, Any], request_n: int | None = None,
                 request_side: int | None = None) -> Decision:
     """Allow or refuse a reply. ``metrics`` = every scalar in the reply's config/metric records."""
+    if str(msg_type) == WEIGHT_RELEASE_TYPE:
+        return check_weight_release(policy, arrays, metrics)
     rule = policy.replies.get(str(msg_type))
     if rule is None:
         return Decision(False, f"{msg_type}: no egress rule for this message type")
@@ -214,6 +230,21 @@ def check_reply(policy: EgressPolicy, msg_type: str, arrays: Mapping[str, np.nda
            or _check_arrays(rule, str(msg_type), arrays, request_n, request_side)
            or _check_metrics(policy, rule, metrics))
     return Decision(False, f"{msg_type}: {why}") if why else ALLOW
+
+
+def check_weight_release(policy: EgressPolicy, arrays: Mapping[str, np.ndarray],
+                         metrics: Mapping[str, Any]) -> Decision:
+    """A FedAvg reply (model weights): refused unless ``weight_release.allow``; then only
+    finite float arrays within ``max_reply_bytes`` and the :data:`WEIGHT_RELEASE_KEYS`."""
+    rule, t = policy.weight_release, WEIGHT_RELEASE_TYPE
+    if not rule.allow:
+        return Decision(False, f"{t}: this site's policy releases no model weights "
+                               "(weight_release.allow = false)")
+    total = sum(int(np.asarray(a).nbytes) for a in arrays.values())
+    if total > rule.max_reply_bytes:
+        return Decision(False, f"{t}: weights total {total} B > budget {rule.max_reply_bytes} B")
+    why = _check_metrics(policy, ReplyRule(metric_keys=WEIGHT_RELEASE_KEYS), metrics)
+    return Decision(False, f"{t}: {why}") if why else ALLOW
 
 
 # ----------------------------------------------------------------------------- query budget
@@ -291,6 +322,9 @@ def format_policy(policy: EgressPolicy) -> str:
              f"{p.remote_train.min_size}..{p.remote_train.max_size} (0: none)",
              f"membership guard: {'on' if p.membership.enabled else 'OFF'}, refuse at "
              f"correlation >= {p.membership.max_correlation} at {p.membership.resolution} px",
+             f"model weights ({WEIGHT_RELEASE_TYPE}, FedAvg baseline): "
+             + (f"RELEASED, <= {p.weight_release.max_reply_bytes} B per reply"
+                if p.weight_release.allow else "refused"),
              ""]
     for msg_type, rule in p.replies.items():
         lines += _format_rule(msg_type, rule) + [""]

@@ -44,10 +44,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                           "(TLS; default ./certs)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
     p.add_argument("--key", type=Path,
-                   help="SuperNode auth private key (ECDSA, OpenSSH format: <site>.ssh)")
+                   help="SuperNode auth private key (ECDSA P-384, OpenSSH; made on this site "
+                        "by `site-node keys init`: KEYS/node.key)")
     p.add_argument("--audit-key", dest="audit_key", type=Path,
-                   help="Ed25519 key signing the egress log (default: STATE_DIR/audit/site.key, "
-                        "generated on first use)")
+                   help="Ed25519 key signing the egress log (`site-node keys init`: "
+                        "KEYS/audit.key; default: STATE_DIR/audit/site.key, generated on "
+                        "first use)")
     p.add_argument("--compression", choices=COMPRESSION,
                    help="how query logits are encoded (node config `compression`; default fp16)")
     p.add_argument("--policy", type=Path, help="egress policy TOML (default: built-in)")

@@ -22,7 +22,9 @@ outputs``          (N,1,S,S), masks uint8 (N,S,S)              QueryEcho, arrays
 
 Every reply may also carry ``receipt`` (ConfigRecord of strings): the site's signed receipt of
 the exchange-log entry covering exactly this reply (``common.audit.make_receipt``); the
-coordinator checks it with ``common.audit.receipt_problem`` before decoding.
+coordinator checks it with ``common.audit.receipt_problem`` before decoding. Every message, in
+both directions, may carry ``head`` (:class:`LogHead`): the sender's signed log head, which the
+receiver checks and records in its own log (``common.audit_anchor``: log anchoring).
 
 Any unexpected record or array key, wrong record type, dtype, shape, non-finite value or
 invalid config field raises :class:`ProtocolError` with one line naming the peer and the key.
@@ -54,6 +56,7 @@ from common.protocol.messages import (
     EvalConfig,
     EvalReply,
     Key,
+    LogHead,
     MetricsReply,
     MsgType,
     ProtocolError,
@@ -75,7 +78,8 @@ from common.protocol.schemas import (
 
 __all__ = [
     "FEATURE_KEYS", "MAX_REASON_LEN", "NORM_CODES", "NUM_CLASSES", "EvalConfig", "EvalReply",
-    "Key", "MetricsReply", "MsgType", "ProtocolError", "QueryConfig", "QueryEcho", "SiteInfo",
+    "Key", "LogHead", "MetricsReply", "MsgType", "ProtocolError", "QueryConfig", "QueryEcho",
+    "SiteInfo",
     "TrainConfig", "TrainReply", "check_records", "decode_arrays", "decode_eval",
     "decode_eval_reply", "decode_model", "decode_query", "decode_teacher_reply", "decode_train",
     "decode_train_reply", "encode_eval", "encode_eval_reply", "encode_query",

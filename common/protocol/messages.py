@@ -47,6 +47,7 @@ class Key(StrEnum):
     RC_DEEP = "rc_deep"
     RECEIPT = "receipt"
     UNDEFINED = "undefined"
+    HEAD = "head"
 
 
 FEATURE_KEYS = (Key.AT_EARLY, Key.AT_DEEP, Key.RC_EARLY, Key.RC_DEEP)  # teacher outputs but logits
@@ -67,6 +68,22 @@ class TrainConfig(StrictModel):
         if 0 < v < 16:
             raise ValueError(f"size must be 0 (site default) or 16..1024, got {v}")
         return v
+
+
+class LogHead(StrictModel):
+    """``head`` record (ConfigRecord), optional on every message in both directions: the
+    sender's exchange log's signed head, so each side keeps the other's (log anchoring, issue
+    13; :mod:`common.audit_anchor`). ``head_seq``/``head_hash``: the last entry's ``seq`` and
+    ``entry_hash`` (0 and 64 zeros for an empty log); ``head_pub``: the raw Ed25519 public
+    key (hex) whose fingerprint is ``head_signer``; ``head_sig``: its signature over
+    ``b"fedmtkd-log-head\n<seq>\n<entry_hash>"`` (hex). The receiver checks the signature
+    and that heads of one signer never go backwards."""
+
+    head_seq: int = Field(ge=0, le=10**12)
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    head_signer: str = Field(pattern=r"^ed25519:[0-9a-f]{64}$")
+    head_pub: str = Field(pattern=r"^[0-9a-f]{64}$")
+    head_sig: str = Field(pattern=r"^[0-9a-f]{128}$")
 
 
 class SiteInfo(StrictModel):

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from common.config import first_error
-from common.protocol.messages import Key, ProtocolError
+from common.protocol.messages import Key, LogHead, ProtocolError
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, RecordDict
@@ -56,11 +56,16 @@ def check_records(rd: RecordDict, expected: dict[str, str], who: str,
                   receipt: bool = False) -> None:
     """``rd`` must hold exactly the record keys of ``expected`` (key -> record class name).
 
-    ``receipt``: a reply may also carry the site's signed ``receipt`` ConfigRecord.
+    ``receipt``: a reply may also carry the site's signed ``receipt`` ConfigRecord. Any
+    message may carry the sender's signed log ``head`` (ConfigRecord, validated as
+    :class:`~common.protocol.messages.LogHead`; its signature is checked by the receiving
+    side's log, :mod:`common.audit_anchor`).
     """
     expected = {str(k): v for k, v in expected.items()}
     if receipt and Key.RECEIPT in rd.keys():
         expected[str(Key.RECEIPT)] = "ConfigRecord"
+    if Key.HEAD in rd.keys():
+        expected[str(Key.HEAD)] = "ConfigRecord"
     keys = set(rd.keys())
     if keys != set(expected):
         extra, missing = sorted(keys - set(expected)), sorted(set(expected) - keys)
@@ -70,6 +75,8 @@ def check_records(rd: RecordDict, expected: dict[str, str], who: str,
         if type(rd[key]).__name__ != cls:
             raise ProtocolError(f"{who}: record {key!r} is {type(rd[key]).__name__}, "
                                 f"expected {cls}")
+    if Key.HEAD in rd.keys():
+        decode_model(rd[Key.HEAD], LogHead, who, Key.HEAD)
 
 
 def decode_model(record: Any, model: type[M], who: str, key: str) -> M:

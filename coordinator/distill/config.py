@@ -127,8 +127,18 @@ class WeightingSpec(StrictModel):
         return f"{self.name}({args})"
 
 
+class FedAvgSpec(StrictModel):
+    """The FedAvg baseline row (issue 15): Flower's ``FedAvg`` strategy over the same student,
+    ``rounds`` rounds of ``local_epochs`` epochs on each site's private training split."""
+
+    rounds: int = Field(default=5, ge=1, le=10_000)
+    local_epochs: int = Field(default=1, ge=1, le=10_000)
+    fraction_train: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
 class RunsConfig(StrictModel):
-    """Which rows of the paper's Tables 3-5 to produce."""
+    """Which rows of the paper's Tables 3-5 to produce, plus the peer baselines of issue 15
+    (``local_only``, ``pooled``, ``fedavg``; :mod:`coordinator.baselines`)."""
 
     baseline: bool = True
     single_teacher: bool = True
@@ -136,6 +146,11 @@ class RunsConfig(StrictModel):
         default_factory=lambda: [WeightingSpec(name=n) for n in
                                  ("inverse_dice_loss", "equal", "select_best", "paper", "entropy")]
     )
+    local_only: bool = False  # one student per site on its private training split
+    pooled: bool = False  # one student on every site's training split + proxy (not federated)
+    fedavg: FedAvgSpec | None = None  # [runs.fedavg] enables the FedAvg row
+    query_chunk_size: int = Field(default=128, ge=1, le=100_000, description="proxy slices "
+                                  "per query message when --local counts MT-KD's bytes")
 
 
 class ExperimentConfig(StrictModel):
@@ -154,6 +169,9 @@ class ExperimentConfig(StrictModel):
     teacher_proxy_dice_floor: float | None = Field(default=None, gt=0.0, le=1.0, description=(
         "refuse to train students when a teacher's Dice on the labelled proxy slices is below "
         "this fraction of its own validation Dice (None: only warn, below 0.8 of it)"))
+    memory_cap_gb: float | None = Field(default=None, gt=0.0, le=65536.0, description=(
+        "refuse a run whose estimated coordinator memory exceeds this many GB (None: the "
+        "machine's available RAM; coordinator/distill/memory.py)"))
     student: StudentTrainConfig = StudentTrainConfig()
     kd: KDConfig = KDConfig()
     runs: RunsConfig = RunsConfig()

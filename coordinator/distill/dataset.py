@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +14,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common.data.augment import JointAugment
+from common.data.plan import Plan
 from common.kd.targets import TeacherTargets
+from common.protocol import slice_hash
+from coordinator.distill.cache import CachedTargets, Targets, read_rows
 from coordinator.distill.proxy import ProxySet
 
 MAP_KEYS = ("logits", "at_early", "at_deep")
@@ -26,13 +33,16 @@ class DistillDataset(Dataset):
     ``rc_early (J,)``, ``rc_deep (J,)``. Geometric augmentation moves the image, the label,
     every teacher map and an all-ones validity map together (zero-filled borders); pixels where
     the warped validity is below 0.999 are invalid (KDLoss leaves them out of KL and AT).
-    Photometric augmentation touches the image only. RC scalars stay as cached from the
-    un-augmented slice: prototype pooling ignores pixel positions, so this is an approximation
-    exact up to the network's equivariance (measured in tests/common/test_kd_terms.py).
+    Photometric augmentation touches the image only. ``targets`` may live in memory
+    (:class:`TeacherTargets`) or in the on-disk cache (:class:`CachedTargets`): then item ``i``
+    reads only row ``i`` of each site's files (and of a memmapped proxy set), so memory does not
+    grow with the number of slices or sites. Both give identical items. RC scalars stay as
+    cached from the un-augmented slice: prototype pooling ignores pixel positions, so this is an
+    approximation exact up to the network's equivariance (tests/common/test_kd_terms.py).
     """
 
     def __init__(
-        self, proxy: ProxySet, targets: TeacherTargets | None,
+        self, proxy: ProxySet, targets: Targets | None,
         augment: JointAugment | None = None, renormalise_at: bool = True,
     ) -> None:
         self.proxy, self.targets, self.augment = proxy, targets, augment
@@ -41,19 +51,28 @@ class DistillDataset(Dataset):
     def __len__(self) -> int:
         return len(self.proxy)
 
-    def _maps(self, i: int) -> dict[str, np.ndarray]:
+    def _raw(self, i: int) -> dict[str, Any]:
+        """Slice ``i`` of every teacher field: maps ``(J, ...)`` numpy, RC ``(J,)`` tensors."""
         t = self.targets
         assert t is not None
-        j, k = t.logits.shape[0], t.logits.shape[2]
-        return {
-            "logits": t.logits[:, i].reshape(j * k, *t.logits.shape[-2:]).numpy(),
-            "at_early": t.at_early[:, i].numpy(),
-            "at_deep": t.at_deep[:, i].numpy(),
-        }
+        if isinstance(t, CachedTargets):
+            rows = t.rows(i, i + 1)
+            out: dict[str, Any] = {n: v[:, 0] for n, v in rows.items()}
+            return {**out, **{n: torch.from_numpy(out[n].copy()) for n in ("rc_early", "rc_deep")}}
+        return {"logits": t.logits[:, i].numpy(), "at_early": t.at_early[:, i].numpy(),
+                "at_deep": t.at_deep[:, i].numpy(), "rc_early": t.rc_early[:, i],
+                "rc_deep": t.rc_deep[:, i]}
+
+    def _maps(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        j, k = raw["logits"].shape[:2]
+        return {"logits": raw["logits"].reshape(j * k, *raw["logits"].shape[-2:]),
+                "at_early": raw["at_early"], "at_deep": raw["at_deep"]}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img, mask = self.proxy.images[i, 0], self.proxy.masks[i]
-        maps = self._maps(i) if self.targets is not None else {}
+        img = read_rows(self.proxy.images, i, i + 1)[0, 0]
+        mask = read_rows(self.proxy.masks, i, i + 1)[0]
+        raw = self._raw(i) if self.targets is not None else {}
+        maps = self._maps(raw) if raw else {}
         maps["valid"] = np.ones(img.shape, np.float32)
         if self.augment is not None:
             img, mask, aug_maps = self.augment(img, mask, maps)
@@ -65,14 +84,13 @@ class DistillDataset(Dataset):
             "valid": torch.from_numpy(valid),
             "index": i,
         }
-        if self.targets is not None:
-            item.update(self._teacher_item(i, maps))
+        if raw:
+            item.update(self._teacher_item(raw, maps))
         return item
 
-    def _teacher_item(self, i: int, maps: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        t = self.targets
-        assert t is not None
-        j, k = t.logits.shape[0], t.logits.shape[2]
+    def _teacher_item(self, raw: dict[str, Any], maps: dict[str, np.ndarray]
+                      ) -> dict[str, torch.Tensor]:
+        j, k = raw["logits"].shape[:2]
         out = {key: torch.from_numpy(np.ascontiguousarray(maps[key], dtype=np.float32))
                for key in MAP_KEYS}
         out["logits"] = out["logits"].reshape(j, k, *out["logits"].shape[-2:])
@@ -80,7 +98,7 @@ class DistillDataset(Dataset):
             for key in ("at_early", "at_deep"):
                 a = out[key]
                 out[key] = F.normalize(a.flatten(1), dim=1).reshape(a.shape)
-        out["rc_early"], out["rc_deep"] = t.rc_early[:, i], t.rc_deep[:, i]
+        out["rc_early"], out["rc_deep"] = raw["rc_early"], raw["rc_deep"]
         return out
 
 
@@ -88,3 +106,61 @@ def batch_targets(batch: dict[str, torch.Tensor], device: torch.device) -> Teach
     """Collated ``(B, J, ...)`` teacher fields -> TeacherTargets ``(J, B, ...)`` on ``device``."""
     names = (*MAP_KEYS, "rc_early", "rc_deep")
     return TeacherTargets(**{n: batch[n].transpose(0, 1).contiguous().to(device) for n in names})
+
+
+def spill_slices(folder: Path, parts: Iterable[tuple[np.ndarray, np.ndarray, list[str]]],
+                 plan: Plan | None = None) -> ProxySet:
+    """A :class:`ProxySet` whose ``images (N,1,S,S)`` float32 and ``masks (N,S,S)`` uint8 live
+    in ``folder/{images,masks}.npy`` (read-only memmaps, read per item by
+    :class:`DistillDataset`), written from ``parts`` (consecutive ``(images, masks, slice ids)``)
+    so that only one part is ever in memory. Hashes as :func:`proxy_from_volumes`'s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids: list[str] = []
+    hashes: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    with (folder / "images.raw").open("wb") as fi, (folder / "masks.raw").open("wb") as fm:
+        for imgs, msks, part_ids in parts:
+            imgs32 = np.ascontiguousarray(imgs, np.float32)
+            m8 = np.ascontiguousarray(msks, np.uint8)
+            fi.write(imgs32.tobytes())
+            fm.write(m8.tobytes())
+            shapes = {"images": imgs32.shape[1:], "masks": m8.shape[1:]}
+            ids += part_ids
+            hashes += [slice_hash(i) for i in imgs32]
+    arrays = {n: _raw_to_npy(folder / n, np.dtype(np.float32 if n == "images" else np.uint8),
+                             (len(ids), *shapes[n])) for n in ("images", "masks")}
+    return ProxySet(arrays["images"], arrays["masks"], ids, hashes, plan)
+
+
+def _raw_to_npy(stem: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """``stem.raw`` (bare C-ordered bytes) -> ``stem.npy`` (header + bytes, streamed copy),
+    opened as a read-only memmap."""
+    raw, npy = stem.with_suffix(".raw"), stem.with_suffix(".npy")
+    tmp = stem.with_suffix(f".npy.tmp-{os.getpid()}")
+    with tmp.open("wb") as out, raw.open("rb") as src:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                   "fortran_order": False, "shape": shape})
+        shutil.copyfileobj(src, out, 1 << 22)
+    raw.unlink()
+    os.replace(tmp, npy)  # a new file: maps of an earlier load stay valid
+    return np.load(npy, mmap_mode="r")
+
+
+def load_proxy_on_disk(root: Path, size: int | None, label: str | None, folder: Path
+                       ) -> ProxySet:
+    """:func:`~coordinator.distill.proxy.load_proxy`, one case at a time, spilled to ``folder``
+    (:func:`spill_slices`): the same slices, ids, hashes and plan, never all in memory."""
+    from common.data.fingerprint import plan_for_dataset
+    from common.data.layout import discover_dataset
+    from common.data.slices import load_volumes
+
+    info = discover_dataset(root)
+    plan = plan_for_dataset(info, size, label)
+
+    def cases() -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        for case in info.cases:
+            vol = load_volumes(info, [case.case_id], plan.size, plan=plan)[0]
+            yield (vol.image[:, None].astype(np.float32), vol.label.astype(np.uint8),
+                   [f"{vol.case_id}:{z}" for z in range(vol.image.shape[0])])
+
+    return spill_slices(folder, cases(), plan)

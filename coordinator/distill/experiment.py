@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 
 from common.data.plan import Plan
 from common.data.slices import Volume
@@ -15,14 +17,15 @@ from common.data.test_split import load_test_split, site_plan
 from common.evaluate import evaluate_volumes
 from common.io import atomic_write_json
 from common.kd.plan_bridge import bridged_teacher_outputs
-from common.kd.targets import TeacherTargets
 from common.metrics import summarise
 from common.models.checkpoint import load_model
 from common.training import select_device
-from coordinator.distill.cache import TeacherCache
+from coordinator.distill.cache import CachedTargets, TeacherCache, build_chunk
 from coordinator.distill.config import ExperimentConfig, SiteSpec
+from coordinator.distill.dataset import load_proxy_on_disk
 from coordinator.distill.identity import cache_key, teacher_digest
-from coordinator.distill.proxy import ProxySet, load_proxy
+from coordinator.distill.memory import guard_experiment
+from coordinator.distill.proxy import ProxySet
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
 from coordinator.distill.student import DistillData, StudentRun
@@ -37,7 +40,7 @@ def load_site_test(site: SiteSpec, size: int, plan: Plan | None = None) -> list[
     return load_test_split(site.data, site.teacher_dir, size, plan)
 
 
-def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -> TeacherTargets:
+def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -> CachedTargets:
     """Every site's teacher outputs on the proxy set, from the cache or computed in-process,
     each teacher in its own plan and mapped back to the proxy's (student's) grid
     (:mod:`common.kd.plan_bridge`, as a federated site does)."""
@@ -51,19 +54,21 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
                         cfg.kd.at_p)
         plan = site_plan(site.teacher_dir)
         log.info("[distill] %s: teacher plan: %s", site.name, plan_line(plan))
-        t = cache.get(site.name, key)
+        t = cache.open(site.name, key)  # on disk, read per batch (issue 14)
         if t is None:
             model, _ = load_model(site.teacher_dir / "best.pt")
-            t = bridged_teacher_outputs(model, proxy.images, proxy.masks, dev, proxy.plan, plan,
-                                        cfg.student.teacher_batch_size, cfg.kd.at_form,
-                                        cfg.kd.at_p, taps)
-            cache.put(site.name, key, t)
+            tbs = cfg.student.teacher_batch_size  # chunks of whole teacher batches: same outputs
+            ask = partial(bridged_teacher_outputs, model, device=dev, query=proxy.plan,
+                          teacher=plan, batch_size=tbs, at_form=cfg.kd.at_form, p=cfg.kd.at_p,
+                          taps=taps)
+            cache.build_answers(site.name, key, proxy.images, proxy.masks, ask,
+                                chunk=build_chunk(proxy.images.shape[-1], tbs))
             log.info("[distill] %s: teacher outputs for %d proxy slices cached", site.name,
                      len(proxy))
-            t = cache.get(site.name, key)  # fp16-rounded, as a rerun and the wire see
+            t = cache.open(site.name, key)  # fp16-rounded, as a rerun and the wire see
         assert t is not None
         parts.append(t)
-    return TeacherTargets.stack(parts)
+    return CachedTargets.stack(parts)
 
 
 def teacher_rows(cfg: ExperimentConfig) -> list[dict]:
@@ -105,17 +110,24 @@ def plan_runs(cfg: ExperimentConfig) -> list[StudentRun]:
     return runs
 
 
-def run_experiment(cfg: ExperimentConfig) -> list[dict]:
-    """Run every planned student, then write results.csv / results.md / results.png.
+#: Extra rows after the student rows: ``(cfg, data, rows so far) -> all rows`` (the peer
+#: baselines and cost columns of :func:`coordinator.baselines.rows.baseline_rows`).
+RowHook = Callable[[ExperimentConfig, DistillData, list[dict]], list[dict]]
 
-    Exporting the default student is the caller's step (``coordinator distill --local`` does it
-    with :func:`coordinator.export.export_best_multi`, as the federated ServerApp does), so the
+
+def run_experiment(cfg: ExperimentConfig, extra: RowHook | None = None) -> list[dict]:
+    """Run every planned student (then ``extra``), write results.csv / results.md / .png.
+
+    Each student row records its ``wall_seconds`` (all its seeds). Exporting the default
+    student is the caller's step (``coordinator distill --local`` does it with
+    :func:`coordinator.export.export_best_multi`, as the federated ServerApp does), so the
     distillation engine does not import the export package."""
     t0 = time.perf_counter()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-    proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
+    proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, out / "proxy")
+    guard_experiment(cfg, len(proxy))  # refuse now rather than be OOM-killed (issue 14)
     targets = local_targets(cfg, proxy, TeacherCache(out / "teacher_cache"))
     check_teachers([s.name for s in cfg.sites], targets, proxy.masks,
                    {s.name: _card(s).get("val_dice") for s in cfg.sites},
@@ -126,6 +138,9 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     rows = teacher_rows(cfg)
     for run in plan_runs(cfg):
         log.info("[distill] run %s", run.name)
-        rows.append(train_repeats(run, data, cfg, out / "runs" / run.name))
+        t_run = time.perf_counter()
+        row = train_repeats(run, data, cfg, out / "runs" / run.name)
+        rows.append({**row, "wall_seconds": time.perf_counter() - t_run})
+    rows = extra(cfg, data, rows) if extra else rows
     write_results(rows, cfg, out, time.perf_counter() - t0)
     return rows

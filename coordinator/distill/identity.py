@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from common.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from common.kd.targets import TeacherTargets
+    from coordinator.distill.cache import Targets
     from coordinator.distill.config import ExperimentConfig, WeightingSpec
     from coordinator.distill.proxy import ProxySet
 
@@ -44,7 +44,7 @@ class DistillData(Protocol):
     """What identity needs of :class:`coordinator.distill.student.DistillData`."""
 
     proxy: ProxySet
-    targets: TeacherTargets | None
+    targets: Targets | None
     site_names: list[str]
     teacher_ids: list[str] | None
 
@@ -83,10 +83,15 @@ def teacher_digest(teacher_dir: Path) -> str:
     return "missing"
 
 
-def targets_digest(targets: TeacherTargets, j: int) -> str:
-    """Digest of teacher ``j``'s logits ``(N, K, S, S)`` on the proxy set (federated runs)."""
-    logits = targets.logits[j].detach().cpu().float().contiguous()
-    return "logits:" + hashlib.sha256(logits.numpy().tobytes()).hexdigest()
+def targets_digest(targets: Targets, j: int) -> str:
+    """Digest of teacher ``j``'s logits ``(N, K, S, S)`` on the proxy set (federated runs);
+    streamed over chunks of slices (same bytes, same digest as one pass)."""
+    from coordinator.distill.cache import iter_chunks
+
+    h = hashlib.sha256()
+    for _, part in iter_chunks(targets.select([j]), 256):
+        h.update(part.logits[0].detach().cpu().float().contiguous().numpy().tobytes())
+    return "logits:" + h.hexdigest()
 
 
 def run_fingerprint(run: StudentRun, data: DistillData, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -99,12 +104,19 @@ def run_fingerprint(run: StudentRun, data: DistillData, cfg: ExperimentConfig) -
     return {"run": run.name, "teachers": teachers,
             "weighting": run.weighting.model_dump(mode="json") if run.weighting else None,
             "proxy": data.proxy.digest, "proxy_label": cfg.proxy_label,
-            "proxy_masks": hashlib.sha256(data.proxy.masks.tobytes()).hexdigest(),
+            "proxy_masks": _masks_digest(data.proxy.masks),
             "seed": cfg.seed,
             "student": student, "kd": cfg.kd.model_dump(mode="json"), "code": code_version()}
 
 
-def _targets(data: DistillData) -> TeacherTargets:
+def _masks_digest(masks: Any) -> str:
+    """sha256 of the proxy masks' bytes, streamed (a memmapped proxy is never read whole)."""
+    from coordinator.distill.cache import masks_digest
+
+    return masks_digest(masks)
+
+
+def _targets(data: DistillData) -> Targets:
     if data.targets is None:
         raise ValueError("a run with teachers needs teacher targets")
     return data.targets

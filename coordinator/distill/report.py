@@ -69,8 +69,12 @@ def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: f
     comps = compare_students(rows, cfg)
     write_comparisons_csv(comps, out / "comparisons.csv")
     (out / "results.md").write_text(intro + to_markdown(header, body)
-                                    + comparisons_markdown(comps))
+                                    + comparisons_markdown(comps) + costs_markdown(rows)
+                                    + versus_fedavg(rows, cfg))
     plot_results(rows, out / "results.png", f"{cfg.name}: mean 3D Dice over sites")
+    if any(r.get("cost") for r in rows):
+        write_costs_csv(rows, out / "costs.csv")
+        plot_tradeoff(rows, out / "results_tradeoff.png", f"{cfg.name}: Dice vs bytes")
     log.info("results:\n%s", to_markdown(header, body))
 
 
@@ -191,3 +195,121 @@ def write_comparisons_csv(comps: list[Comparison], path: Path) -> None:
                          "ci_high", "p_value", "test", "significant"])
         writer.writerows([a, b, c.n_seeds, c.n_cases, c.mean_diff, c.ci_low, c.ci_high,
                           c.p_value, c.test, c.significant()] for a, b, c in comps)
+
+
+# ----------------------------------------------------------------------------- cost columns
+#: Marker of each privacy class (what left the sites) in the trade-off plot.
+PRIVACY_MARKERS = {"nothing": ("o", "tab:green"), "outputs on proxy": ("s", "tab:blue"),
+                   "model weights": ("^", "tab:red"), "raw data (pooled)": ("X", "0.4")}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f} MB" if n else "0"
+
+
+def cost_table(rows: list[dict], numeric: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the cost table: one line per row that has a ``cost`` (teacher rows
+    have none): per site bytes sent (left the site) / received, messages, what left, wall s.
+    ``numeric``: exact byte counts (CSV) instead of MB."""
+    costed = [r for r in rows if r.get("cost")]
+    if not costed:
+        return [], []
+    sites = list(costed[0]["cost"]["per_site"])
+    header = ["run", "what left the sites"]
+    header += [f"{s} {d}" for s in sites for d in ("sent", "received")]
+    header += ["messages", "train wall s", "where"]
+    fmt = str if numeric else _mb
+    body = []
+    for r in costed:
+        c = r["cost"]
+        cells = [r["run"], c["left_site"]]
+        cells += [fmt(c["per_site"][s][d]) for s in sites for d in ("sent", "received")]
+        body.append(cells + [str(c["messages"]), f"{c['wall_seconds']:.0f}", c["where"]])
+    return header, body
+
+
+def costs_markdown(rows: list[dict]) -> str:
+    """The ``## Cost`` section of results.md (empty when no row has a cost)."""
+    header, body = cost_table(rows)
+    if not body:
+        return ""
+    intro = ("\n## Cost per site over one training run\n\nBytes = serialized Flower payloads "
+             "(protobuf RecordDict) of every message of one training run (one seed); sent = "
+             "left the site, received = arrived at it. Scoring messages are not counted (the "
+             "same for every federated row). Train wall s: training time of the row over all "
+             "its seeds (MT-KD: teacher queries excluded, they are cached). In --local the "
+             "coordinator process reads the site folders itself; the bytes are those of the "
+             "messages the federated path sends (MT-KD: query.teacher_outputs requests and "
+             "fp16 replies, from the cached outputs; FedAvg: Flower's FedAvg messages as "
+             "query.fedavg_train; pooled: each site's prepared training slices).\n\n")
+    return intro + to_markdown(header, body)
+
+
+def versus_fedavg(rows: list[dict], cfg: ExperimentConfig) -> str:
+    """One line: the default student's mean Dice and bytes (left the sites) as fractions of
+    the ``fedavg`` row's (empty without both rows)."""
+    by = {str(r["run"]): r for r in rows}
+    name = default_run(rows, cfg)
+    if name is None or "fedavg" not in by or not by[name].get("cost"):
+        return ""
+    a, f = by[name], by["fedavg"]
+    sent_a, sent_f = a["cost"]["bytes_sent"], f["cost"]["bytes_sent"]
+    frac = f"{sent_a / sent_f:.3g}" if sent_f else "n/a"
+    return (f"\n`{name}` vs `fedavg`: mean Dice {a['mean_dice']:.3f} vs {f['mean_dice']:.3f} "
+            f"({a['mean_dice'] / f['mean_dice']:.3f} of FedAvg's, Δ "
+            f"{a['mean_dice'] - f['mean_dice']:+.3f}); bytes that left the sites {sent_a} vs "
+            f"{sent_f} ({frac} of FedAvg's); what left: {a['cost']['left_site']} vs "
+            f"{f['cost']['left_site']}.\n")
+
+
+def write_costs_csv(rows: list[dict], path: Path) -> None:
+    """``costs.csv``: the cost table with exact byte counts."""
+    header, body = cost_table(rows, numeric=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(body)
+
+
+def dice_ci(row: dict) -> tuple[float, float]:
+    """``(minus, plus)`` half-widths of a 95 % bootstrap CI (seeds x cases) of the row's
+    per-case mean Dice; ``(0, 0)`` without per-case scores."""
+    from common.stats import bootstrap_ci
+
+    cd = case_dice(row)
+    mat, _, _, _ = align_scores(cd, cd)
+    if not mat.size:
+        return 0.0, 0.0
+    lo, hi = bootstrap_ci(mat, seed=0)
+    m = float(mat.mean())
+    return max(m - lo, 0.0), max(hi - m, 0.0)
+
+
+def plot_tradeoff(rows: list[dict], path: Path, title: str) -> None:
+    """Mean Dice (95 % CI) against bytes that left the sites (log x; 0 B drawn at 1 B), one
+    point per costed row, the marker its privacy class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen: set[str] = set()
+    for r in (r for r in rows if r.get("cost")):
+        left = r["cost"]["left_site"]
+        x = max(int(r["cost"]["bytes_sent"]), 1)
+        lo, hi = dice_ci(r)
+        marker, color = PRIVACY_MARKERS.get(left, ("D", "k"))
+        ax.errorbar([x], [r["mean_dice"]], yerr=[[lo], [hi]], fmt=marker, color=color,
+                    capsize=3, label=None if left in seen else left, markersize=8)
+        ax.annotate(r["run"], (x, r["mean_dice"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+        seen.add(left)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes that left the sites over one training run (log; 0 B drawn at 1 B)")
+    ax.set_ylabel("mean 3D Dice (95 % CI)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, title="what left the sites", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -17,7 +17,6 @@ from common.evaluate import evaluate_volumes, save_case_overlays
 from common.io import atomic_write_json
 from common.kd.fusion import build_weighting
 from common.kd.losses import KDLoss
-from common.kd.targets import TeacherTargets
 from common.metrics import summarise
 from common.models import build_model
 from common.models.base import SegModel, SegOutput
@@ -31,6 +30,7 @@ from common.training import (
     seed_everything,
     select_device,
 )
+from coordinator.distill.cache import CachedTargets, Targets, iter_chunks, read_rows, stored_weights
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.dataset import DistillDataset, batch_targets
 from coordinator.distill.identity import claim_run_folder, run_fingerprint
@@ -51,33 +51,43 @@ class DistillData:
     """Everything a student run needs: proxy slices, all teachers' outputs, site test sets."""
 
     proxy: ProxySet
-    targets: TeacherTargets | None  # (J, N, ...) for all sites, or None
+    targets: Targets | None  # (J, N, ...) for all sites (in memory or cached on disk), or None
     site_names: list[str]
     site_tests: dict[str, list[Volume]]
     teacher_ids: list[str] | None = None  # per site: teacher digest (None: digest of logits)
 
 
-def run_targets(run: StudentRun, data: DistillData) -> TeacherTargets | None:
+def run_targets(run: StudentRun, data: DistillData) -> Targets | None:
     """The teachers of ``run`` (``(J_run, N, ...)``), or ``None`` for the no-KD run."""
     if not run.teachers or data.targets is None:
         return None
     return data.targets.select(run.teachers)
 
 
-def slice_weights(spec: WeightingSpec, t: TeacherTargets, masks: np.ndarray,
+def slice_weights(spec: WeightingSpec, t: Targets, masks: np.ndarray,
                   chunk: int = 64) -> torch.Tensor:
     """Per-slice teacher weights ``(N, J)`` on the cached, *un-augmented* outputs.
 
     The weight of a teacher is a property of the input slice (paper: "per input"); computing it
     on augmented maps would let border padding (logit 0 = p 0.5 for every teacher) make a bad
-    teacher look as good as the others on empty slices.
+    teacher look as good as the others on empty slices. Streams ``chunk`` slices at a time
+    (only one chunk of every teacher's logits is in memory).
     """
     weighting = build_weighting(spec.name, **spec.kwargs)
     out = []
-    for a in range(0, masks.shape[0], chunk):
-        probs = torch.softmax(t.logits[:, a:a + chunk].float(), dim=2)  # (J,b,K,H,W), T=1
-        out.append(weighting(probs, torch.from_numpy(masks[a:a + chunk]).long()))
+    for a, part in iter_chunks(t, chunk):
+        probs = torch.softmax(part.logits.float(), dim=2)  # (J,b,K,H,W), T=1
+        out.append(weighting(probs, torch.from_numpy(read_rows(masks, a, a + chunk)).long()))
     return torch.cat(out)
+
+
+def run_weights(spec: WeightingSpec, t: Targets, masks: np.ndarray) -> torch.Tensor:
+    """:func:`slice_weights`, computed once per teacher set, rule and masks and stored beside
+    the on-disk cache (reruns, repeats and resumes read them back); in-memory targets: computed."""
+    if not isinstance(t, CachedTargets):
+        return slice_weights(spec, t, masks)
+    label = spec.model_dump_json()
+    return stored_weights(t, label, masks, lambda: slice_weights(spec, t, masks))
 
 
 class _Step:
@@ -126,7 +136,7 @@ def _trainer(model: SegModel, loader: DataLoader, cfg: ExperimentConfig, device:
     return Trainer(model, (s.model, _KW), spec, device, out, amp=s.amp, loaders=[loader])
 
 
-def _loader(t: TeacherTargets | None, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
+def _loader(t: Targets | None, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
     ds = DistillDataset(data.proxy, t, build_augment(cfg.student.augment, seed=cfg.seed),
                         renormalise_at=cfg.kd.at_form == "zagoruyko")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -205,7 +215,7 @@ def _fit(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
     seed_everything(cfg.seed)
     model = _model(cfg, dev)
     t = run_targets(run, data)
-    weights = None if t is None else slice_weights(
+    weights = None if t is None else run_weights(
         run.weighting or WeightingSpec(name="equal"), t, data.proxy.masks)
     step, loader = _Step(run, cfg, dev, weights), _loader(t, data, cfg)
     tr = _trainer(model, loader, cfg, dev, out)

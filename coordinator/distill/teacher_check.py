@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from common.data.plan import Plan
-from common.kd.targets import TeacherTargets
+from coordinator.distill.cache import Targets
 
 log = logging.getLogger(__name__)
 WARN_RATIO = 0.8
@@ -46,14 +46,26 @@ def proxy_dice(logits: np.ndarray, masks: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int((pred & gt).sum()) / denom
 
 
-def check_teachers(names: Sequence[str], targets: TeacherTargets, masks: np.ndarray,
+def _streamed_dice(targets: Targets, j: int, masks: np.ndarray, chunk: int = 256) -> float:
+    """:func:`proxy_dice` of teacher ``j``, pooled over chunks of slices (same counts)."""
+    from coordinator.distill.cache import iter_chunks, read_rows
+
+    inter = total = 0
+    for a, part in iter_chunks(targets.select([j]), chunk):
+        pred = part.logits[0].float().numpy().argmax(axis=1) > 0
+        gt = read_rows(masks, a, a + chunk) > 0
+        inter, total = inter + int((pred & gt).sum()), total + int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def check_teachers(names: Sequence[str], targets: Targets, masks: np.ndarray,
                    val_dice: Mapping[str, float | None], floor: float | None = None
                    ) -> dict[str, float]:
     """Score teacher ``j`` (``names[j]``) of ``targets`` on the proxy ``masks (N,S,S)``; warn /
     refuse as the module says. Returns ``{name: proxy Dice}``."""
     scores, bad = {}, []
     for j, name in enumerate(names):
-        score = proxy_dice(targets.logits[j].float().numpy(), masks)
+        score = _streamed_dice(targets, j, masks)
         scores[name] = score
         val = val_dice.get(name)
         if val is None or not math.isfinite(val) or val <= 0:

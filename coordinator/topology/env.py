@@ -56,8 +56,23 @@ class Plan:
 
     @property
     def certs(self) -> CertsLayout:
-        """Where init-certs writes."""
+        """Where init-certs writes (CA, SuperLink certificate, SuperExec secret only)."""
         return CertsLayout(self.workdir / "certs")
+
+    def site_keys(self, site: str) -> Path:
+        """The site's own keys folder (``site-node keys init``: node.key, audit.key, .pub)."""
+        return self.workdir / "sites" / site / "keys"
+
+    @property
+    def pubkeys(self) -> Path:
+        """Where each site's ``site-keys`` role drops ``<site>/node.pub`` and ``audit.pub``."""
+        return self.workdir / "pubkeys"
+
+    @property
+    def registry(self) -> Path:
+        """The coordinator's registered site keys (``node-auth/<site>.pub``,
+        ``audit/<site>.pub``)."""
+        return self.workdir / "registry"
 
 
 @dataclass(frozen=True)
@@ -69,11 +84,18 @@ class Role:
     env: dict[str, str]
 
 
+#: Roles run to completion before the next one starts (the others are long-running).
+ONE_SHOT = ("init-certs", "site-keys")
+
+
 def role_envs(plan: Plan) -> list[Role]:
-    """init-certs, superlink, coordinator and one site per :class:`SiteNode`, in start order,
-    each with the variables docker-compose.yml sets for that service (no other configuration)."""
-    roles = [Role("init-certs", "init-certs", init_env(plan)),
-             Role("superlink", "superlink", superlink_env(plan)),
+    """init-certs, one site-keys per :class:`SiteNode` (each site makes its own key pairs and
+    drops only the public halves), superlink, coordinator (registers those public keys) and one
+    site per :class:`SiteNode`, in start order, each with the variables docker-compose.yml sets
+    for that service (no other configuration)."""
+    roles = [Role("init-certs", "init-certs", init_env(plan))]
+    roles += [Role(f"keys-{s.name}", "site-keys", site_keys_env(plan, s)) for s in plan.sites]
+    roles += [Role("superlink", "superlink", superlink_env(plan)),
              Role("coordinator", "coordinator", coordinator_env(plan))]
     roles += [Role(f"site-{s.name}", "site", site_env(plan, s, port))
               for s, port in zip(plan.sites, plan.node_ports, strict=True)]
@@ -86,7 +108,13 @@ def init_env(plan: Plan) -> dict[str, str]:
     """Environment of ``init-certs`` (no RESULTS_DIR: nothing to hand over)."""
     return {"CERTS_DIR": str(plan.certs.root), "SITES": ",".join(s.name for s in plan.sites),
             "SUPERLINK_HOSTS": f"localhost,{HOST}", "RESULTS_DIR": "",
-            "FEDMTKD_UID": str(plan.uid)}
+            "PUBKEYS_DIR": str(plan.pubkeys), "FEDMTKD_UID": str(plan.uid)}
+
+
+def site_keys_env(plan: Plan, site: SiteNode) -> dict[str, str]:
+    """Environment of one ``site-keys`` (``site-node keys init`` in the site's own folder)."""
+    return {"SITE_NAME": site.name, "SITE_KEYS": str(plan.site_keys(site.name)),
+            "PUBKEYS_OUT": str(plan.pubkeys / site.name)}
 
 
 def superlink_env(plan: Plan) -> dict[str, str]:
@@ -104,8 +132,9 @@ def coordinator_env(plan: Plan) -> dict[str, str]:
     return {"TLS": "on" if plan.tls else "off", "SUPERLINK_HOST": HOST,
             "SUPERLINK_PORT": str(plan.superlink_port), "CA_CERT": str(c.ca),
             "SUPEREXEC_SECRET": str(c.superexec_secret),
-            "SITES": ",".join(s.name for s in plan.sites), "NODE_AUTH_KEYS_DIR": str(c.node_keys),
-            "AUDIT_KEYS_DIR": str(c.audit_keys), "APP_DIR": str(APP_DIR),
+            "SITES": ",".join(s.name for s in plan.sites), "SITE_PUBKEYS": str(plan.pubkeys),
+            "NODE_AUTH_KEYS_DIR": str(plan.registry / "node-auth"),
+            "AUDIT_KEYS_DIR": str(plan.registry / "audit"), "APP_DIR": str(APP_DIR),
             "EXPERIMENT_CONFIG": str(plan.config), "EXPERIMENT_OUT": str(plan.out),
             "PROXY_DIR": str(plan.proxy), "PROXY_CASES": "9", "RESULTS_DIR": str(plan.out),
             "COORDINATOR_WORKDIR": str(plan.workdir / "coordinator"),
@@ -121,10 +150,10 @@ def site_env(plan: Plan, site: SiteNode, port: int) -> dict[str, str]:
             "SITE_DATA": str(site.data), "SITE_RUN": str(site.teacher_dir),
             "SITE_STATE": str(plan.workdir / "sites" / site.name), "SITE_PHANTOM": "never",
             "SITE_TRAIN_ON_START": "never", "SITE_COMPRESSION": site.compression,
-            "SITE_AUDIT_KEY": str(c.audit_key(site.name)),
+            "SITE_AUDIT_KEY": str(plan.site_keys(site.name) / "audit.key"),
             "SUPERLINK_ADDRESS": f"{HOST}:{plan.dial_port}", "SUPERNODE_BIND_HOST": HOST,
             "SUPERNODE_PORT": str(port), "CA_CERT": str(c.public_ca),
-            "SITE_KEY": str(c.node_key(site.name))}
+            "SITE_KEY": str(plan.site_keys(site.name) / "node.key")}
 
 
 def base_env() -> dict[str, str]:

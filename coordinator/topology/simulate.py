@@ -2,14 +2,20 @@
 
 Orchestration only: the environments come from :mod:`coordinator.topology.env`, the processes
 are run by :mod:`coordinator.topology.supervisor`. Every role is started through
-``deploy/entrypoints/entrypoint.sh ROLE``: ``init-certs`` (TLS, node-auth and audit keys under
-``WORKDIR/certs``; run to completion), the ``superlink`` (waited for with ``healthcheck.sh``),
-the ``coordinator`` (registers the sites, is then healthy, runs the ServerApp through a
+``deploy/entrypoints/entrypoint.sh ROLE``: ``init-certs`` (CA and SuperLink TLS material under
+``WORKDIR/certs``; run to completion), one ``site-keys`` per site (``site-node keys init`` in
+``WORKDIR/sites/<site>/keys``; only the ``.pub`` files go to ``WORKDIR/pubkeys``), the
+``superlink`` (waited for with ``healthcheck.sh``), the ``coordinator`` (registers the sites'
+public keys, is then healthy, runs the ServerApp through a
 ``flower-superexec`` and drives the run with ``coordinator distill``) and one ``site`` per
 :class:`SiteNode` (``site-node run``). Logs in ``WORKDIR/logs/<name>.log``, marker files in
 ``WORKDIR/run/<name>/``. TLS with SuperNode authentication unless ``insecure``; every site signs
 its egress log and the coordinator verifies the receipts. Success means a fresh
 ``federated_results.json``.
+
+``--engine ray`` (:func:`simulate_ray`) runs the same ServerApp and ClientApp on Flower's
+Simulation Engine instead (:mod:`coordinator.topology.ray_engine`): N virtual sites, each with
+its own data, teacher, state folder, signed egress log and audit key; no TLS (no network).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -37,7 +44,8 @@ from coordinator.topology.supervisor import Processes, start_topology
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Plan", "Processes", "SiteNode", "free_port", "make_plan", "simulate"]
+__all__ = ["Plan", "Processes", "SiteNode", "free_port", "make_plan", "simulate",
+           "simulate_ray"]
 
 
 def free_port() -> int:
@@ -126,19 +134,69 @@ def sites_from_config(config: Path, n: int) -> list[SiteNode]:
     return [SiteNode(s.name, s.data, s.teacher_dir) for s in cfg.sites[:n]]
 
 
+def simulate_ray(sites: list[SiteNode], config: Path, workdir: Path,
+                 run_config: dict[str, object], timeout: float = 900.0,
+                 ray_address: str | None = None, client_cpus: float = 1.0,
+                 capture: Path | None = None) -> int:
+    """The same experiment on Flower's Simulation Engine (:mod:`coordinator.topology.ray_engine`)
+    in one process logging to ``WORKDIR/logs/coordinator.log``; 0 only if results were written.
+
+    ``query-window`` defaults to 1 here: a SuperNode runs one message at a time, a Ray actor
+    pool would otherwise run two chunks of one virtual site at once (the pool is kept busy by
+    the other sites). ``capture``: a test's recording tap (:class:`~coordinator.topology.
+    ray_engine.SiteConfigMod`)."""
+    from coordinator.run_config import RunConfig
+    from coordinator.topology import ray_engine
+
+    workdir = workdir.resolve()
+    configs = ray_engine.site_configs(sites, workdir)
+    values = RunConfig.from_run_config({
+        **app_defaults(), "config-path": str(config.resolve()), "expected-sites": len(sites),
+        "site-keys-dir": str(ray_engine.site_keys_dir(workdir)), "query-window": 1,
+        **run_config}, "simulate --engine ray").to_run_config()
+    spec = ray_engine.write_spec(workdir, configs, values,
+                                 ray_engine.backend_config(client_cpus, ray_address), capture)
+    procs, start = Processes(workdir / "logs", base_env(), workdir), time.time()
+    try:
+        proc = procs.start("coordinator", [sys.executable, "-m",
+                                           "coordinator.topology.ray_engine", str(spec)])
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.error("no result after %.0f s; see %s", timeout, procs.logs)
+        rc = 124
+    finally:
+        procs.stop_all()
+    results = experiment_out(config) / "federated_results.json"
+    if rc == 0 and not (results.exists() and results.stat().st_mtime >= start):
+        log.error("the ServerApp wrote no %s; see %s", results, procs.logs)
+        return 3
+    return rc
+
+
+def run_config_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The run-config values that ``coordinator simulate``'s flags set."""
+    extra: dict[str, object] = {"train": not args.no_train}
+    flags = {"timeout": args.round_timeout, "min-sites": args.min_sites or None,
+             "chunk-size": getattr(args, "chunk_size", None),
+             "query-window": getattr(args, "query_window", None)}
+    extra.update({k: (float(v) if k == "timeout" else v) for k, v in flags.items()
+                  if v is not None})
+    return extra
+
+
 def main_simulate(args: argparse.Namespace) -> int:
-    """``coordinator simulate --sites N --config exp.toml --workdir DIR``; prints the tail of the
-    coordinator's log (the run's outcome) as its result."""
+    """``coordinator simulate --sites N --config exp.toml --workdir DIR [--engine ray]``; prints
+    the tail of the coordinator's log (the run's outcome) as its result."""
     sites = sites_from_config(args.config, args.sites)
     for site in sites:
         site.compression = getattr(args, "compression", "fp16")
-    extra: dict[str, object] = {"train": not args.no_train}
-    if args.round_timeout is not None:
-        extra["timeout"] = float(args.round_timeout)
-    if args.min_sites:
-        extra["min-sites"] = args.min_sites
-    rc = simulate(sites, args.config, args.workdir, extra, timeout=args.timeout,
-                  insecure=getattr(args, "insecure", False))
+    extra = run_config_flags(args)
+    if getattr(args, "engine", "processes") == "ray":
+        rc = simulate_ray(sites, args.config, args.workdir, extra, timeout=args.timeout,
+                          ray_address=args.ray_address, client_cpus=args.client_cpus)
+    else:
+        rc = simulate(sites, args.config, args.workdir, extra, timeout=args.timeout,
+                      insecure=getattr(args, "insecure", False))
     coord_log = args.workdir / "logs" / "coordinator.log"
     print(coord_log.read_text(errors="replace")[-4000:] if coord_log.exists() else "")
     print(f"coordinator simulate: the coordinator exited with {rc}; logs in "

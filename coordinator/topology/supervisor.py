@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from coordinator.topology.env import ENTRYPOINTS, Plan, Role, role_envs
+from coordinator.topology.env import ENTRYPOINTS, ONE_SHOT, Plan, Role, role_envs
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,15 @@ def wait_healthy(procs: Processes, role: Role, timeout: float) -> None:
 
 
 def start_topology(procs: Processes, plan: Plan) -> None:
-    """init-certs (to completion), superlink (healthy), coordinator (healthy: sites
-    registered), then every site, as docker-compose.yml orders them."""
-    init, link, coord, *sites = role_envs(plan)
-    rc = start_role(procs, init).wait(timeout=120)
-    if rc != 0:
-        raise RuntimeError(f"init-certs exited with {rc}; see {procs.logs / 'init-certs.log'}")
-    start_role(procs, link)
-    wait_healthy(procs, link, 60)
-    start_role(procs, coord)
-    wait_healthy(procs, coord, 120)
-    for site in sites:
-        start_role(procs, site)
+    """init-certs and each site's site-keys (to completion), superlink (healthy), coordinator
+    (healthy: the sites' public keys registered), then every site, as docker-compose.yml
+    orders them."""
+    for role in role_envs(plan):
+        proc = start_role(procs, role)
+        if role.role in ONE_SHOT:
+            rc = proc.wait(timeout=120)
+            if rc != 0:
+                raise RuntimeError(f"{role.name} exited with {rc}; see "
+                                   f"{procs.logs / role.name}.log")
+        elif role.role in ("superlink", "coordinator"):
+            wait_healthy(procs, role, 60 if role.role == "superlink" else 120)

@@ -10,9 +10,13 @@
 #   SUPERLINK_HOST / SUPERLINK_PORT  where the SuperLink listens (superlink / 8000)
 #   CA_CERT             CA certificate         SUPEREXEC_SECRET  shared SuperExec secret file
 #   SITES               comma-separated site names; expected sites and keys to register
-#   NODE_AUTH_KEYS_DIR  NODE_AUTH_KEYS_DIR/<site>/<site>.pub are registered (TLS=on)
-#   AUDIT_KEYS_DIR      <site>.pub Ed25519 audit keys: every receipt must verify (run config
-#                       site-keys-dir)
+#   SITE_PUBKEYS        the public keys the sites handed over: SITE_PUBKEYS/<site>/node.pub and
+#                       audit.pub (made on each site by site-keys.sh; no private key here)
+#   NODE_AUTH_KEYS_DIR  registry: <site>.pub node-auth keys, checked and copied from
+#                       SITE_PUBKEYS by `make_certs.py register`, then registered at the
+#                       SuperLink with `flwr supernode register` (TLS=on)
+#   AUDIT_KEYS_DIR      registry: <site>.pub Ed25519 audit keys: every receipt must verify
+#                       (run config site-keys-dir)
 #   APP_DIR             the Flower app folder (deploy/flwr_app in the image)
 #   EXPERIMENT_CONFIG   ExperimentConfig TOML (its `proxy` must be PROXY_DIR)
 #   EXPERIMENT_OUT      where the ServerApp writes (run config `out`)
@@ -28,11 +32,12 @@
 #   RUNTIME_DIR         optional (default /tmp): folder of fedmtkd-coordinator.alive
 set -euo pipefail
 : "${TLS:?}" "${SUPERLINK_HOST:?}" "${SUPERLINK_PORT:?}" "${CA_CERT:?}" "${SUPEREXEC_SECRET:?}"
-: "${SITES:?}" "${NODE_AUTH_KEYS_DIR:?}" "${AUDIT_KEYS_DIR:?}" "${APP_DIR:?}"
+: "${SITES:?}" "${SITE_PUBKEYS:?}" "${NODE_AUTH_KEYS_DIR:?}" "${AUDIT_KEYS_DIR:?}" "${APP_DIR:?}"
 : "${EXPERIMENT_CONFIG:?}" "${EXPERIMENT_OUT:?}" "${PROXY_DIR:?}" "${PROXY_CASES:?}"
 : "${RESULTS_DIR:?}" "${COORDINATOR_WORKDIR:?}" "${ROUND_TIMEOUT:?}" "${RUN_TIMEOUT:?}"
 : "${WAIT_TIMEOUT:?}"
 alive="${RUNTIME_DIR:-/tmp}/fedmtkd-coordinator.alive"
+here=$(cd "$(dirname "$0")" && pwd)
 federation=fedmtkd-deployment  # coordinator.federated_cli.FEDERATION
 export FLWR_HOME="$COORDINATOR_WORKDIR/flwr_home"  # of superexec and the ServerApp
 case "$TLS" in
@@ -78,7 +83,7 @@ PY
 }
 
 register_site() {
-  flwr supernode register "$NODE_AUTH_KEYS_DIR/$1/$1.pub" "$federation" --name "$1" \
+  flwr supernode register "$NODE_AUTH_KEYS_DIR/$1.pub" "$federation" --name "$1" \
     || echo "coordinator: could not register $1 (already registered?)" >&2
 }
 
@@ -109,6 +114,9 @@ cleanup() {
 }
 
 trap cleanup EXIT
+# the sites' public keys: checked (kind, no private key, no silent key swap) and registered
+python "$here/../make_certs.py" register --pubs "$SITE_PUBKEYS" --sites "$SITES" \
+  --node-dir "$NODE_AUTH_KEYS_DIR" --audit-dir "$AUDIT_KEYS_DIR"
 wait_superlink
 if [ -z "$(ls -A "$PROXY_DIR" 2>/dev/null)" ]; then
   coordinator make-proxy --out "$PROXY_DIR" --cases "$PROXY_CASES"

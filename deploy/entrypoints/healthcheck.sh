@@ -5,7 +5,7 @@
 #   site         the SuperNode listens on 127.0.0.1:$SUPERNODE_PORT
 #   coordinator  the sites are registered and coordinator.sh is alive
 #                (RUNTIME_DIR/fedmtkd-coordinator.alive)
-#   init-certs   always healthy (one-shot)
+#   init-certs, site-keys  always healthy (one-shot)
 # Environment (defaults in brackets): RUNTIME_DIR [/tmp], SUPERLINK_PORT [8000],
 #   SUPERNODE_PORT [9094]
 set -euo pipefail
@@ -18,6 +18,6 @@ case "$role" in
   superlink) listening "${SUPERLINK_PORT:-8000}" ;;
   site) listening "${SUPERNODE_PORT:-9094}" ;;
   coordinator) [ -f "$runtime/fedmtkd-coordinator.alive" ] ;;
-  init-certs) exit 0 ;;
+  init-certs|site-keys) exit 0 ;;
   *) echo "healthcheck: unknown role '$role'" >&2; exit 1 ;;
 esac

@@ -15,11 +15,13 @@
 #                        teacher.json; "never": the coordinator's `train` message trains it
 #     SITE_MODEL         teacher architecture         SITE_TEACHER_CONFIG  TeacherTrainConfig
 #   SITE_COMPRESSION     query logits encoding: fp16 | int8_probs | downsample | fp32
-#   SITE_AUDIT_KEY       Ed25519 key signing the egress log (init-certs: sites/<site>/audit.key)
+#   SITE_AUDIT_KEY       Ed25519 key signing the egress log (site-keys.sh: SITE_KEYS/audit.key,
+#                        made on this site; only audit.pub went to the coordinator)
 #   SUPERLINK_ADDRESS    host:port of the SuperLink (or of a proxy in front of it)
 #   SUPERNODE_BIND_HOST  address of the local ClientApp runtime API (127.0.0.1)
 #   SUPERNODE_PORT       its port (one per site when sites share a machine)
-#   CA_CERT              CA certificate               SITE_KEY  node-auth key (OpenSSH, <site>.ssh)
+#   CA_CERT              CA certificate
+#   SITE_KEY             node-auth key (OpenSSH ECDSA P-384, site-keys.sh: SITE_KEYS/node.key)
 set -euo pipefail
 : "${TLS:?}" "${SITE_NAME:?}" "${SITE_DATA:?}" "${SITE_RUN:?}" "${SITE_STATE:?}"
 : "${SITE_PHANTOM:?}" "${SITE_TRAIN_ON_START:?}" "${SITE_COMPRESSION:?}" "${SITE_AUDIT_KEY:?}"

@@ -1,4 +1,5 @@
-"""Student export: TorchScript + ONNX + model card, verified, and the experiment hook."""
+"""Student export: torch.export + ONNX (+ eager state, int8) + model card, verified, and the
+experiment hook."""
 
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ def test_export_student_enet_roundtrips(tmp_path: Path) -> None:
     card = {"sites": ["site_a", "site_b"], "fusion_weights": {"site_a": 0.6, "site_b": 0.4},
             "bytes_exchanged": 1234}
     paths = export_student(model, tmp_path / "export", 64, card)
-    assert {p.name for p in paths.values()} == {"student.ts", "student.onnx", "model_card.json"}
-    x = torch.rand(2, 1, 64, 64)
+    assert {p.name for p in paths.values()} == {"student.pt2", "student.onnx", "model_card.json"}
+    x = torch.rand(3, 1, 64, 64)  # a batch size not seen at export: the batch is dynamic
     with torch.no_grad():
-        ts = torch.jit.load(str(paths["torchscript"]))(x)
-        assert ts.shape == (2, 2, 64, 64)
-        assert float((ts - model(x)).abs().max()) < 1e-4
+        pt2 = torch.export.load(str(paths["pt2"])).module()(x)
+        assert pt2.shape == (3, 2, 64, 64)
+        assert float((pt2 - model(x)).abs().max()) < 1e-4
     graph = onnx.load(str(paths["onnx"]))
     onnx.checker.check_model(graph)
     assert graph.opset_import[0].version == 17
@@ -36,6 +37,11 @@ def test_export_student_enet_roundtrips(tmp_path: Path) -> None:
     assert saved["input"]["shape"] == [1, 1, 64, 64] and saved["bytes_exchanged"] == 1234
     assert saved["sites"] == ["site_a", "site_b"] and saved["verification"]["onnx_checker"]
     assert saved["created"].endswith("Z") and "fedmtkd_version" in saved
+    assert set(saved["runtimes"]) == {"pt2", "onnx"} and saved["default_runtime"] in {"pt2", "onnx"}
+    for row in saved["runtimes"].values():  # random inputs: fp32 graphs equal eager fp32
+        assert row["precision"] == "fp32" and row["agreement"] == 1.0
+        assert row["max_abs_diff"] < 1e-4 and row["latency"]["median_ms"] > 0
+    assert saved["verification"]["inputs"] == "random" and "calibration" not in saved
     assert not list((tmp_path / "export").glob(".*.tmp"))  # atomic writes left no temp files
 
 
@@ -86,6 +92,7 @@ def test_export_best_multi_picks_the_default_weighting(tmp_path: Path) -> None:
     paths = export_best_multi(out, rows, cfg, bytes_exchanged=42)  # type: ignore[arg-type]
     assert paths is not None and paths["onnx"].parent == out / "export"
     card = json.loads(paths["card"].read_text())
+    assert set(card["files"]) == {"eager", "pt2", "onnx"}  # no proxy folder here: no int8
     assert card["run"] == "multi_inverse_dice_loss" and card["architecture"] == "tiny_unet"
     assert card["fusion_weights"] == pytest.approx({"site_a": 0.6, "site_b": 0.4})
     assert card["site_metrics"]["site_b"] == {"dice_mean": 0.5, "voe_mean": 0.4,

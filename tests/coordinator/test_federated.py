@@ -149,7 +149,7 @@ def test_federated_run_on_a_local_deployment(tiny_sites: dict, tiny_teachers: di
     assert set(row["sites"]) == set(SITES)
     for scores in row["sites"].values():
         assert 0.0 <= scores["dice_mean"] <= 1.0 and scores["n"] >= 1
-    assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*.pt"))) == 3
+    assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*/meta.json"))) == 3
     for name in SITES:
         assert f"{name}: teacher outputs for" in log and "validated and cached" in log
     assert "| multi_inverse_dice_loss |" in (tmp_path / "exp" / "federated_results.md").read_text()

@@ -134,7 +134,7 @@ def test_a_killed_site_is_dropped_and_the_run_completes(
     assert "dropping site_c" in log
     (row,) = res["rows"]
     assert row["teachers"] == ["site_a", "site_b"] and set(row["sites"]) == {"site_a", "site_b"}
-    assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*.pt"))) == 2
+    assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*/meta.json"))) == 2
     rc_file = (work / "coordinator" / "run_config.toml").read_text()
     assert "min-sites = 2" in rc_file and "chunk-size = 48" in rc_file
 

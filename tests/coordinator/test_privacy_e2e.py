@@ -120,15 +120,18 @@ def _config(setup: dict, tmp: Path) -> Path:
                            min_sites=2, kd={"temperature": 3.0})
 
 
-def _audit_cli(log: Path, pub: Path) -> int:
-    """What ``coordinator audit`` / ``site-node audit`` run (common.audit_cli)."""
+def _audit_cli(log: Path, pub: Path, *extra: str, coordinator: bool = False) -> int:
+    """What ``site-node audit`` (or, with ``coordinator``, ``coordinator audit``) runs
+    (common.audit_cli)."""
     import argparse
 
     from common.audit_cli import add_audit_args, run_audit
+    from common.audit_report import coordinator_report
 
     p = argparse.ArgumentParser()
     add_audit_args(p)
-    return run_audit(p.parse_args(["--log", str(log), "--pub", str(pub)]))
+    return run_audit(p.parse_args(["--log", str(log), "--pub", str(pub), *extra]),
+                     coordinator_report if coordinator else None)
 
 
 @pytest.mark.slow
@@ -162,7 +165,7 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
                       load_public_key(out / "coordinator.pub")).ok
     for name in SITES:
         site_log = tmp_path / "work" / "sites" / name / "audit" / "egress.jsonl"
-        pub_path = tmp_path / "work" / "certs" / "audit" / f"{name}.pub"
+        pub_path = tmp_path / "work" / "registry" / "audit" / f"{name}.pub"  # as registered
         pub = load_public_key(pub_path)
         assert verify_log(site_log, pub).ok
         sent = [e for e in read_jsonl(site_log) if e["decision"] == "sent"]
@@ -175,6 +178,10 @@ def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> No
         assert sorted(e["entry_hash"] for e in sent) == sorted(e["config"]["receipt"]
                                                               for e in got)
         assert _audit_cli(site_log, pub_path) == 0
+        # anchored: each log holds signed heads of the other, and both logs are whole
+        assert _audit_cli(site_log, pub_path, "--peer-log", str(out / "coordinator.jsonl")) == 0
+        assert _audit_cli(out / "coordinator.jsonl", out / "coordinator.pub", "--peer-log",
+                          str(site_log), "--peer-pub", str(pub_path), coordinator=True) == 0
     receipts = read_jsonl(out / "receipts.jsonl")
     assert receipts and all(r["verified"] for r in receipts)
 
@@ -217,3 +224,11 @@ def test_node_auth_registers_sites_over_tls(tiny_sites: dict, tmp_path: Path) ->
         assert b"--auth-supernode-private-key" in argv[f"site-{name}"]
         assert f"could not register {name}" not in logs["coordinator"]
     assert logs["coordinator"].count("registered successfully") == len(SITES), logs["coordinator"]
+    # keys were made on each site (its own folder); only the .pub files reached the coordinator
+    assert not (tmp_path / "certs" / "sites").exists()
+    for name in SITES:
+        assert (tmp_path / "sites" / name / "keys" / "node.key").stat().st_mode & 0o077 == 0
+        assert sorted(p.name for p in (tmp_path / "pubkeys" / name).iterdir()) == [
+            "audit.pub", "node.pub"]
+        assert (tmp_path / "registry" / "audit" / f"{name}.pub").read_bytes() == (
+            tmp_path / "sites" / name / "keys" / "audit.pub").read_bytes()

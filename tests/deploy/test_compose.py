@@ -79,3 +79,13 @@ def test_shared_site_volume_and_root_user(repo: Path) -> None:
     df = repo / "deploy/Dockerfile"
     df.write_text(df.read_text() + "\nUSER root\n")
     assert any("non-root USER" in p for p in cc.check_compose(repo / "docker-compose.yml", repo))
+
+
+def test_site_may_not_mount_private_certs(repo: Path) -> None:
+    def leak(d: dict) -> None:
+        d["services"]["site-b"]["volumes"].append(
+            {"type": "volume", "source": "certs", "target": "/certs/all", "read_only": True})
+        d["services"]["site-c-keys"]["volumes"].append("certs:/certs:ro")
+    problems = _edit(repo, leak)
+    assert sorted(p.split(":")[0] for p in problems) == ["site-b", "site-c-keys"]
+    assert all("a site may see only certs/public" in p for p in problems)

@@ -22,7 +22,8 @@ from coordinator.topology.env import ENTRYPOINTS, Plan, SiteNode, role_envs
 from tests.deploy._load import ROOT, load_script
 
 cc = load_script("check_compose")
-SCRIPTS = ("entrypoint", "healthcheck", "init-certs", "superlink", "site", "coordinator")
+SCRIPTS = ("entrypoint", "healthcheck", "init-certs", "site-keys", "superlink", "site",
+           "coordinator")
 # only used when a site makes phantom data or trains its teacher at start (never in simulate)
 SITE_ONLY_IN_COMPOSE = {"SITE_STYLE", "SITE_SEED", "SITE_CASES", "SITE_MODEL",
                         "SITE_TEACHER_CONFIG"}
@@ -44,7 +45,8 @@ def _compose_services() -> dict:
 
 def test_simulate_sets_every_variable_each_entrypoint_requires(tmp_path: Path) -> None:
     roles = role_envs(_plan(tmp_path))
-    assert [r.role for r in roles] == ["init-certs", "superlink", "coordinator", "site", "site"]
+    assert [r.role for r in roles] == ["init-certs", "site-keys", "site-keys", "superlink",
+                                       "coordinator", "site", "site"]
     common = cc.referenced_vars(_script("entrypoint")) | cc.referenced_vars(_script("healthcheck"))
     for r in roles:
         required = cc.required_vars(_script(r.role), unconditional=True)
@@ -59,25 +61,46 @@ def test_simulate_and_compose_set_the_same_variables(tmp_path: Path) -> None:
     services = _compose_services()
     by_role = {r.role: r for r in role_envs(_plan(tmp_path))}
     for service, role in (("init", "init-certs"), ("superlink", "superlink"),
-                          ("coordinator", "coordinator"), ("site-b", "site")):
+                          ("coordinator", "coordinator"), ("site-b", "site"),
+                          ("site-b-keys", "site-keys")):
         compose = set(cc._as_dict(services[service]["environment"]))
         ours = set(by_role[role].env)
         allowed = SITE_ONLY_IN_COMPOSE if role == "site" else set()
         assert compose - allowed == ours, (service, compose ^ ours)
 
 
+def _named(plan: Plan) -> dict[str, dict[str, str]]:
+    return {r.name: r.env for r in role_envs(plan)}
+
+
 def test_tls_and_ports_reach_the_roles(tmp_path: Path) -> None:
     on, off = role_envs(_plan(tmp_path)), role_envs(_plan(tmp_path, tls=False))
-    assert {r.env.get("TLS") for r in on[1:]} == {"on"}
-    assert {r.env.get("TLS") for r in off[1:]} == {"off"}
-    site = on[3].env
+    assert {r.env.get("TLS") for r in on if "TLS" in r.env} == {"on"}
+    assert {r.env.get("TLS") for r in off if "TLS" in r.env} == {"off"}
+    assert {r.role for r in on if "TLS" not in r.env} == {"init-certs", "site-keys"}
+    env = _named(_plan(tmp_path))
+    site = env["site-s1"]
     assert site["SUPERLINK_ADDRESS"] == "127.0.0.1:8001"  # the dial port, not the SuperLink's
-    assert site["SUPERNODE_PORT"] == "9001" and on[4].env["SUPERNODE_PORT"] == "9002"
-    assert site["SITE_KEY"].endswith("s1/s1.ssh") and site["SITE_AUDIT_KEY"].endswith(
-        "s1/audit.key")
-    coord = on[2].env
+    assert site["SUPERNODE_PORT"] == "9001" and env["site-s2"]["SUPERNODE_PORT"] == "9002"
+    coord = env["coordinator"]
     assert coord["RUN_CONFIG"] == str(tmp_path / "rc.toml")
-    assert coord["AUDIT_KEYS_DIR"] == str(tmp_path / "w" / "certs" / "audit")
+
+
+def test_keys_are_made_on_the_site_and_only_public_halves_travel(tmp_path: Path) -> None:
+    """The site reads its private keys from its own keys folder; that folder is the one its
+    site-keys role writes; the coordinator only sees the drop box of public keys and its
+    registry; init-certs knows nothing of site keys."""
+    env = _named(_plan(tmp_path))
+    keys = tmp_path / "w" / "sites" / "s1" / "keys"
+    assert env["keys-s1"]["SITE_KEYS"] == str(keys)
+    assert env["site-s1"]["SITE_KEY"] == str(keys / "node.key")
+    assert env["site-s1"]["SITE_AUDIT_KEY"] == str(keys / "audit.key")
+    coord = env["coordinator"]
+    assert env["keys-s1"]["PUBKEYS_OUT"] == str(Path(coord["SITE_PUBKEYS"]) / "s1")
+    assert coord["AUDIT_KEYS_DIR"] == str(tmp_path / "w" / "registry" / "audit")
+    assert coord["NODE_AUTH_KEYS_DIR"] == str(tmp_path / "w" / "registry" / "node-auth")
+    for name in ("coordinator", "superlink", "init-certs"):
+        assert not any(str(keys) in v for v in env[name].values()), name
 
 
 def test_scripts_are_strict_and_documented() -> None:
@@ -117,27 +140,36 @@ def test_entrypoint_fails_clearly_and_records_its_role(tmp_path: Path) -> None:
 
 def test_site_entrypoint_runs_site_node_with_the_audit_key(tiny_sites: dict,
                                                           tmp_path: Path) -> None:
-    """``entrypoint.sh site --dry-run``: the exact flower-supernode command of a site."""
+    """``entrypoint.sh site-keys`` then ``entrypoint.sh site --dry-run``: the site's own keys
+    are made, only the .pub files land in the drop box, and the exact flower-supernode command
+    uses the site's own node key and audit key."""
     import shlex
+    import stat
     import sys
 
     mc = load_script("make_certs")
-    mc.make_all(tmp_path / "w" / "certs", ["s1", "s2"], ["localhost"], force=False)
+    mc.make_all(tmp_path / "w" / "certs", ["localhost"], force=False)
     plan = _plan(tmp_path)
     plan = replace(plan, sites=(SiteNode("s1", tiny_sites["site_a"], tmp_path / "t",
                                          "int8_probs"), plan.sites[1]))
-    site = role_envs(plan)[3]
+    env = _named(plan)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    out = _run([str(ENTRYPOINTS / "entrypoint.sh"), "site-keys"],
+               {**env["keys-s1"], "PATH": path})
+    assert out.returncode == 0, out.stdout + out.stderr
+    keys, drop = tmp_path / "w" / "sites" / "s1" / "keys", tmp_path / "w" / "pubkeys" / "s1"
+    assert sorted(p.name for p in drop.iterdir()) == ["audit.pub", "node.pub"]
+    assert stat.S_IMODE((keys / "node.key").stat().st_mode) == 0o600
     out = _run([str(ENTRYPOINTS / "entrypoint.sh"), "site", "--dry-run"],
-               {**site.env, "PATH": path})
+               {**env["site-s1"], "PATH": path})
     assert out.returncode == 0, out.stdout + out.stderr
     cmd = shlex.split(next(ln for ln in out.stdout.splitlines() if "flower-supernode" in ln))
     certs = tmp_path / "w" / "certs"
     assert cmd[cmd.index("--root-certificates") + 1] == str(certs / "public" / "ca.crt")
-    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(certs / "sites/s1/s1.ssh")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(keys / "node.key")
     assert cmd[cmd.index("--superlink") + 1] == "127.0.0.1:8001"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "9001"
     conf = cmd[cmd.index("--node-config") + 1]
-    assert f'audit-key="{certs / "sites/s1/audit.key"}"' in conf
+    assert f'audit-key="{keys / "audit.key"}"' in conf
     assert 'compression="int8_probs"' in conf and 'site-name="s1"' in conf
     assert f'state-dir="{tmp_path / "w" / "sites" / "s1"}"' in conf

@@ -154,4 +154,4 @@ def test_every_registered_handler_is_wrapped_by_the_egress_mod() -> None:
 
     assert app._mods == [egress_mod]
     assert set(app._registered_funcs) == {"train.default", "query.teacher_outputs",
-                                          "evaluate.default"}
+                                          "evaluate.default", "query.fedavg_train"}

@@ -1,0 +1,39 @@
+"""Training sets of the baselines, read straight from the site folders (``--local`` only).
+
+In ``--local`` the coordinator process already reads every site folder (teachers, test splits);
+the baselines also read each site's private *training* split (the case ids of the teacher run's
+``split.json``), prepared with the student's plan (the proxy's grid) and the site's own target
+label, exactly as :func:`common.data.test_split.load_test_split` prepares the test cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.data.layout import discover_dataset
+from common.data.plan import Plan
+from common.data.slices import load_volumes
+from common.data.split import load_split
+from common.data.test_split import site_plan
+from coordinator.distill.config import SiteSpec
+from coordinator.distill.proxy import ProxySet, proxy_from_volumes
+
+
+def site_train_set(site: SiteSpec, size: int, plan: Plan | None) -> ProxySet:
+    """The site's training-split slices as a :class:`ProxySet` (``images (N,1,S,S)``,
+    ``masks (N,S,S)``) on the student's ``plan`` with the site's own labels."""
+    split = load_split(site.teacher_dir / "split.json")
+    own = site_plan(site.teacher_dir)
+    use = plan or own
+    if use is not None and own is not None:
+        use = use.model_copy(update={"labels": own.labels, "label_name": own.label_name})
+    vols = load_volumes(discover_dataset(site.data), split.train, size, plan=use)
+    return proxy_from_volumes(vols, plan=plan)
+
+
+def concat_sets(parts: list[ProxySet], plan: Plan | None) -> ProxySet:
+    """One set holding every slice of ``parts`` in order (ids prefixed by the part index)."""
+    return ProxySet(np.concatenate([p.images for p in parts]),
+                    np.concatenate([p.masks for p in parts]),
+                    [f"{k}/{i}" for k, p in enumerate(parts) for i in p.slice_ids],
+                    [h for p in parts for h in p.hashes], plan)

@@ -1,0 +1,172 @@
+"""The FedAvg baseline in ``--local``: an in-process loop around Flower's own strategy object.
+
+Each round: ``strategy.configure_train`` builds the real Flower ``Message``s (global weights as
+an ``ArrayRecord`` plus a ``ConfigRecord``); every addressed site trains the student on its
+private training split for ``local_epochs`` epochs and answers with a real reply ``Message``
+(``Message(RecordDict, reply_to=msg)``: ``arrays`` = its weights, ``metrics`` with
+``num-examples`` = its training slices); ``strategy.aggregate_train`` (Flower's weighted average,
+not ours) makes the next global weights. Every request and reply payload is measured and logged
+(:class:`coordinator.baselines.costs.PayloadLog`).
+
+Local training: :func:`common.fedavg_local.local_update`, the very function a site's
+``query.fedavg_train`` handler (:mod:`site_node.fedavg`) runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+
+from common.data.augment import AugmentConfig
+from common.fedavg_local import LocalSpec, local_update
+from coordinator.baselines.costs import PayloadLog
+from coordinator.distill.config import ExperimentConfig, FedAvgSpec
+from coordinator.distill.proxy import ProxySet
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, ConfigRecord, Message
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import Strategy
+
+#: The message type a site would serve FedAvg under ("train" is the teacher's own training).
+FEDAVG_MSG_TYPE = "query.fedavg_train"
+SERVER_NODE = 0
+
+
+def build_strategy(spec: FedAvgSpec, n_sites: int) -> Strategy:
+    """Flower's ``FedAvg`` (weighted by ``num-examples``), no federated evaluation."""
+    from flwr.serverapp.strategy import FedAvg
+
+    return FedAvg(fraction_train=spec.fraction_train, fraction_evaluate=0.0,
+                  min_train_nodes=1, min_available_nodes=n_sites)
+
+
+class LocalGrid:
+    """What ``FedAvg.configure_train`` asks of a ``Grid`` in-process: the node ids."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        """The sites' node ids (1..J)."""
+        return list(self.node_ids)
+
+
+@contextmanager
+def task_identity(node_id: int, run_id: int = 1) -> Iterator[None]:
+    """Set Flower's process task identity (normally set by the runtime) while building
+    messages as ``node_id``; restored afterwards."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, node_id, node_id
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+SPEC_KEYS = ("model", "local_epochs", "batch_size", "max_lr", "base_lr", "step_size_up",
+             "weight_decay", "dice_weight", "lovasz_weight", "seed")
+
+
+def fedavg_config(cfg: ExperimentConfig, plan_json: str, seed: int, run_id: str = "local"
+                  ) -> dict[str, int | float | str]:
+    """The ``config`` record of every FedAvg request (``server-round`` is added by Flower):
+    what a site's ``query.fedavg_train`` handler needs (``site_node.fedavg.FedAvgRequest``)."""
+    s, spec = cfg.student, cfg.runs.fedavg or FedAvgSpec()
+    return {"run_id": run_id, "local-epochs": spec.local_epochs, "model": s.model,
+            "size": s.size, "plan_json": plan_json, "augment_json": s.augment.model_dump_json(),
+            "batch_size": s.batch_size, "max_lr": s.max_lr, "base_lr": s.base_lr,
+            "step_size_up": s.step_size_up, "weight_decay": s.weight_decay,
+            "dice_weight": cfg.kd.dice_weight, "lovasz_weight": cfg.kd.lovasz_weight,
+            "seed": seed}
+
+
+def spec_of(conf: ConfigRecord) -> tuple[LocalSpec, AugmentConfig]:
+    """The client update a request's ``config`` record asks for."""
+    vals = {k: conf[k.replace("_", "-") if k == "local_epochs" else k] for k in SPEC_KEYS}
+    spec = LocalSpec(**vals, server_round=int(cast(int, conf["server-round"])))  # type: ignore[arg-type]
+    aug = str(conf["augment_json"])
+    return spec, AugmentConfig.model_validate_json(aug) if aug else AugmentConfig()
+
+
+@dataclass
+class SiteClient:
+    """One site's in-process FedAvg client: its training slices (read from its folder)."""
+
+    name: str
+    data: ProxySet
+
+    def reply(self, msg: Message, node_id: int, device: torch.device) -> Message:
+        """The real Flower reply to a FedAvg request: weights + ``num-examples``, computed by
+        :func:`common.fedavg_local.local_update` (what a site's handler runs)."""
+        from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+        spec, aug = spec_of(cast("ConfigRecord", msg.content["config"]))
+        state = cast("ArrayRecord", msg.content["arrays"]).to_torch_state_dict()
+        new, loss = local_update(state, self.data.images, self.data.masks, spec, aug, device)
+        content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(
+            {"num-examples": len(self.data), "train-loss": loss})})
+        with task_identity(node_id):
+            return Message(content, reply_to=msg)
+
+
+Exchange = Callable[[list["Message"]], list["Message"]]
+
+
+def local_exchange(clients: list[SiteClient], device: torch.device) -> Exchange:
+    """In-process delivery: node id ``k+1`` is ``clients[k]``."""
+    def exchange(msgs: list[Message]) -> list[Message]:
+        return [clients[int(m.metadata.dst_node_id) - 1].reply(m, int(m.metadata.dst_node_id),
+                                                                device) for m in msgs]
+    return exchange
+
+
+def grid_exchange(grid: Grid, timeout: float | None = None) -> Exchange:
+    """Delivery over a Flower ``Grid`` (a ServerApp's; the Deployment Engine): sites that
+    fail or refuse come back as error replies, which ``FedAvg`` leaves out of the average."""
+    def exchange(msgs: list[Message]) -> list[Message]:
+        return list(grid.send_and_receive(msgs, timeout=timeout))
+    return exchange
+
+
+def _retyped(msgs: list[Message]) -> list[Message]:
+    """Flower's FedAvg messages as ``query.fedavg_train`` (``train`` is the teacher's)."""
+    from flwr.app import Message
+
+    with task_identity(SERVER_NODE):
+        return [Message(m.content, dst_node_id=m.metadata.dst_node_id,
+                        message_type=FEDAVG_MSG_TYPE) for m in msgs]
+
+
+def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.Tensor],
+               spec: FedAvgSpec, config: dict[str, int | float | str], log: PayloadLog,
+               strategy: Strategy | None = None, grid: Any = None) -> dict[str, torch.Tensor]:
+    """``spec.rounds`` rounds of Flower's FedAvg (``strategy``, default :func:`build_strategy`)
+    over the sites ``names`` (node id -> site), from the global weights ``init``; every request
+    and reply payload is logged. Returns the final global ``state_dict``."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    strategy = strategy or build_strategy(spec, len(names))
+    grid = grid or LocalGrid(sorted(names))
+    arrays = ArrayRecord(init)
+    for rnd in range(1, spec.rounds + 1):
+        conf = ConfigRecord(dict(config))  # type: ignore[arg-type]
+        with task_identity(SERVER_NODE):
+            msgs = _retyped(list(strategy.configure_train(rnd, arrays, conf, grid)))
+        for m in msgs:
+            log.add(names[int(m.metadata.dst_node_id)], "received", FEDAVG_MSG_TYPE,
+                    f"round-{rnd}", m.content)
+        replies = exchange(msgs)
+        for r in (r for r in replies if not r.has_error()):
+            log.add(names[int(r.metadata.src_node_id)], "sent", FEDAVG_MSG_TYPE,
+                    f"round-{rnd}", r.content)
+        with task_identity(SERVER_NODE):
+            new, _ = strategy.aggregate_train(rnd, replies)
+        arrays = new if new is not None else arrays
+    return arrays.to_torch_state_dict()

@@ -1,0 +1,122 @@
+"""FedAvg baseline at a site (issue 15): the ``query.fedavg_train`` message.
+
+Flower allows message types ``train | evaluate | query.<name>`` only, and ``train`` is already
+the site's teacher training (whose reply never carries weights), so a FedAvg client update is
+the separate type ``query.fedavg_train``. Its reply RELEASES MODEL WEIGHTS trained on the site's
+private data, so the site's egress policy denies it by default: :func:`handle_fedavg` refuses
+before touching any data unless ``weight_release.allow = true`` in the site's policy file, and
+the egress gate (``site_node.egress``, :func:`site_node.policy.check_weight_release`) checks the
+reply again. Each release is logged in the audit log as a ``query.fedavg_train`` ``sent``
+entry listing every weight array's digest, with ``release = "model weights"`` in its config.
+
+Request (Flower's ``FedAvg`` message, retyped): ``arrays`` = the global student weights,
+``config`` = :class:`FedAvgRequest` (``server-round`` and ``local-epochs`` as Flower names them).
+Reply: ``arrays`` = the updated weights, ``metrics`` = ``num-examples`` (training slices) and
+``train-loss``, ``config`` = ``site_name`` and ``release``. The update itself is
+:func:`common.fedavg_local.local_update`, as in ``coordinator distill --local``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+from pydantic import Field
+
+from common.config import StrictModel
+from common.data.augment import AugmentConfig
+from site_node.node_config import NodeSettings
+from site_node.policy import WEIGHT_RELEASE_TYPE, EgressPolicy, load_policy
+from site_node.teacher_versions import serving_dir
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
+    from common.data.plan import Plan
+
+__all__ = ["WEIGHT_RELEASE_TYPE", "FedAvgRequest", "handle_fedavg", "weight_release_refusal"]
+
+
+class FedAvgRequest(StrictModel):
+    """The ``config`` record of a ``query.fedavg_train`` request (hyphens as underscores)."""
+
+    run_id: str = Field(default="", max_length=128)
+    server_round: int = Field(ge=1, le=100_000)
+    local_epochs: int = Field(ge=1, le=1000)
+    model: str = Field(max_length=64)
+    size: int = Field(ge=16, le=1024)
+    plan_json: str = Field(default="", max_length=4096)
+    augment_json: str = Field(default="", max_length=4096)
+    batch_size: int = Field(ge=1, le=4096)
+    max_lr: float = Field(gt=0.0, le=10.0)
+    base_lr: float = Field(ge=0.0, le=10.0)
+    step_size_up: int = Field(ge=1, le=10_000_000)
+    weight_decay: float = Field(ge=0.0, le=1.0)
+    dice_weight: float = Field(ge=0.0, le=1000.0)
+    lovasz_weight: float = Field(ge=0.0, le=1000.0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+def weight_release_refusal(policy: EgressPolicy) -> str | None:
+    """Why this site refuses to release weights (``None`` when its policy allows it)."""
+    if policy.weight_release.allow:
+        return None
+    return (f"{WEIGHT_RELEASE_TYPE}: this site's policy releases no model weights "
+            "(weight_release.allow = false)")
+
+
+def decode_request(content: RecordDict) -> tuple[FedAvgRequest, dict]:
+    """``(request config, global state_dict)`` of a ``query.fedavg_train`` message."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    conf = cast(ConfigRecord, content["config"])
+    req = FedAvgRequest.model_validate({str(k).replace("-", "_"): v for k, v in conf.items()})
+    return req, cast(ArrayRecord, content["arrays"]).to_torch_state_dict()
+
+
+def _plan(node: NodeSettings, req: FedAvgRequest) -> Plan | None:
+    """The request's (student's) plan with this site's own target labels."""
+    from common.data.plan import Plan
+    from common.data.test_split import site_plan
+
+    own = site_plan(serving_dir(node.teacher_dir))
+    use = Plan.model_validate_json(req.plan_json) if req.plan_json else own
+    if use is not None and own is not None:
+        use = use.model_copy(update={"labels": own.labels, "label_name": own.label_name})
+    return use
+
+
+def train_slices(node: NodeSettings, req: FedAvgRequest) -> tuple[np.ndarray, np.ndarray]:
+    """The site's training-split slices: ``images (N,1,S,S)`` float32, ``masks (N,S,S)``."""
+    from common.data.layout import discover_dataset
+    from common.data.slices import load_volumes
+    from common.data.split import load_split
+
+    split = load_split(serving_dir(node.teacher_dir) / "split.json")
+    vols = load_volumes(discover_dataset(node.data), split.train, req.size, plan=_plan(node, req))
+    images = np.concatenate([v.image[:, None] for v in vols]).astype(np.float32)
+    return images, np.concatenate([v.label for v in vols]).astype(np.uint8)
+
+
+def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy | None = None
+                  ) -> RecordDict:
+    """One FedAvg client update on this site's training split; refused (PermissionError,
+    before any data is read) unless the site's policy allows weight release."""
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    from common.fedavg_local import LocalSpec, local_update
+    from common.training import select_device
+
+    why = weight_release_refusal(policy or load_policy(node.policy_path))
+    if why:
+        raise PermissionError(why)
+    req, state = decode_request(content)
+    images, masks = train_slices(node, req)
+    spec = LocalSpec(**req.model_dump(exclude={"run_id", "size", "plan_json", "augment_json"}))
+    aug = (AugmentConfig.model_validate_json(req.augment_json) if req.augment_json
+           else AugmentConfig())
+    new, loss = local_update(state, images, masks, spec, aug, select_device("auto"))
+    return RecordDict({
+        "arrays": ArrayRecord(new),
+        "metrics": MetricRecord({"num-examples": len(images), "train-loss": loss}),
+        "config": ConfigRecord({"site_name": node.site_name, "release": "model weights"})})
