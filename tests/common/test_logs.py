@@ -19,6 +19,8 @@ CLI_OUTPUT_MODULES = {
     "common/cli_errors.py", "common/audit_cli.py", "common/predict_cli.py",
     "site_node/cli.py", "site_node/run.py", "site_node/status.py",
     "site_node/teacher_versions.py",  # the answers of `site-node teacher list|use`
+    "site_node/keys.py",  # the answers of `site-node keys init|show` (public paths, fingerprints)
+    "coordinator/topology/ray_engine.py",  # the usage line of its `python -m` entry point
     "coordinator/cli.py", "coordinator/federated_cli.py", "coordinator/topology/simulate.py",
 }
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|DEBUG|WARNING) ", re.MULTILINE)
