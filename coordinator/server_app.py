@@ -9,10 +9,12 @@ defaults only in ``deploy/flwr_app/pyproject.toml``): ``config-path`` (Experimen
 (override the experiment's out folder, "" = keep), ``site-keys-dir`` (``<site>.pub`` Ed25519
 keys: every reply's receipt must verify, see :mod:`coordinator.audit_trail`; "" = unverified).
 
-Rounds: wait for nodes -> ``train`` (site names, val Dice) -> ``query.teacher_outputs`` per
-proxy chunk, pipelined: several chunks in flight per site, all sites at once, each at its own
-pace (:mod:`coordinator.query_pipeline`; cached per site and proxy digest) -> students
-trained by the very engine of ``distill --local`` -> ``evaluate`` at every site ->
+Rounds: proxy set spilled to disk and the memory guard (issue 14) -> wait for nodes ->
+``train`` (site names, val Dice) -> ``query.teacher_outputs`` per proxy chunk, pipelined:
+several chunks in flight per site, all sites at once, each at its own pace
+(:mod:`coordinator.fed_query`, :mod:`coordinator.query_pipeline`; every reply written at once
+into the fp16 memmap cache, per site and proxy digest) -> students trained by the very engine of
+``distill --local``, reading the cache per batch -> ``evaluate`` at every site ->
 ``federated_results.json`` / ``.md``.
 A site whose ``train`` or ``query`` reply times out, carries an error or fails validation is
 dropped with one log line. ``evaluate`` has a retry rule (:func:`eval_round`): a failed evaluate
@@ -22,53 +24,51 @@ dropped for it, so it still scores the later runs.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from pydantic import ConfigDict, Field
 
 from common.data.plan import Plan
 from common.io import atomic_write_json
-from common.kd.targets import TeacherTargets
 from common.protocol import (
     EvalConfig,
     MsgType,
-    ProtocolError,
-    QueryConfig,
     TrainConfig,
     decode_eval_reply,
-    decode_teacher_reply,
     decode_train_reply,
     encode_eval,
-    encode_query,
     encode_train,
 )
 from coordinator.audit_trail import CoordinatorTrail
-from coordinator.distill.cache import TeacherCache
 from coordinator.distill.config import ExperimentConfig
-from coordinator.distill.identity import cache_key
-from coordinator.distill.proxy import ProxySet, load_proxy
+from coordinator.distill.dataset import load_proxy_on_disk
+from coordinator.distill.memory import guard_experiment
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
 from coordinator.distill.teacher_check import check_teachers, plan_line
-from coordinator.query_pipeline import run_windowed
+from coordinator.fed_query import (  # re-exported: the ServerApp's API before the split
+    AnswerStore,
+    Reply,
+    Roster,
+    chunks,
+    fed_cache_key,
+    fuse_sites,
+    gather_targets,
+    log,
+    query_round,
+    validate_replies,
+)
+from coordinator.fed_query import exchange as _exchange
 from coordinator.run_config import RunConfig
 
+__all__ = ["EVAL_ATTEMPTS", "AnswerStore", "FedSettings", "Reply", "Roster", "app", "chunks",
+           "eval_round", "fed_cache_key", "fuse_sites", "gather_targets", "mean_dice",
+           "query_round", "run_federated", "validate_replies"]
 app = ServerApp()
-T = TypeVar("T")
-_log = logging.getLogger(__name__)
-
-
-def log(msg: str) -> None:
-    """One INFO line of the ServerApp (its output is streamed by ``flwr run --stream``)."""
-    _log.info(msg)
 
 
 class FedSettings(RunConfig):
@@ -80,61 +80,6 @@ class FedSettings(RunConfig):
     trail: CoordinatorTrail | None = Field(default=None, exclude=True)
 
 
-@dataclass
-class Reply:
-    """A node's answer as the pure logic sees it: content or an error text."""
-
-    node_id: int
-    content: RecordDict | None = None
-    error: str = ""
-
-
-@dataclass
-class Roster:
-    """Live sites: node id -> site name, and why others were dropped."""
-
-    names: dict[int, str] = field(default_factory=dict)
-    dropped: dict[int, str] = field(default_factory=dict)
-    val_dice: dict[str, float | None] = field(default_factory=dict)  # site -> its train reply's
-    verb: str = "dropping"  # what the log line calls a removal
-
-    def drop(self, node: int, why: str) -> None:
-        """Remove ``node`` from the live set, logging one line."""
-        label = self.names.pop(node, f"node {node}")
-        self.dropped[node] = why
-        log(f"{self.verb} {label}: {why}")
-
-
-def validate_replies(replies: Iterable[Reply], expected: Iterable[int],
-                     decode: Callable[[RecordDict, str], T], roster: Roster) -> dict[int, T]:
-    """Decode each expected node's reply; drop (in ``roster``) nodes that fail or are silent."""
-    got = {r.node_id: r for r in replies}
-    ok: dict[int, T] = {}
-    for node in expected:
-        r = got.get(node)
-        who = roster.names.get(node, f"node {node}")
-        if r is None:
-            roster.drop(node, "no reply before the timeout")
-        elif r.content is None:
-            roster.drop(node, f"error reply: {r.error}")
-        else:
-            try:
-                ok[node] = decode(r.content, who)
-            except ProtocolError as exc:
-                roster.drop(node, f"invalid reply: {exc}")
-    return ok
-
-
-def fuse_sites(parts: dict[str, TeacherTargets], min_sites: int
-               ) -> tuple[list[str], TeacherTargets]:
-    """Sorted site names and their teachers stacked (J, N, ...); too few sites is an error."""
-    if len(parts) < max(min_sites, 1):
-        raise RuntimeError(f"only {len(parts)} site(s) left ({sorted(parts)}), "
-                           f"need at least {min_sites}")
-    names = sorted(parts)
-    return names, TeacherTargets.stack([parts[n] for n in names])
-
-
 def plan_federated(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
     """Like ``plan_runs`` of ``--local`` but over the sites that actually answered."""
     runs = [StudentRun("student_only")] if cfg.runs.baseline else []
@@ -142,47 +87,6 @@ def plan_federated(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
         runs += [StudentRun(f"single_{n}", [j]) for j, n in enumerate(names)]
     every = list(range(len(names)))
     return runs + [StudentRun(f"multi_{w.label}", every, w) for w in cfg.runs.weightings]
-
-
-def chunks(n: int, size: int) -> list[slice]:
-    """Consecutive, balanced slices of at most ``size`` covering ``range(n)`` (no tiny last
-    chunk: a site refuses queries below its policy's ``min_query_batch``)."""
-    k = max(1, -(-n // max(size, 1)))
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
-# ----------------------------------------------------------------------------- transport
-def _outgoing(node: int, content: RecordDict, mtype: str, group: str,
-              trail: CoordinatorTrail | None) -> Message:
-    """One request to ``node`` (logged as sent with a ``trail``, which may add records to it:
-    a per-message copy of ``content``, whose records are shared, not copied)."""
-    content = RecordDict(dict(content.items()))
-    if trail is not None:
-        trail.sent(node, mtype, content)
-    return Message(content, dst_node_id=node, message_type=mtype, group_id=group)
-
-
-def _incoming(m: Message, mtype: str, trail: CoordinatorTrail | None,
-              node: int | None = None) -> Reply:
-    """One reply as a :class:`Reply`; with a ``trail`` logged and its receipt checked.
-    ``node``: the node the request went to (an error reply made by the SuperLink, e.g. "Node
-    Unavailable", comes from the SuperLink's node id, not from the site's)."""
-    node = m.metadata.src_node_id if node is None else node
-    if m.has_error():
-        reply = Reply(node, error=f"{m.error.code} {m.error.reason}".strip())
-        if trail is not None:
-            trail.error(node, mtype, reply.error)
-        return reply
-    content, why = (m.content, None) if trail is None else trail.received(node, mtype, m.content)
-    return Reply(node, error=f"receipt rejected: {why}") if why else Reply(node, content)
-
-
-def _exchange(grid: Grid, contents: dict[int, RecordDict], mtype: str, group: str,
-              timeout: float, trail: CoordinatorTrail | None = None) -> list[Reply]:
-    """Send, receive; with a ``trail`` log both ways and check every reply's receipt."""
-    msgs = [_outgoing(n, c, mtype, group, trail) for n, c in contents.items()]
-    return [_incoming(m, mtype, trail) for m in grid.send_and_receive(msgs, timeout=timeout)]
 
 
 def wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
@@ -204,8 +108,7 @@ def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Ro
     roster = Roster()
     content = {n: encode_train(TrainConfig(run_id=run_id)) for n in nodes}
     ok = validate_replies(_exchange(grid, content, MsgType.TRAIN, "train", s.timeout,
-                                         s.trail), nodes,
-                          decode_train_reply, roster)
+                                    s.trail), nodes, decode_train_reply, roster)
     for node, (site, rep) in ok.items():
         if site in roster.names.values():
             roster.drop(node, f"duplicate site name {site!r}")
@@ -216,94 +119,6 @@ def train_round(grid: Grid, nodes: list[int], s: FedSettings, run_id: str) -> Ro
         log(f"{site}: teacher ready, val Dice {val} on {rep.case_count} cases; "
             f"plan {rep.plan_text()}")
     return roster
-
-
-@dataclass
-class _QueryRound:
-    """State of one query round: the chunks' requests (encoded once for every site, a few
-    recent ones kept) and each live node's validated answers by chunk index."""
-
-    roster: Roster
-    proxy: ProxySet
-    cfg: ExperimentConfig
-    s: FedSettings
-    run_id: str
-    parts_of: list[slice]
-    parts: dict[int, dict[int, TeacherTargets]] = field(default_factory=dict)
-    made: dict[int, RecordDict] = field(default_factory=dict)
-
-    def content(self, i: int) -> RecordDict:
-        """The ``query.teacher_outputs`` request of chunk ``i`` (the same for every site)."""
-        if i not in self.made:
-            sl, p, cfg = self.parts_of[i], self.proxy, self.cfg
-            qc = QueryConfig(run_id=self.run_id, chunk=i, n_chunks=len(self.parts_of),
-                             size=cfg.student.size, at_form=cfg.kd.at_form, p=cfg.kd.at_p,
-                             slice_hashes=p.hashes[sl],
-                             plan_json=p.plan.model_dump_json() if p.plan else "",
-                             batch_size=cfg.student.teacher_batch_size,
-                             temperature=cfg.kd.temperature)
-            self.made[i] = encode_query(p.images[sl], p.masks[sl], qc)
-            while len(self.made) > 2 * self.s.query_window + 2:
-                self.made.pop(min(self.made))
-        return self.made[i]
-
-    def take(self, i: int, replies: list[Reply], nodes: list[int]) -> None:
-        """Validate chunk ``i``'s replies of ``nodes``; drop the silent and the invalid."""
-        n, size = self.parts_of[i].stop - self.parts_of[i].start, self.cfg.student.size
-
-        def dec(c: RecordDict, who: str) -> tuple[str, TeacherTargets]:
-            return decode_teacher_reply(c, n, size, who, chunk=i)
-
-        names = self.roster.names
-        for node, (site, t) in validate_replies(replies, nodes, dec, self.roster).items():
-            if site != names[node]:
-                self.roster.drop(node, f"answered as {site!r}, registered as {names[node]!r}")
-            else:
-                self.parts.setdefault(node, {})[i] = t
-
-    def take_one(self, node: int, i: int, m: Message) -> bool:
-        """One pipelined reply of ``node`` to chunk ``i``; whether the node is still live."""
-        self.take(i, [_incoming(m, MsgType.QUERY, self.s.trail, node)], [node])
-        return node in self.roster.names
-
-    def send(self, node: int, i: int) -> Message:
-        """Chunk ``i``'s request to ``node`` (logged as sent)."""
-        return _outgoing(node, self.content(i), MsgType.QUERY, f"query-{i}", self.s.trail)
-
-    def lockstep(self, grid: Grid) -> None:
-        """The round before issue 14: one ``send_and_receive`` per chunk, all sites waiting
-        for the slowest (``query-window = 0``; kept for ``bench/bench_query.py``)."""
-        for i in range(len(self.parts_of)):
-            nodes = list(self.roster.names)
-            self.take(i, _exchange(grid, dict.fromkeys(nodes, self.content(i)), MsgType.QUERY,
-                                   f"query-{i}", self.s.timeout, self.s.trail), nodes)
-
-    def result(self) -> dict[str, TeacherTargets]:
-        """Each live site's answers concatenated in chunk order."""
-        return {self.roster.names[n]: TeacherTargets.concat([p[i] for i in sorted(p)])
-                for n, p in self.parts.items() if n in self.roster.names}
-
-
-def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
-                s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
-    """Every live node's teacher outputs on all proxy chunks, validated and concatenated.
-
-    Pipelined (:func:`coordinator.query_pipeline.run_windowed`): ``s.query_window`` chunks in
-    flight per site, all sites at once, each at its own pace; a site is dropped after
-    ``s.timeout`` seconds without a reply, or on an invalid reply. ``query-window = 0`` is
-    the lockstep round (:meth:`_QueryRound.lockstep`)."""
-    if cfg.kd.feature_taps != "emkd":  # the query protocol carries the EMKD maps only
-        raise ValueError("federated runs support [kd] feature_taps = 'emkd' only (issue 18)")
-    q = _QueryRound(roster, proxy, cfg, s, run_id, chunks(len(proxy), s.chunk_size))
-    t0 = time.perf_counter()
-    if s.query_window > 0:
-        run_windowed(grid, list(roster.names), len(q.parts_of), q.send, q.take_one,
-                     roster.drop, s.query_window, s.timeout)
-    else:
-        q.lockstep(grid)
-    log(f"query round: {len(q.parts_of)} chunk(s) x {len(q.parts)} site(s), window "
-        f"{s.query_window}: {time.perf_counter() - t0:.2f} s")
-    return q.result()
 
 
 EVAL_ATTEMPTS = 2  # evaluate retry rule: one retry, and a failed evaluate never drops a site
@@ -349,34 +164,6 @@ def mean_dice(sites: dict[str, dict]) -> float:
 
 
 # ----------------------------------------------------------------------------- experiment
-def fed_cache_key(proxy: ProxySet, cfg: ExperimentConfig, val_dice: float | None) -> str:
-    """Cache key of a site's federated answers: the proxy set, the attention settings, the
-    answer's form (served in the teacher's own plan, issue 17) and what the site reported of its
-    teacher (its validation Dice: a federated coordinator never sees the weights, so a retrained
-    teacher is recognised by its reported score, not by a digest)."""
-    return cache_key(proxy.digest, f"federated|bridged|val={val_dice}", cfg.kd.at_form,
-                     cfg.kd.at_p)
-
-
-def gather_targets(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConfig,
-                   s: FedSettings, run_id: str) -> dict[str, TeacherTargets]:
-    """Cached targets where available, a query round for the rest; cache what comes back."""
-    cache = TeacherCache(cfg.out / "teacher_cache")
-    keys = {site: fed_cache_key(proxy, cfg, roster.val_dice.get(site))
-            for site in roster.names.values()}
-    have = {site: cache.get(site, keys[site]) for site in roster.names.values()}
-    cached = {site: t for site, t in have.items() if t is not None}
-    log(f"teacher outputs cached for {sorted(cached)}")
-    todo = Roster({n: site for n, site in roster.names.items() if site not in cached})
-    fresh = query_round(grid, todo, proxy, cfg, s, run_id) if todo.names else {}
-    for node, why in todo.dropped.items():
-        roster.drop(node, why)
-    for site, t in fresh.items():
-        cache.put(site, keys[site], t)
-        log(f"{site}: teacher outputs for {len(proxy)} proxy slices validated and cached")
-    return {**cached, **fresh}
-
-
 def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     """The whole federated experiment; returns the result rows (also written to disk)."""
     from common.config import load_config
@@ -389,11 +176,13 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     log(f"exchange log: {s.trail.log.path}; receipts "
         + (f"verified against {keys}" if keys else "stored UNVERIFIED (no site-keys-dir)"))
     t0 = time.perf_counter()
-    nodes = wait_for_nodes(grid, s.expected_sites or len(cfg.sites), min_sites, s.timeout)
+    expected = s.expected_sites or len(cfg.sites)
+    proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, cfg.out / "proxy")
+    guard_experiment(cfg, len(proxy), sites=expected)  # proxy and answers on disk (issue 14)
+    nodes = wait_for_nodes(grid, expected, min_sites, s.timeout)
     roster = train_round(grid, nodes, s, run_id) if s.train else Roster()
     if not s.train:
         roster.names = {n: f"node{n}" for n in nodes}
-    proxy = load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
     log(f"student plan: {plan_line(proxy.plan)}")
     names, targets = fuse_sites(gather_targets(grid, roster, proxy, cfg, s, run_id), min_sites)
     check_teachers(names, targets, proxy.masks, roster.val_dice, cfg.teacher_proxy_dice_floor)
@@ -402,6 +191,9 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     for run in plan_federated(cfg, names):
         log(f"run {run.name}")
         rows.append(train_and_score(grid, roster, run, data, cfg, s, run_id))
+    from coordinator.fed_baselines import federated_baselines  # issue 15: costs, FedAvg row
+
+    rows = federated_baselines(grid, roster, data, cfg, s, run_id, rows, eval_round)
     write_federated(rows, cfg, roster, time.perf_counter() - t0)
     from coordinator.export import export_best_multi
 

@@ -18,6 +18,7 @@ Reply: ``arrays`` = the updated weights, ``metrics`` = ``num-examples`` (trainin
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 
     from common.data.plan import Plan
 
-__all__ = ["WEIGHT_RELEASE_TYPE", "FedAvgRequest", "handle_fedavg", "weight_release_refusal"]
+__all__ = ["WEIGHT_RELEASE_TYPE", "FedAvgRequest", "handle_fedavg", "release_policy_file",
+           "weight_release_refusal"]
 
 
 class FedAvgRequest(StrictModel):
@@ -120,3 +122,21 @@ def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy 
         "arrays": ArrayRecord(new),
         "metrics": MetricRecord({"num-examples": len(images), "train-loss": loss}),
         "config": ConfigRecord({"site_name": node.site_name, "release": "model weights"})})
+
+
+def release_policy_file(base: Path | None, state_dir: Path) -> Path:
+    """``site-node run --allow-weight-release`` (FedAvg baseline runs only): the site's policy
+    (``base``, else the built-in one) with ``weight_release.allow = true``, written to
+    ``STATE_DIR/policy_weight_release.yaml``; its path (the node's ``policy-path``)."""
+    import json
+
+    from common.config import load_config
+    from site_node.policy import default_policy
+
+    pol = load_config(base, EgressPolicy) if base is not None else default_policy()
+    pol = pol.model_copy(update={"weight_release": pol.weight_release.model_copy(
+        update={"allow": True})})
+    path = state_dir / "policy_weight_release.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(pol.model_dump(mode="json"), indent=1))  # JSON is YAML
+    return path

@@ -53,6 +53,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", choices=COMPRESSION,
                    help="how query logits are encoded (node config `compression`; default fp16)")
     p.add_argument("--policy", type=Path, help="egress policy TOML (default: built-in)")
+    p.add_argument("--allow-weight-release", action="store_true",
+                   help="FedAvg baseline runs only: the policy with weight_release.allow = true "
+                        "(written to STATE_DIR/policy_weight_release.yaml): weights leave")
     p.add_argument("--host", default="127.0.0.1",
                    help="address of the local ClientApp runtime API (default %(default)s)")
     p.add_argument("--port", type=int, default=9094, help="local ClientApp runtime port")
@@ -123,10 +126,16 @@ def node_config(args: argparse.Namespace, teacher_dir: Path) -> str:
     def resolved(p: Path | None) -> Path | None:
         return p.resolve() if p is not None else None
 
+    policy = resolved(args.policy)
+    if getattr(args, "allow_weight_release", False):  # issue 15: FedAvg baseline runs only
+        from site_node.fedavg import release_policy_file
+
+        policy = release_policy_file(policy, args.state_dir.expanduser().resolve())
+        log.warning("weight release ALLOWED (FedAvg baseline run): policy %s", policy)
     settings = NodeSettings.model_validate({
         "data-path": args.data.resolve(), "teacher-dir": teacher_dir.resolve(),
         "site-name": args.name, "state-dir": args.state_dir.expanduser().resolve(),
-        "policy-path": resolved(args.policy), "audit-key": resolved(args.audit_key),
+        "policy-path": policy, "audit-key": resolved(args.audit_key),
         "compression": args.compression})
     return settings.to_node_config()
 

@@ -99,7 +99,7 @@ def query_log(proxy: ProxySet, targets: Targets, sites: list[str], teachers: lis
     proxy chunk, the ``query.teacher_outputs`` request each queried site receives and the
     teacher reply it sends (default fp16 codec), measured as serialized payloads."""
     from common.protocol import MsgType, QueryConfig, encode_query, encode_teacher_reply
-    from coordinator.server_app import chunks
+    from coordinator.fed_query import chunks
 
     log = PayloadLog()
     parts = chunks(len(proxy), cfg.runs.query_chunk_size)

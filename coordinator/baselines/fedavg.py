@@ -59,10 +59,14 @@ class LocalGrid:
 @contextmanager
 def task_identity(node_id: int, run_id: int = 1) -> Iterator[None]:
     """Set Flower's process task identity (normally set by the runtime) while building
-    messages as ``node_id``; restored afterwards."""
+    messages as ``node_id``; restored afterwards. As the server (``SERVER_NODE``) inside a
+    runtime (a ServerApp: identity already set) the runtime's real run id is kept."""
     from flwr.supercore.task_identity import TaskIdentity
 
     saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    if node_id == SERVER_NODE and saved[0] is not None:
+        yield
+        return
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, node_id, node_id
     try:
         yield
@@ -149,7 +153,8 @@ def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.
                strategy: Strategy | None = None, grid: Any = None) -> dict[str, torch.Tensor]:
     """``spec.rounds`` rounds of Flower's FedAvg (``strategy``, default :func:`build_strategy`)
     over the sites ``names`` (node id -> site), from the global weights ``init``; every request
-    and reply payload is logged. Returns the final global ``state_dict``."""
+    (as the exchange sent it) and every non-error reply payload is logged. Returns the final
+    global ``state_dict``."""
     from flwr.app import ArrayRecord, ConfigRecord
 
     strategy = strategy or build_strategy(spec, len(names))
@@ -159,10 +164,10 @@ def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.
         conf = ConfigRecord(dict(config))  # type: ignore[arg-type]
         with task_identity(SERVER_NODE):
             msgs = _retyped(list(strategy.configure_train(rnd, arrays, conf, grid)))
-        for m in msgs:
+        replies = exchange(msgs)  # may add records to a request (the coordinator's log head)
+        for m in msgs:  # measured as sent, after the exchange
             log.add(names[int(m.metadata.dst_node_id)], "received", FEDAVG_MSG_TYPE,
                     f"round-{rnd}", m.content)
-        replies = exchange(msgs)
         for r in (r for r in replies if not r.has_error()):
             log.add(names[int(r.metadata.src_node_id)], "sent", FEDAVG_MSG_TYPE,
                     f"round-{rnd}", r.content)

@@ -162,7 +162,8 @@ def fedavg_seed(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxyS
     return result
 
 
-def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData) -> dict[str, Any]:
+def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, where: str = LOCAL
+                 ) -> dict[str, Any]:
     """A student row's cost: the query exchange with its teachers' sites (none for no-KD)."""
     names = data.site_names
     teachers = [names.index(t) for t in row.get("teachers", [])]
@@ -171,7 +172,7 @@ def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData) -> dict[st
     else:
         plog, left = query_log(data.proxy, data.targets, names, teachers, cfg), \
             "outputs on proxy"
-    return cost_summary(plog, names, left, _train_seconds(row), LOCAL)
+    return cost_summary(plog, names, left, _train_seconds(row), where)
 
 
 def baseline_rows(cfg: ExperimentConfig, data: DistillData, rows: list[dict]) -> list[dict]:

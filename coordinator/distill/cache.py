@@ -13,9 +13,10 @@ Format (issue 14), one folder per site and proxy: ``root/<site>-<proxy digest[:1
 
 Every read maps just the rows it needs and unmaps them at once: a long-lived map would count each
 page an epoch touched in the process's RSS (file pages), a short-lived one leaves them in the
-page cache only. Writes stream chunk by chunk into a temporary folder that is renamed into place
-(atomic: a folder with ``meta.json`` is complete). A legacy ``<site>-<digest[:16]>.pt`` cache is
-migrated to this format on first read (same fp16 values; the ``.pt`` is then removed).
+page cache only. Writes stream chunk by chunk (each at its slice offset, in any order: federated
+replies arrive as they come, :class:`SiteWriter`) into a temporary folder that is renamed into
+place (atomic: a folder with ``meta.json`` is complete). A legacy ``<site>-<digest[:16]>.pt``
+cache is migrated to this format on first read (same fp16 values; the ``.pt`` is then removed).
 """
 
 from __future__ import annotations
@@ -180,22 +181,36 @@ def materialise(t: Targets) -> TeacherTargets:
 
 
 class _Writer:
-    """Streams consecutive chunks of one site's targets into ``tmp`` (``.npy`` files)."""
+    """Writes chunks of one site's targets into ``tmp`` (``.npy`` files of ``N`` rows), each
+    chunk at its own slice offset (in any order, each slice exactly once)."""
 
     def __init__(self, tmp: Path, n: int) -> None:
         self.tmp, self.n, self.done = tmp, n, 0
         self.files: dict[str, Any] = {}
         self.shapes: dict[str, list[int]] = {}
+        self.offsets: dict[str, int] = {}
+        self.filled = np.zeros(n, bool)  # (N,) which slices are written
 
-    def add(self, t: TeacherTargets) -> None:
-        """Append ``t`` (J = 1, the next ``B`` slices): maps as fp16, scalars as fp32."""
+    def add(self, t: TeacherTargets, start: int | None = None) -> None:
+        """Write ``t`` (J = 1, ``B`` slices) at slices ``start:start+B`` (default: right after
+        the slices written so far): maps as fp16, scalars as fp32."""
         if t.num_teachers != 1:
             raise ValueError(f"one site's cache takes J = 1 targets, got J = {t.num_teachers}")
+        a = self.done if start is None else start
+        b = a + t.batch_size
+        if a < 0 or b > self.n or self.filled[a:b].any():
+            raise ValueError(f"{self.tmp}: slices {a}:{b} out of 0:{self.n} or written twice")
         for n, v in t.as_dict().items():
-            arr = (v[0].half() if n in MAPS else v[0].float()).cpu().numpy()
+            arr = np.ascontiguousarray((v[0].half() if n in MAPS else v[0].float()).cpu().numpy())
             if n not in self.files:
                 self._open(n, arr)
-            self.files[n].write(np.ascontiguousarray(arr).tobytes())
+            if list(arr.shape[1:]) != self.shapes[n][1:]:
+                raise ValueError(f"{self.tmp}: {n} rows of shape {arr.shape[1:]}, expected "
+                                 f"{tuple(self.shapes[n][1:])}")
+            self.files[n].seek(self.offsets[n] + a * arr[:1].nbytes)
+            self.files[n].write(arr.tobytes())
+            self.files[n].flush()  # the chunk leaves this process's buffers now
+        self.filled[a:b] = True
         self.done += t.batch_size
 
     def _open(self, name: str, arr: np.ndarray) -> None:
@@ -204,7 +219,7 @@ class _Writer:
         np.lib.format.write_array_header_1_0(
             fh, {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
                  "shape": shape})
-        self.files[name], self.shapes[name] = fh, list(shape)
+        self.files[name], self.shapes[name], self.offsets[name] = fh, list(shape), fh.tell()
 
     def close(self) -> None:
         """Check the count, close the files and write ``meta.json`` (last: marks complete)."""
@@ -214,6 +229,40 @@ class _Writer:
             raise ValueError(f"{self.tmp}: {self.done} slices written, {self.n} announced")
         meta = {"format": FORMAT, "n": self.n, "shapes": self.shapes}
         (self.tmp / "meta.json").write_text(json.dumps(meta))
+
+
+class SiteWriter:
+    """One site's cache folder being filled (e.g. by query replies as they arrive): chunks go
+    into a temporary folder; :meth:`commit` renames it into place (atomic), :meth:`abort`
+    removes it, so a reader never sees a half cache."""
+
+    def __init__(self, final: Path, n: int) -> None:
+        self.final = final
+        self.tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.writer = _Writer(self.tmp, n)
+
+    def put(self, start: int, t: TeacherTargets) -> None:
+        """Slices ``start:start+B`` of this site (``t``: J = 1, ``B`` slices)."""
+        self.writer.add(t, start)
+
+    def commit(self) -> Path:
+        """Check every slice is written, then rename the folder into place."""
+        try:
+            self.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        shutil.rmtree(self.final, ignore_errors=True)
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        """Drop what was written (the final folder, if any, is untouched)."""
+        for fh in self.writer.files.values():
+            fh.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class TeacherCache:
@@ -241,7 +290,7 @@ class TeacherCache:
         return CachedTargets([SiteFiles(folder)])
 
     def get(self, site: str, digest: str) -> TeacherTargets | None:
-        """Cached targets in memory (float32) or None: small sets and the federated path."""
+        """Cached targets in memory (float32) or None: small sets and tests only."""
         t = self.open(site, digest)
         return None if t is None else t.materialise()
 
@@ -254,23 +303,18 @@ class TeacherCache:
               compute: Callable[[int, int], TeacherTargets], chunk: int = 512) -> Path:
         """Write ``compute(a, b)`` (targets of slices ``a:b``) for consecutive chunks of ``n``
         slices, streaming: only one chunk is ever in memory. Atomic (rename of the folder)."""
-        final = self.folder(site, digest)
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        writer = _Writer(tmp, n)
+        writer = self.writer(site, digest, n)
         try:
             for a in range(0, n, chunk):
-                writer.add(compute(a, min(a + chunk, n)))
-            writer.close()
+                writer.put(a, compute(a, min(a + chunk, n)))
         except BaseException:
-            for fh in writer.files.values():
-                fh.close()
-            shutil.rmtree(tmp, ignore_errors=True)
+            writer.abort()
             raise
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
+        return writer.commit()
+
+    def writer(self, site: str, digest: str, n: int) -> SiteWriter:
+        """A :class:`SiteWriter` of ``n`` slices for ``site``'s folder (chunks in any order)."""
+        return SiteWriter(self.folder(site, digest), n)
 
     def build_answers(self, site: str, digest: str, images: np.ndarray, masks: np.ndarray,
                       answer: Callable[[np.ndarray, np.ndarray], TeacherTargets],

@@ -7,12 +7,12 @@ student batch size ``B`` (``P = S^2``)::
 
     base      = BASE_BYTES                          Python + torch + the student (measured)
     proxy     = M * P * (4 + 1) * PROXY_LOAD        fp32 slices + uint8 masks; M = N when the
-                                                    proxy is kept in RAM (federated path), else
+                                                    proxy is kept in RAM, else
                                                     CASE_SLICES (spilled to .npy one case at a
                                                     time, read per item); x2: the load's copy
     teachers  = 0                                   on disk (fp16 memmap, read per item), or
-              = J * N * P * (K + 1/4 + 1/64) * 4 * 2  when kept in memory (federated path:
-                                                    float32, stacked copy + selected copy)
+              = J * N * P * (K + 1/4 + 1/64) * 4 * 2  when kept in memory (float32, stacked
+                                                    copy + selected copy)
     build     = min(N, max(C, tb)) * P * (K + 1) * 12  one teacher chunk while the cache is built
                                                     (C = 2^21 / P slices, at least one teacher
                                                     batch tb = 16; outputs, concat, fp16 copy)
@@ -118,9 +118,10 @@ def check_memory(plan: MemoryPlan, cap_gb: float | None = None,
 
 
 def guard_experiment(cfg: ExperimentConfig, slices: int, targets_in_memory: bool = False,
-                     proxy_in_memory: bool = False) -> int:
-    """:func:`check_memory` for an experiment config with ``slices`` proxy slices (the local
-    path keeps both on disk; the federated ServerApp still holds both in memory)."""
-    plan = MemoryPlan(len(cfg.sites), slices, cfg.student.size, 2, cfg.student.batch_size,
-                      targets_in_memory, proxy_in_memory)
+                     proxy_in_memory: bool = False, sites: int | None = None) -> int:
+    """:func:`check_memory` for an experiment config with ``slices`` proxy slices and ``sites``
+    sites (default: the config's). Both the local path and the federated ServerApp keep the
+    teacher outputs and the proxy on disk (the flags are for callers that do not)."""
+    plan = MemoryPlan(sites or len(cfg.sites), slices, cfg.student.size, 2,
+                      cfg.student.batch_size, targets_in_memory, proxy_in_memory)
     return check_memory(plan, cfg.memory_cap_gb)

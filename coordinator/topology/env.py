@@ -53,6 +53,7 @@ class Plan:
     run_timeout: float = 3600.0
     run_config: Path | None = None  # extra run-config TOML (RUN_CONFIG)
     uid: int = 10001  # owner of the generated keys (FEDMTKD_UID)
+    weight_release: bool = False  # sites allow FedAvg (weights leave): baseline runs only
 
     @property
     def certs(self) -> CertsLayout:
@@ -144,12 +145,14 @@ def coordinator_env(plan: Plan) -> dict[str, str]:
 
 def site_env(plan: Plan, site: SiteNode, port: int) -> dict[str, str]:
     """Environment of one ``site`` (its data and teacher as given; no phantom, no training at
-    start: the coordinator's ``train`` message trains a missing teacher)."""
+    start: the coordinator's ``train`` message trains a missing teacher; weight release only
+    when ``plan.weight_release``)."""
     c = plan.certs
     return {"TLS": "on" if plan.tls else "off", "SITE_NAME": site.name,
             "SITE_DATA": str(site.data), "SITE_RUN": str(site.teacher_dir),
             "SITE_STATE": str(plan.workdir / "sites" / site.name), "SITE_PHANTOM": "never",
             "SITE_TRAIN_ON_START": "never", "SITE_COMPRESSION": site.compression,
+            "SITE_WEIGHT_RELEASE": "on" if plan.weight_release else "off",
             "SITE_AUDIT_KEY": str(plan.site_keys(site.name) / "audit.key"),
             "SUPERLINK_ADDRESS": f"{HOST}:{plan.dial_port}", "SUPERNODE_BIND_HOST": HOST,
             "SUPERNODE_PORT": str(port), "CA_CERT": str(c.public_ca),

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator.security import INSECURE_WARNING
 from coordinator.topology.env import (
@@ -41,6 +42,9 @@ from coordinator.topology.env import (
     run_config_file,
 )
 from coordinator.topology.supervisor import Processes, start_topology
+
+if TYPE_CHECKING:
+    from coordinator.distill.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,19 @@ def make_plan(sites: list[SiteNode], config: Path, workdir: Path, run_config: di
                 fleet_port(port) if fleet_port else port,
                 tuple(free_port() for _ in sites),
                 float(run_config.get("timeout", app_defaults()["timeout"])),  # type: ignore[arg-type]
-                timeout, rc_file, os.getuid())
+                timeout, rc_file, os.getuid(), weight_release=weight_release(cfg))
+
+
+def weight_release(cfg: ExperimentConfig) -> bool:
+    """Whether the sites' policies allow FedAvg (weights leave): only when the experiment has
+    a FedAvg baseline (``[runs.fedavg]``); otherwise they keep the default deny. Logged."""
+    if cfg.runs.fedavg is None:
+        log.info("no FedAvg baseline in the config: sites keep the default policy (no model "
+                 "weights leave)")
+        return False
+    log.warning("FedAvg baseline in the config: weight release ENABLED in each site's "
+                "policy (site-node run --allow-weight-release); weights leave the sites")
+    return True
 
 
 def simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],

@@ -15,6 +15,9 @@
 #                        teacher.json; "never": the coordinator's `train` message trains it
 #     SITE_MODEL         teacher architecture         SITE_TEACHER_CONFIG  TeacherTrainConfig
 #   SITE_COMPRESSION     query logits encoding: fp16 | int8_probs | downsample | fp32
+#   SITE_WEIGHT_RELEASE  "off": the egress policy refuses FedAvg (query.fedavg_train, weights
+#                        leave); "on": FedAvg baseline runs only (site-node run
+#                        --allow-weight-release; every release is in the audit log)
 #   SITE_AUDIT_KEY       Ed25519 key signing the egress log (site-keys.sh: SITE_KEYS/audit.key,
 #                        made on this site; only audit.pub went to the coordinator)
 #   SUPERLINK_ADDRESS    host:port of the SuperLink (or of a proxy in front of it)
@@ -25,6 +28,7 @@
 set -euo pipefail
 : "${TLS:?}" "${SITE_NAME:?}" "${SITE_DATA:?}" "${SITE_RUN:?}" "${SITE_STATE:?}"
 : "${SITE_PHANTOM:?}" "${SITE_TRAIN_ON_START:?}" "${SITE_COMPRESSION:?}" "${SITE_AUDIT_KEY:?}"
+: "${SITE_WEIGHT_RELEASE:?}"
 : "${SUPERLINK_ADDRESS:?}" "${SUPERNODE_BIND_HOST:?}" "${SUPERNODE_PORT:?}"
 : "${CA_CERT:?}" "${SITE_KEY:?}"
 
@@ -53,8 +57,13 @@ case "$TLS" in
   off) security=(--insecure) ;;
   *) echo "site $SITE_NAME: TLS must be 'on' or 'off', not '$TLS'" >&2; exit 2 ;;
 esac
+case "$SITE_WEIGHT_RELEASE" in
+  on) release=(--allow-weight-release) ;;
+  off) release=() ;;
+  *) echo "site $SITE_NAME: SITE_WEIGHT_RELEASE must be 'on' or 'off'" >&2; exit 2 ;;
+esac
 echo "site $SITE_NAME: starting the SuperNode ($SUPERLINK_ADDRESS)"
 exec site-node run --name "$SITE_NAME" --data "$SITE_DATA" --teacher-dir "$SITE_RUN" \
-  --state-dir "$SITE_STATE" --coordinator "$SUPERLINK_ADDRESS" "${security[@]}" \
+  --state-dir "$SITE_STATE" --coordinator "$SUPERLINK_ADDRESS" "${security[@]}" "${release[@]}" \
   --audit-key "$SITE_AUDIT_KEY" --compression "$SITE_COMPRESSION" \
   --host "$SUPERNODE_BIND_HOST" --port "$SUPERNODE_PORT" "$@"

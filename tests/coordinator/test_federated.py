@@ -125,10 +125,14 @@ def test_a_bad_site_is_dropped_and_fusion_goes_on() -> None:
 def test_federated_run_on_a_local_deployment(tiny_sites: dict, tiny_teachers: dict,
                                              tmp_path: Path) -> None:
     """``coordinator simulate``: the compose topology (init-certs, SuperLink, coordinator, 3
-    sites) started through the container entrypoints on 127.0.0.1, TLS and node auth on."""
+    sites) started through the container entrypoints on 127.0.0.1, TLS and node auth on. The
+    experiment has a one-round FedAvg baseline, so the sites are started with weight release
+    on and the FedAvg row is trained over the same deployment and scored by every site."""
+    from coordinator.baselines.costs import PayloadLog
     from coordinator.topology.simulate import SiteNode, simulate
 
     config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
+    config.write_text(config.read_text() + "\n[runs.fedavg]\nrounds = 1\n")
     nodes = [SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES]
     rc = simulate(nodes, config, tmp_path / "work", {"timeout": 120.0}, timeout=240.0)
     log = (tmp_path / "work" / "logs" / "coordinator.log").read_text(errors="replace")
@@ -144,11 +148,23 @@ def test_federated_run_on_a_local_deployment(tiny_sites: dict, tiny_teachers: di
     assert "running on https://127.0.0.1:" in links and "Option `--insecure`" not in links
     res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
     assert res["sites"] == list(SITES) and res["dropped"] == []
-    (row,) = res["rows"]
+    row, fed = res["rows"]
     assert row["run"] == "multi_inverse_dice_loss" and row["teachers"] == list(SITES)
     assert set(row["sites"]) == set(SITES)
     for scores in row["sites"].values():
         assert 0.0 <= scores["dice_mean"] <= 1.0 and scores["n"] >= 1
+    assert fed["run"] == "fedavg" and fed["fedavg_refused"] == {}
+    assert set(fed["sites"]) == set(SITES)
+    assert all(0.0 <= v["dice_mean"] <= 1.0 for v in fed["sites"].values())
+    plog = PayloadLog.read(tmp_path / "exp" / "runs" / "fedavg" / "payloads.jsonl")
+    for name in SITES:  # the bytes of the row are the logged payloads; each release is audited
+        sent = [e.nbytes for e in plog.entries if e.site == name and e.direction == "sent"]
+        assert len(sent) == 1 and fed["cost"]["per_site"][name]["sent"] == sum(sent)
+        audit = read_jsonl(tmp_path / "work" / "sites" / name / "audit" / "egress.jsonl")
+        fedavg = [e["decision"] for e in audit if e["msg_type"] == "query.fedavg_train"]
+        assert fedavg == ["received", "sent"]
+    assert row["cost"]["left_site"] == "outputs on proxy" and row["cost"]["bytes_sent"] > 0
+    assert "| fedavg |" in (tmp_path / "exp" / "federated_costs.md").read_text()
     assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*/meta.json"))) == 3
     for name in SITES:
         assert f"{name}: teacher outputs for" in log and "validated and cached" in log

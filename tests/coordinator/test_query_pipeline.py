@@ -6,6 +6,7 @@ SuperNode does), ``service[node]`` seconds each (None: never). Times are hand-co
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -167,11 +168,13 @@ def _site_answer(node: int, msg: Any) -> Any:
     return encode_teacher_reply(f"site_{node}", cfg, t, CompressionConfig(mode="fp32"))
 
 
-def _query_round(window: int, monkeypatch: pytest.MonkeyPatch, answer: Any = None,
+def _query_round(window: int, monkeypatch: pytest.MonkeyPatch, tmp: Path, answer: Any = None,
                  nodes: tuple[int, ...] = (2, 3)) -> tuple[dict, Any]:
+    """The round over a fake grid; answers written into a teacher cache under ``tmp``."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    from coordinator.server_app import Roster, query_round
+    from coordinator.distill.cache import TeacherCache
+    from coordinator.server_app import AnswerStore, Roster, query_round
 
     for key, value in (("_task_id", 1), ("_run_id", 7), ("_node_id", 0)):  # a ServerApp's
         monkeypatch.setattr(TaskIdentity, key, value)
@@ -181,32 +184,36 @@ def _query_round(window: int, monkeypatch: pytest.MonkeyPatch, answer: Any = Non
     grid = FakeGrid(dict(zip(nodes, (1.0, 2.0), strict=True)), answer or _site_answer,
                     auto=True)
     roster = Roster({n: f"site_{n}" for n in nodes})
-    out = query_round(grid, roster, _proxy(10, 32), cfg, s, "7")  # type: ignore[arg-type]
+    store = AnswerStore(TeacherCache(tmp), {f"site_{n}": "ab" * 32 for n in nodes}, 10)
+    out = query_round(grid, roster, _proxy(10, 32), cfg, s, "7", store)  # type: ignore[arg-type]
     return out, roster
 
 
 @pytest.mark.parametrize("window", [0, 3])
-def test_query_round_concatenates_chunks_in_order(window: int,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pipelined (window 3) and lockstep (window 0) rounds give the same, ordered targets."""
+def test_query_round_concatenates_chunks_in_order(window: int, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """Pipelined (window 3) and lockstep (window 0) rounds give the same, ordered targets
+    (read back from the fp16 cache the replies were written to)."""
     side, n = 32, 10
-    out, roster = _query_round(window, monkeypatch)
+    out, roster = _query_round(window, monkeypatch, tmp_path)
     assert sorted(out) == ["site_2", "site_3"] and roster.dropped == {}
     for node in (2, 3):  # chunks of 3, 4, 3 slices (balanced), in chunk order
         want = torch.cat([random_targets(k, side, seed=100 * node + c).logits
                           for c, k in enumerate((3, 4, 3))], dim=1)
-        got = out[f"site_{node}"].logits
+        got = out[f"site_{node}"].materialise().logits
         assert got.shape == (1, n, 2, side, side)
-        assert torch.allclose(got, want)
+        assert torch.equal(got, want.half().float())  # the cache's fp16 rounding, nothing else
 
 
 def test_a_dead_site_is_dropped_on_the_superlinks_error_reply(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The SuperLink answers for a dead node (source: its own node id 1): the site the
-    request went to is dropped, with the reason, and the other site's answers are kept."""
+    request went to is dropped, with the reason, and leaves no cache; the other site's answers
+    are kept (and cached)."""
     def answer(node: int, msg: Any) -> Any:
         return "UNAVAILABLE" if node == 3 else _site_answer(node, msg)
 
-    out, roster = _query_round(4, monkeypatch, answer)
+    out, roster = _query_round(4, monkeypatch, tmp_path, answer)
     assert sorted(out) == ["site_2"] and roster.names == {2: "site_2"}
     assert roster.dropped == {3: "error reply: 5 Error: Node Unavailable"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site_2-abababababababab"]

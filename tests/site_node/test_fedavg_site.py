@@ -109,3 +109,34 @@ def test_a_site_refuses_fedavg_unless_its_policy_allows_it(
     assert out["config"]["release"] == "model weights"
     names = {a["name"] for a in out["arrays"]}
     assert names == set(reply.content["arrays"].keys()) and len(names) > 4  # every weight
+
+
+def test_run_allows_weight_release_only_with_the_flag(
+        tiny_sites: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``site-node run --allow-weight-release`` (what site.sh passes for SITE_WEIGHT_RELEASE=on):
+    the node's policy is the given one with weight_release.allow = true; without it, none."""
+    import shlex
+
+    from common.config import load_config
+    from site_node.cli import main
+    from site_node.policy import EgressPolicy
+
+    base = ["--data", str(tiny_sites["site_a"]), "--coordinator", "127.0.0.1:8000", "--name",
+            "site_a", "--state-dir", str(tmp_path / "state"), "--teacher-dir",
+            str(tmp_path / "teacher"), "--dry-run", "--insecure"]
+
+    def node_config(argv: list[str]) -> str:
+        assert main(argv) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if "flower-supernode" in x)
+        cmd = shlex.split(line)
+        return cmd[cmd.index("--node-config") + 1]
+
+    assert "policy-path" not in node_config(base)
+    own = default_policy().model_copy(update={"max_slices_per_query": 77})
+    (tmp_path / "own.yaml").write_text(json.dumps(own.model_dump(mode="json")))
+    conf = node_config([*base, "--allow-weight-release", "--policy", str(tmp_path / "own.yaml")])
+    written = tmp_path / "state" / "policy_weight_release.yaml"
+    assert f'policy-path="{written}"' in conf
+    pol = load_config(written, EgressPolicy)
+    assert pol.weight_release.allow and pol.max_slices_per_query == 77  # the site's own, + allow
+    assert pol.model_copy(update={"weight_release": own.weight_release}) == own

@@ -1,0 +1,202 @@
+"""Peer baselines in the federated run (issue 15): the FedAvg row over the Deployment Engine.
+
+:func:`federated_baselines` is what :func:`coordinator.server_app.run_federated` calls after
+the MT-KD student rows. With ``[runs.fedavg]`` in the experiment config it runs ``rounds``
+rounds of Flower's own ``FedAvg`` (:func:`coordinator.baselines.fedavg.run_fedavg`) over the
+real Grid: each live site gets a ``query.fedavg_train`` message (global weights + config) and,
+if its egress policy allows weight release, answers with its updated weights. A site that
+refuses (default policy) or fails comes back as an error reply: Flower's FedAvg leaves it out
+of the average, the run goes on, and the row reports it (``fedavg_refused``: site -> reason).
+The final global model is scored exactly like the students: the ``evaluate`` round
+(:func:`coordinator.server_app.eval_round`) on every live site's held-out test split, native
+resolution, once per seed (``repeats``).
+
+Cost columns (``cost`` of each row, :func:`coordinator.baselines.costs.cost_summary`):
+FedAvg's are the serialized payloads of the very messages sent to and received from the sites
+(requests with the coordinator's log head, replies with the site's receipt), logged per message
+in ``runs/fedavg[/seed<s>]/payloads.jsonl``; the first seed's run is the row's cost. The
+MT-KD rows' bytes are the ``query.teacher_outputs`` exchange rebuilt from the validated teacher
+outputs (requests as sent, replies re-encoded with the default fp16 codec, receipts left out),
+as ``--local`` does. ``federated_costs.md`` / ``federated_costs.csv`` hold the cost table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from common.io import atomic_write_json
+from common.training import seed_everything
+from coordinator.baselines.costs import PayloadLog, cost_summary
+from coordinator.baselines.fedavg import (
+    FEDAVG_MSG_TYPE,
+    Exchange,
+    fedavg_config,
+    run_fedavg,
+)
+from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.repeats import mean_row, seed_folders
+from coordinator.distill.student import DistillData, _model
+
+if TYPE_CHECKING:
+    from flwr.app import Message
+    from flwr.serverapp import Grid
+
+    from coordinator.fed_query import QuerySettings as FedSettings
+    from coordinator.fed_query import Roster
+
+_log = logging.getLogger(__name__)
+WHERE = "federated: message payloads (FedAvg measured; MT-KD query rebuilt, fp16)"
+#: :func:`coordinator.server_app.eval_round` (passed in: the ServerApp imports this module):
+#: ``(grid, roster, run name, state_dict, cfg, settings, run_id, plan) -> {site: summary}``.
+EvalRound = Callable[..., dict[str, dict]]
+
+
+def federated_baselines(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
+                        s: FedSettings, run_id: str, rows: list[dict], score: EvalRound
+                        ) -> list[dict]:
+    """``rows`` with a ``cost`` on every student row, then the FedAvg row when the config has
+    ``[runs.fedavg]`` (none when no site released weights), scored by ``score`` (the
+    ServerApp's ``eval_round``); cost tables written to ``cfg.out``."""
+    out = [{**r, "cost": student_cost(r, cfg, data, s.chunk_size)} for r in rows]
+    if cfg.runs.fedavg is not None:
+        out += fedavg_rows(grid, roster, data, cfg, s, run_id, score)
+    write_costs(out, cfg.out)
+    return out
+
+
+def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, chunk_size: int
+                 ) -> dict[str, Any]:
+    """An MT-KD row's cost: the query exchange with its teachers' sites, ``chunk_size``
+    proxy slices per message (the run config's); ``nothing`` for the no-KD student."""
+    from coordinator.baselines.rows import student_cost as local_cost
+
+    runs = cfg.runs.model_copy(update={"query_chunk_size": chunk_size})
+    return local_cost(row, cfg.model_copy(update={"runs": runs}), data, where=WHERE)
+
+
+def fedavg_rows(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
+                s: FedSettings, run_id: str, score: EvalRound) -> list[dict]:
+    """The ``fedavg`` row (mean over seeds), or ``[]`` when no site ever released weights."""
+    spec = cfg.runs.fedavg
+    assert spec is not None
+    _log.info("run fedavg: Flower FedAvg, %d rounds x %d local epochs over %s (weights leave "
+              "the sites that allow it)", spec.rounds, spec.local_epochs,
+              sorted(roster.names.values()))
+    folder, t0 = cfg.out / "runs" / "fedavg", time.perf_counter()
+    plan = seed_folders(folder, cfg)
+    done = []
+    for seed, sub in plan:
+        res, refused = fedavg_seed(grid, roster, data, cfg, s, run_id, seed, sub, score)
+        if res is None:
+            _log.info("fedavg: no site released weights (%s); no fedavg row", refused)
+            return []
+        done.append(res)
+    row = done[0] if len(done) == 1 else mean_row(done, [sd for sd, _ in plan], folder)
+    row["weighting"] = f"Flower FedAvg {spec.rounds} rounds x {spec.local_epochs} ep"
+    row["fedavg_refused"] = done[0]["fedavg_refused"]
+    row["wall_seconds"] = time.perf_counter() - t0
+    plog = PayloadLog.read(plan[0][1] / "payloads.jsonl")  # one training run (first seed)
+    row["cost"] = cost_summary(plog, sorted(roster.names.values()), "model weights",
+                               float(row.get("train_seconds", 0.0)), WHERE)
+    return [row]
+
+
+def fedavg_seed(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
+                s: FedSettings, run_id: str, seed: int, out: Path, score: EvalRound
+                ) -> tuple[dict | None, dict[str, str]]:
+    """One FedAvg run with ``seed`` over the live sites, scored by the ``evaluate`` round;
+    writes ``payloads.jsonl`` and ``result.json``. ``(row, refused: site -> reason)``, the row
+    ``None`` when no site released weights (nothing to score)."""
+    assert cfg.runs.fedavg is not None
+    seed_everything(seed)
+    init = {k: v.detach().cpu() for k, v in _model(cfg, torch.device("cpu")).state_dict().items()}
+    plan = data.proxy.plan
+    plog, refused, t0 = PayloadLog(), dict[str, str](), time.perf_counter()
+    state = run_fedavg(trail_exchange(grid, roster, s, refused), dict(roster.names), init,
+                       cfg.runs.fedavg, fedavg_config(cfg, plan.model_dump_json() if plan
+                                                      else "", seed, run_id), plog)
+    out.mkdir(parents=True, exist_ok=True)
+    plog.write(out / "payloads.jsonl")
+    if not any(e.direction == "sent" for e in plog.entries):
+        return None, refused
+    name = f"fedavg_seed{seed}" if cfg.repeats > 1 else "fedavg"
+    sites = score(grid, roster, name, state, cfg, s, run_id, plan)
+    row: dict[str, Any] = {
+        "run": "fedavg", "teachers": [], "weighting": None, "sites": sites, "seed": seed,
+        "mean_dice": mean_dice(sites), "train_seconds": time.perf_counter() - t0,
+        "fedavg_refused": refused, "checkpoint_dir": str(out)}
+    torch.save({"model": state}, out / "last.pt")
+    atomic_write_json(out / "result.json", row)
+    return row, refused
+
+
+def trail_exchange(grid: Grid, roster: Roster, s: FedSettings, refused: dict[str, str]
+                   ) -> Exchange:
+    """Delivery over the real Grid with the run's exchange trail: every request is logged
+    (and carries the coordinator's log head), every reply's receipt is checked (a rejected
+    one becomes an error reply); error replies are noted in ``refused`` (site -> reason)."""
+    def exchange(msgs: list[Message]) -> list[Message]:
+        from flwr.app import RecordDict
+
+        for m in msgs:  # a per-message copy: Flower's FedAvg shares one payload
+            m.content = RecordDict(dict(m.content.items()))
+            if s.trail is not None:
+                s.trail.sent(int(m.metadata.dst_node_id), FEDAVG_MSG_TYPE, m.content)
+        sent = {int(m.metadata.dst_node_id): m for m in msgs}
+        replies = list(grid.send_and_receive(msgs, timeout=s.timeout))
+        got = [_checked(r, sent, s, roster, refused) for r in replies]
+        for node in set(sent) - {int(r.metadata.src_node_id) for r in replies}:
+            _refusal(roster, node, "no reply before the timeout", refused)
+        return got
+    return exchange
+
+
+def mean_dice(sites: dict[str, dict]) -> float:
+    """Mean of the sites' defined ``dice_mean`` (NaN when none is), as the student rows'."""
+    vals = [float(v["dice_mean"]) for v in sites.values()
+            if v.get("dice_mean") is not None and v["dice_mean"] == v["dice_mean"]]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _checked(reply: Message, sent: dict[int, Message], s: FedSettings, roster: Roster,
+             refused: dict[str, str]) -> Message:
+    """``reply`` as FedAvg sees it: unchanged when accepted, else an error reply."""
+    from flwr.app import Error, Message
+
+    node = int(reply.metadata.src_node_id)
+    if reply.has_error():
+        why = f"error reply: {reply.error.code} {reply.error.reason}".strip()
+        if s.trail is not None:
+            s.trail.error(node, FEDAVG_MSG_TYPE, why)
+        _refusal(roster, node, why, refused)
+        return reply
+    problem = s.trail.received(node, FEDAVG_MSG_TYPE, reply.content)[1] if s.trail else None
+    if problem is None:
+        return reply
+    _refusal(roster, node, f"receipt rejected: {problem}", refused)
+    return Message(Error(code=0, reason=f"receipt rejected: {problem}"),
+                   reply_to=sent.get(node, reply))
+
+
+def _refusal(roster: Roster, node: int, why: str, refused: dict[str, str]) -> None:
+    """Note (and log) that ``node`` gave no weights this round; it stays in the roster."""
+    site = roster.names.get(node, f"node {node}")
+    refused[site] = why
+    _log.info("%s: no FedAvg update (%s); left out of the average, still scores", site, why)
+
+
+def write_costs(rows: list[dict], out: Path) -> None:
+    """``federated_costs.md`` and ``federated_costs.csv`` (exact bytes) in ``out``."""
+    from coordinator.distill.report import costs_markdown, write_costs_csv
+
+    if not any(r.get("cost") for r in rows):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "federated_costs.md").write_text(costs_markdown(rows))
+    write_costs_csv(rows, out / "federated_costs.csv")
