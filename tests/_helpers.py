@@ -99,3 +99,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def fedavg_site_context(sites: dict, teachers: dict, tmp: Path, name: str, allow: bool) -> Any:
+    """A Flower ``Context`` for site ``name``'s real ClientApp: a copy of its teacher, its own
+    state folder and a policy file with ``weight_release.allow = allow``."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    from site_node.policy import default_policy
+
+    shutil.copytree(teachers[name], tmp / name / "teacher")
+    pol = default_policy()
+    pol.weight_release.allow = allow
+    (tmp / name / "policy.yaml").write_text(json.dumps(pol.model_dump()))  # JSON is YAML
+    conf = {"data-path": str(sites[name]), "teacher-dir": str(tmp / name / "teacher"),
+            "site-name": name, "state-dir": str(tmp / name / "state"),
+            "policy-path": str(tmp / name / "policy.yaml")}
+    return Context(run_id=1, node_id=1, node_config=conf, state=RecordDict(), run_config={})

@@ -23,6 +23,7 @@ from coordinator.distill.config import (
     WeightingSpec,
 )
 from coordinator.distill.proxy import ProxySet
+from tests._helpers import fedavg_site_context
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SITES = ("site_a", "site_b", "site_c")
@@ -231,24 +232,6 @@ class SiteGrid:
         return out
 
 
-def _node_context(sites: dict, teachers: dict, tmp: Path, name: str, allow: bool) -> Any:
-    import json
-    import shutil
-
-    from flwr.app import Context, RecordDict
-
-    from site_node.policy import default_policy
-
-    shutil.copytree(teachers[name], tmp / name / "teacher")
-    pol = default_policy()
-    pol.weight_release.allow = allow
-    (tmp / name / "policy.yaml").write_text(json.dumps(pol.model_dump()))  # JSON is YAML
-    conf = {"data-path": str(sites[name]), "teacher-dir": str(tmp / name / "teacher"),
-            "site-name": name, "state-dir": str(tmp / name / "state"),
-            "policy-path": str(tmp / name / "policy.yaml")}
-    return Context(run_id=1, node_id=1, node_config=conf, state=RecordDict(), run_config={})
-
-
 def test_fedavg_over_a_grid_only_averages_sites_that_allow_it(
         tiny_sites: dict, tiny_teachers: dict, tmp_path: Path) -> None:
     """The coordinator's FedAvg loop against the sites' real ClientApp: site_a allows weight
@@ -257,8 +240,8 @@ def test_fedavg_over_a_grid_only_averages_sites_that_allow_it(
 
     from coordinator.baselines.fedavg import build_strategy, grid_exchange
 
-    grid = SiteGrid({1: _node_context(tiny_sites, tiny_teachers, tmp_path, "site_a", True),
-                     2: _node_context(tiny_sites, tiny_teachers, tmp_path, "site_b", False)})
+    grid = SiteGrid({1: fedavg_site_context(tiny_sites, tiny_teachers, tmp_path, "site_a", True),
+                     2: fedavg_site_context(tiny_sites, tiny_teachers, tmp_path, "site_b", False)})
     cfg = _cfg(tiny_sites, tiny_teachers, tmp_path / "exp")
     assert cfg.runs.fedavg is not None
     spec = cfg.runs.fedavg.model_copy(update={"rounds": 1})

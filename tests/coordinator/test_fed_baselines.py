@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +21,7 @@ from coordinator.distill.config import (
     StudentTrainConfig,
 )
 from coordinator.topology.env import SiteNode
+from tests._helpers import fedavg_site_context
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 FEDAVG = "query.fedavg_train"
@@ -58,21 +58,6 @@ class WireGrid:
         return out
 
 
-def _context(sites: dict, teachers: dict, tmp: Path, name: str, allow: bool) -> Any:
-    from flwr.app import Context, RecordDict
-
-    from site_node.policy import default_policy
-
-    shutil.copytree(teachers[name], tmp / name / "teacher")
-    pol = default_policy()
-    pol.weight_release.allow = allow
-    (tmp / name / "policy.yaml").write_text(json.dumps(pol.model_dump()))  # JSON is YAML
-    conf = {"data-path": str(sites[name]), "teacher-dir": str(tmp / name / "teacher"),
-            "site-name": name, "state-dir": str(tmp / name / "state"),
-            "policy-path": str(tmp / name / "policy.yaml")}
-    return Context(run_id=1, node_id=1, node_config=conf, state=RecordDict(), run_config={})
-
-
 def _run(sites: dict, teachers: dict, tmp: Path, allow: tuple[bool, bool]) -> tuple:
     """``federated_baselines`` for sites a (node 1) and b (node 2), 2 rounds of FedAvg."""
     from coordinator.audit_trail import CoordinatorTrail
@@ -83,7 +68,7 @@ def _run(sites: dict, teachers: dict, tmp: Path, allow: tuple[bool, bool]) -> tu
     from coordinator.server_app import Roster, eval_round
 
     names = {1: "site_a", 2: "site_b"}
-    grid = WireGrid({n: _context(sites, teachers, tmp, s, a) for (n, s), a in
+    grid = WireGrid({n: fedavg_site_context(sites, teachers, tmp, s, a) for (n, s), a in
                      zip(names.items(), allow, strict=True)})
     student = StudentTrainConfig(model="tiny_unet", size=32, epochs=1, batch_size=4,
                                  device="cpu", step_size_up=4)
