@@ -10,7 +10,10 @@ ONNX export and reports its argmax agreement with the fp32 graph on the proxy sl
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,23 @@ def _as_ort_reader(reader: ProxyCalibrationReader) -> Any:
     return wrapped()
 
 
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization warns through the root logger (``logging.warning``), which on
+    first use also installs a stderr handler on it: dozens of shape-inference warnings per
+    export, and every later log line printed twice. Mute the root logger (a NullHandler keeps
+    ``basicConfig`` from installing one) and restore it afterwards."""
+    root = logging.getLogger()
+    level, guard = root.level, logging.NullHandler()
+    root.addHandler(guard)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
+        root.setLevel(level)
+
+
 def quantize_student(fp32: Path, out: Path, proxy: ProxySet) -> dict[str, Any]:
     """Write ``out``: ``fp32`` (an ONNX file) statically quantised to int8 (QOperator,
     per-channel weights) with ranges calibrated on ``proxy`` slices. Returns the card's
@@ -94,7 +114,7 @@ def quantize_student(fp32: Path, out: Path, proxy: ProxySet) -> dict[str, Any]:
     from common.runtimes import argmax_agreement, ort_runner, ort_session
 
     reader = ProxyCalibrationReader(proxy, onnx.load(str(fp32)).graph.input[0].name)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(q), _as_ort_reader(reader),

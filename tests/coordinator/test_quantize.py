@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,11 @@ def test_int8_export_calibrates_on_the_proxy_set(
         real(self, proxy, *a, **kw)
 
     monkeypatch.setattr(quantize.ProxyCalibrationReader, "__init__", spy)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     paths = export_best_multi(out, rows, cfg)  # type: ignore[arg-type]
+    # onnxruntime's root-logger warnings were muted and left no handler behind
+    assert root.handlers == handlers and root.level == level
     assert paths is not None and paths["onnx-int8"].name == "student.int8.onnx"
     want = load_proxy(tmp_path / "proxy", 32, cfg.proxy_label)  # type: ignore[attr-defined]
     assert len(seen) == 1 and seen[0].digest == want.digest  # type: ignore[attr-defined]
@@ -68,3 +73,27 @@ def test_int8_export_calibrates_on_the_proxy_set(
     assert card["verification"]["inputs"] == "proxy slices"
     for rt in ("eager", "pt2", "onnx"):  # fp32 runtimes on proxy inputs
         assert card["runtimes"][rt]["max_abs_diff"] < 1e-4
+
+
+def test_quiet_root_logger_mutes_and_restores() -> None:
+    from coordinator.quantize import quiet_root_logger
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.seen.append(record.getMessage())
+
+    root, sink = logging.getLogger(), Collect()
+    root.addHandler(sink)
+    try:
+        handlers, level = list(root.handlers), root.level
+        with quiet_root_logger():
+            logging.warning("muted")  # what onnxruntime.quantization does
+        assert root.handlers == handlers and root.level == level
+        logging.warning("heard")
+    finally:
+        root.removeHandler(sink)
+    assert sink.seen == ["heard"]
