@@ -106,7 +106,7 @@ def site_compute(base: dict[str, Path], proxy: Path, size: int, chunk: int) -> f
 
     from common.protocol import QueryConfig
     from coordinator.distill.proxy import load_proxy
-    from coordinator.server_app import chunks
+    from coordinator.fed_query import chunks
     from site_node.app import NodeSettings, handle_query
 
     p = load_proxy(proxy, size)

@@ -50,24 +50,11 @@ from coordinator.distill.memory import guard_experiment
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
 from coordinator.distill.teacher_check import check_teachers, plan_line
-from coordinator.fed_query import (  # re-exported: the ServerApp's API before the split
-    AnswerStore,
-    Reply,
-    Roster,
-    chunks,
-    fed_cache_key,
-    fuse_sites,
-    gather_targets,
-    log,
-    query_round,
-    validate_replies,
-)
+from coordinator.fed_query import Roster, fuse_sites, gather_targets, log, validate_replies
 from coordinator.fed_query import exchange as _exchange
 from coordinator.run_config import RunConfig
 
-__all__ = ["EVAL_ATTEMPTS", "AnswerStore", "FedSettings", "Reply", "Roster", "app", "chunks",
-           "eval_round", "fed_cache_key", "fuse_sites", "gather_targets", "mean_dice",
-           "query_round", "run_federated", "validate_replies"]
+__all__ = ["EVAL_ATTEMPTS", "FedSettings", "app", "eval_round", "mean_dice", "run_federated"]
 app = ServerApp()
 
 

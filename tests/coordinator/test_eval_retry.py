@@ -14,7 +14,8 @@ import torch
 
 from common.protocol import EvalReply, encode_eval_reply
 from coordinator import server_app
-from coordinator.server_app import EVAL_ATTEMPTS, Reply, Roster, eval_round, mean_dice
+from coordinator.fed_query import Reply, Roster
+from coordinator.server_app import EVAL_ATTEMPTS, eval_round, mean_dice
 
 GOOD = {"dice_mean": 0.8, "dice_std": 0.1, "voe_mean": 0.3, "voe_std": 0.1, "hd95_mean": 4.0,
         "hd95_std": 1.0, "hd95_undefined": 0.0, "n": 2.0}

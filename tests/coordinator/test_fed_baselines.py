@@ -65,7 +65,8 @@ def _run(sites: dict, teachers: dict, tmp: Path, allow: tuple[bool, bool]) -> tu
     from coordinator.distill.proxy import load_proxy
     from coordinator.distill.student import DistillData
     from coordinator.fed_baselines import federated_baselines
-    from coordinator.server_app import Roster, eval_round
+    from coordinator.fed_query import Roster
+    from coordinator.server_app import eval_round
 
     names = {1: "site_a", 2: "site_b"}
     grid = WireGrid({n: fedavg_site_context(sites, teachers, tmp, s, a) for (n, s), a in

@@ -94,7 +94,7 @@ def _fake_targets(n: int, value: float) -> object:
 
 
 def test_a_bad_site_is_dropped_and_fusion_goes_on() -> None:
-    from coordinator.server_app import Reply, Roster, fuse_sites, validate_replies
+    from coordinator.fed_query import Reply, Roster, fuse_sites, validate_replies
 
     n = 4
     cfg = QueryConfig(run_id="t", chunk=0, n_chunks=1, size=32,

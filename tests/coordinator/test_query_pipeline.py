@@ -174,7 +174,7 @@ def _query_round(window: int, monkeypatch: pytest.MonkeyPatch, tmp: Path, answer
     from flwr.supercore.task_identity import TaskIdentity
 
     from coordinator.distill.cache import TeacherCache
-    from coordinator.server_app import AnswerStore, Roster, query_round
+    from coordinator.fed_query import AnswerStore, Roster, query_round
 
     for key, value in (("_task_id", 1), ("_run_id", 7), ("_node_id", 0)):  # a ServerApp's
         monkeypatch.setattr(TaskIdentity, key, value)

@@ -186,7 +186,7 @@ def test_federated_cache_key_changes_with_the_reported_teacher_and_at_settings()
     from types import SimpleNamespace
 
     from coordinator.distill.config import ExperimentConfig
-    from coordinator.server_app import fed_cache_key
+    from coordinator.fed_query import fed_cache_key
 
     site = {"name": "site_a", "data": "d", "teacher_dir": "t"}
     cfg = ExperimentConfig.model_validate({"name": "t", "out": "o", "proxy": "p",
