@@ -11,6 +11,13 @@ per-site compute of the query round measured in this process (the same ``handle_
 on the same chunks, models loaded once, no Flower). Modes: ``lockstep`` = ``query-window 0``
 (one ``send_and_receive`` per chunk: before issue 14), ``pipelined`` = ``query-window 4``.
 Results: ``bench/results/query_<engine>.json`` (one row per run, appended by key).
+
+``--emulate-s-per-slice S`` holds per-site compute equal as if every site had its own
+accelerator: each virtual site's teacher becomes ``emulated_accelerator``
+(:mod:`common.models.emulated`: the same tiny_unet plus S s per slice on a per-site lock, no CPU),
+so 12 sites' teacher time runs in parallel on a 2-core machine; the row then records
+``ideal_s`` = one site's emulated compute (slices x S, served one chunk at a time) and
+``query_round_s / ideal_s``. Results: ``bench/results/query_<engine>_emulated.json``.
 """
 
 from __future__ import annotations
@@ -62,20 +69,34 @@ def make_sites(base: dict[str, Path], n: int, root: Path) -> dict[str, tuple[Pat
     return sites
 
 
+COORDINATOR_CMD = ("flwr-serverapp", "coordinator.topology.ray_engine")  # the ServerApp's process
+
+
 class RssSampler(threading.Thread):
-    """Peak of the summed RSS of every descendant of this process (from /proc)."""
+    """Peak summed RSS of every descendant of this process, and of the coordinator's own
+    process (the ServerApp: ``flwr-serverapp`` or the Ray engine's driver), from /proc."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak, self.stop = 0, threading.Event()
+        self.peak, self.coordinator, self.stop = 0, 0, threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            self.peak = max(self.peak, tree_rss(os.getpid()))
+            rss = tree_rss(os.getpid())
+            self.peak = max(self.peak, sum(rss.values()))
+            self.coordinator = max(self.coordinator, sum(
+                v for pid, v in rss.items() if any(c in _cmdline(pid) for c in COORDINATOR_CMD)))
 
 
-def tree_rss(root: int) -> int:
-    """Summed RSS in bytes of ``root``'s descendants (not ``root`` itself)."""
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def tree_rss(root: int) -> dict[int, int]:
+    """RSS in bytes of each of ``root``'s descendants (not ``root`` itself)."""
     parent: dict[int, int] = {}
     rss: dict[int, int] = {}
     for d in Path("/proc").iterdir():
@@ -88,16 +109,31 @@ def tree_rss(root: int) -> int:
             rss[int(d.name)] = pages * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             continue
-    inside, total = {root}, 0
+    inside, out = {root}, {}
     changed = True
     while changed:
         changed = False
         for pid, pp in parent.items():
             if pp in inside and pid not in inside:
                 inside.add(pid)
-                total += rss.get(pid, 0)
+                out[pid] = rss.get(pid, 0)
                 changed = True
-    return total
+    return out
+
+
+def emulate_accelerators(sites: dict[str, tuple[Path, Path]], s_per_slice: float) -> None:
+    """Turn each site's teacher checkpoint into ``emulated_accelerator`` with its own lock."""
+    import torch
+
+    from site_node.teacher_versions import serving_dir
+
+    for _data, teacher in sites.values():
+        best = serving_dir(teacher) / "best.pt"
+        ckpt = torch.load(best, map_location="cpu", weights_only=False)
+        ckpt["model_name"] = "emulated_accelerator"
+        ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "seconds_per_slice": s_per_slice,
+                                "lock_path": str(teacher.parent / "accelerator.lock")}
+        torch.save(ckpt, best)
 
 
 def site_compute(base: dict[str, Path], proxy: Path, size: int, chunk: int) -> float:
@@ -124,7 +160,7 @@ def site_compute(base: dict[str, Path], proxy: Path, size: int, chunk: int) -> f
 
 
 def run_one(engine: str, mode: str, n: int, base: dict[str, Path], work: Path,
-            chunk: int) -> dict[str, Any]:
+            chunk: int, opts: argparse.Namespace) -> dict[str, Any]:
     """One federated run; its timings and peak RSS."""
     from coordinator.topology.simulate import SiteNode, simulate, simulate_ray
     from tests._helpers import NO_AUGMENT, experiment_toml
@@ -132,15 +168,20 @@ def run_one(engine: str, mode: str, n: int, base: dict[str, Path], work: Path,
     root = work / f"{engine}_{mode}_{n}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    sites = make_sites(base, n, work / "sites")
+    emulate = opts.emulate_s_per_slice
+    sites = make_sites(base, n, work / ("sites_emulated" if emulate else "sites"))
+    if emulate:
+        emulate_accelerators(sites, emulate)
     config = experiment_toml(root, "bench", base["proxy"], sites, student={"augment": NO_AUGMENT})
     nodes = [SiteNode(k, d, t) for k, (d, t) in sites.items()]
     window = 1 if engine == "ray" and mode == "pipelined" else WINDOW[mode]  # ray's default
+    window = opts.window if opts.window is not None and mode == "pipelined" else window
     rc_values = {"timeout": 600.0, "chunk-size": chunk, "query-window": window}
     sampler, t0 = RssSampler(), time.perf_counter()
     sampler.start()
     if engine == "ray":
-        rc = simulate_ray(nodes, config, root / "work", rc_values, timeout=1500.0)
+        rc = simulate_ray(nodes, config, root / "work", rc_values, timeout=1500.0,
+                          client_cpus=opts.client_cpus)
     else:
         rc = simulate(nodes, config, root / "work", rc_values, timeout=1500.0, insecure=True)
     wall = time.perf_counter() - t0
@@ -148,10 +189,26 @@ def run_one(engine: str, mode: str, n: int, base: dict[str, Path], work: Path,
     log = (root / "work" / "logs" / "coordinator.log").read_text(errors="replace")
     m = re.search(r"query round: (\d+) chunk\(s\) x (\d+) site\(s\), window \d+: ([\d.]+) s", log)
     return {"engine": engine, "mode": mode, "sites": n, "rc": rc, "run_wall_s": round(wall, 2),
+            "window": window, "chunk_size": chunk, "client_cpus": opts.client_cpus,
+            "emulate_s_per_slice": emulate,
             "query_round_s": float(m.group(3)) if m else None,
             "chunks": int(m.group(1)) if m else None,
             "sites_answered": int(m.group(2)) if m else None,
-            "peak_rss_total_mb": round(sampler.peak / 2**20, 1)}
+            "peak_rss_total_mb": round(sampler.peak / 2**20, 1),
+            "peak_rss_coordinator_mb": round(sampler.coordinator / 2**20, 1)}
+
+
+def row_key(r: dict[str, Any]) -> tuple:
+    """Rows are replaced by engine, mode, sites and the knobs that change the round."""
+    return (r["engine"], r["mode"], r["sites"], r.get("chunk_size"), r.get("window"),
+            r.get("client_cpus"), r.get("worker_cap"))
+
+
+def add_ideal(row: dict[str, Any], slices: int, s_per_slice: float) -> None:
+    """Emulated runs: one site's accelerator time (``ideal_s``) and the round's ratio to it."""
+    if s_per_slice and row.get("query_round_s"):
+        row["ideal_s"] = round(slices * s_per_slice, 2)
+        row["round_over_ideal"] = round(row["query_round_s"] / row["ideal_s"], 3)
 
 
 STAMP = r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d) "
@@ -197,6 +254,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_query"))
     ap.add_argument("--proxy-cases", type=int, default=12, help="16 slices each")
     ap.add_argument("--chunk-size", type=int, default=48)
+    ap.add_argument("--emulate-s-per-slice", type=float, default=0.0,
+                    help="per-site emulated accelerator seconds per slice (0 = real teachers)")
+    ap.add_argument("--window", type=int, default=None, help="query-window of 'pipelined'")
+    ap.add_argument("--client-cpus", type=float, default=1.0, help="ray: CPUs per virtual site")
     ap.add_argument("--analyse", action="store_true",
                     help="only add ClientApp seconds to query_processes.json from --work")
     args = ap.parse_args()
@@ -208,19 +269,18 @@ def main() -> None:
 
     torch.set_num_threads(1)
     base = build_base(args.work / "base", args.proxy_cases)
-    out = OUT / f"query_{args.engine}.json"
+    out = OUT / f"query_{args.engine}{'_emulated' if args.emulate_s_per_slice else ''}.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     doc["site_compute_s"] = round(site_compute(base, base["proxy"], 32, args.chunk_size), 3)
     doc["cpu_count"] = os.cpu_count()
     doc["loadavg_at_start"] = os.getloadavg()
     for n in args.sites:
         for mode in args.modes:
-            row = run_one(args.engine, mode, n, base, args.work, args.chunk_size)
+            row = run_one(args.engine, mode, n, base, args.work, args.chunk_size, args)
+            add_ideal(row, args.proxy_cases * 16, args.emulate_s_per_slice)
             row["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
             print(json.dumps(row), flush=True)
-            key = (row["engine"], row["mode"], row["sites"])
-            doc["rows"] = [r for r in doc["rows"]
-                           if (r["engine"], r["mode"], r["sites"]) != key] + [row]
+            doc["rows"] = [r for r in doc["rows"] if row_key(r) != row_key(row)] + [row]
             OUT.mkdir(exist_ok=True)
             out.write_text(json.dumps(doc, indent=1))
 

@@ -165,7 +165,8 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     t0 = time.perf_counter()
     expected = s.expected_sites or len(cfg.sites)
     proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, cfg.out / "proxy")
-    guard_experiment(cfg, len(proxy), sites=expected)  # proxy and answers on disk (issue 14)
+    guard_experiment(cfg, len(proxy), sites=expected,  # proxy and answers on disk (issue 14)
+                     query=(s.chunk_size, s.query_window))
     nodes = wait_for_nodes(grid, expected, min_sites, s.timeout)
     roster = train_round(grid, nodes, s, run_id) if s.train else Roster()
     if not s.train:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -242,8 +241,10 @@ class SegLoss(nn.Module):
         self, dice_weight: float = 0.2, lovasz_weight: float = 0.3, reduction: Reduction = "mean"
     ) -> None:
         super().__init__()
-        self.dice = smp.losses.DiceLoss(mode="multiclass", classes=[1])
-        self.lovasz = smp.losses.LovaszLoss(mode="multiclass")
+        from segmentation_models_pytorch import losses as smp_losses  # heavy import, kept local
+
+        self.dice = smp_losses.DiceLoss(mode="multiclass", classes=[1])
+        self.lovasz = smp_losses.LovaszLoss(mode="multiclass")
         self.dice_weight, self.lovasz_weight, self.reduction = dice_weight, lovasz_weight, reduction
 
     def _batch(self, logits: Tensor, mask: Tensor) -> Tensor:

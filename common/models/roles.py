@@ -15,8 +15,8 @@ TEACHERS: tuple[str, ...] = (
     "fpn_resnext101_32x8d",
     "fcn_resnet101",
 )
-#: Tiny teacher for CPU tests and demos (not part of the paper's table).
-TEST_TEACHERS: tuple[str, ...] = ("tiny_unet",)
+#: Tiny teachers for CPU tests, demos and system benchmarks (not part of the paper's table).
+TEST_TEACHERS: tuple[str, ...] = ("tiny_unet", "emulated_accelerator")
 
 
 def role_of(name: str) -> Role:

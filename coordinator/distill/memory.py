@@ -21,7 +21,11 @@ student batch size ``B`` (``P = S^2``)::
     training  = B * P * (ACT_BYTES + J * (K + 1) * 4 * 4)   student activations (fwd + bwd) per
                                                     pixel and the batch's teacher maps (x4 copies:
                                                     read, augmented, collated, loss)
-    total     = base + proxy + teachers + max(build, weights, training)   (phases in turn)
+    query     = J * max(W, 1) * c * P * (5 * 2 + (K + 1) * 2 * 3)   federated only: the chunks
+                                                    in flight (W per site, c slices each): the
+                                                    request (fp32 slices + masks, array + wire)
+                                                    and the fp16 reply (wire, decoded, memmap page)
+    total     = base + proxy + teachers + max(build, weights, training, query)  (phases in turn)
 
 ``ACT_BYTES`` (measured 3.0-3.2 KB per pixel) and ``BASE_BYTES`` (768 MB after the imports,
 ~870 MB after a build) are the peak RSS of ``bench/bench_scale.py`` with the default enet student
@@ -44,8 +48,8 @@ PROXY_LOAD = 2
 ACT_BYTES = 3584
 BUILD_PIXELS = 512 * 64 * 64
 CASE_SLICES = 256
-KNOBS = ("lower student.batch_size or student.size, use fewer proxy slices or sites, "
-         "or set memory_cap_gb")
+KNOBS = ("lower student.batch_size or student.size (federated: or the run config's chunk-size "
+         "or query-window), use fewer proxy slices or sites, or set memory_cap_gb")
 
 
 class MemoryBudgetError(RuntimeError):
@@ -63,6 +67,8 @@ class MemoryPlan:
     batch_size: int = 16
     targets_in_memory: bool = False
     proxy_in_memory: bool = False
+    query_chunk: int = 0  # federated: slices per query message (0: no federated query)
+    query_window: int = 0  # federated: chunks in flight per site (0 = lockstep, one at a time)
 
 
 def estimate(plan: MemoryPlan) -> dict[str, int]:
@@ -78,8 +84,9 @@ def estimate(plan: MemoryPlan) -> dict[str, int]:
         "build": min(n, max(BUILD_PIXELS // p, 16)) * p * (k + 1) * 4 * 3,
         "weights": 64 * j * p * (k + 1) * 4 * 3,
         "training": b * p * (ACT_BYTES + j * (k + 1) * 4 * 4),
+        "query": j * max(plan.query_window, 1) * plan.query_chunk * p * (10 + (k + 1) * 6),
     }
-    phases = max(terms["build"], terms["weights"], terms["training"])
+    phases = max(terms["build"], terms["weights"], terms["training"], terms["query"])
     fixed = terms["base"] + terms["proxy"] + terms["teachers"]
     return {**terms, "total": fixed + phases}
 
@@ -118,10 +125,12 @@ def check_memory(plan: MemoryPlan, cap_gb: float | None = None,
 
 
 def guard_experiment(cfg: ExperimentConfig, slices: int, targets_in_memory: bool = False,
-                     proxy_in_memory: bool = False, sites: int | None = None) -> int:
+                     proxy_in_memory: bool = False, sites: int | None = None,
+                     query: tuple[int, int] = (0, 0)) -> int:
     """:func:`check_memory` for an experiment config with ``slices`` proxy slices and ``sites``
     sites (default: the config's). Both the local path and the federated ServerApp keep the
-    teacher outputs and the proxy on disk (the flags are for callers that do not)."""
+    teacher outputs and the proxy on disk (the flags are for callers that do not). ``query``:
+    the federated round's ``(chunk-size, query-window)``."""
     plan = MemoryPlan(sites or len(cfg.sites), slices, cfg.student.size, 2,
-                      cfg.student.batch_size, targets_in_memory, proxy_in_memory)
+                      cfg.student.batch_size, targets_in_memory, proxy_in_memory, *query)
     return check_memory(plan, cfg.memory_cap_gb)

@@ -20,7 +20,7 @@ sites and the coordinator; use ``--engine processes`` or compose for those).
 The run is one process (``python -m coordinator.topology.ray_engine SPEC``, its log
 ``WORKDIR/logs/coordinator.log``), driven by :func:`run_ray`; the spec JSON holds the site
 configs, the run config and Flower's ``backend_config`` (``init_args.address`` = an existing
-Ray cluster, see /work/notes/QUERY-docs.md).
+Ray cluster: README, "Many virtual sites").
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,10 +173,36 @@ def write_spec(workdir: Path, configs: list[dict[str, Any]], run_config: dict[st
     return path
 
 
+#: Worker threads the patched runtime may start (one per Ray actor; Flower submits exactly one).
+MAX_SIM_WORKERS = 512
+
+
+class WideThreadPool(ThreadPoolExecutor):
+    """``ThreadPoolExecutor`` sized :data:`MAX_SIM_WORKERS` whatever the caller asks."""
+
+    def __init__(self, max_workers: int | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(MAX_SIM_WORKERS, *args, **kwargs)
+
+
+def lift_worker_cap() -> None:
+    """Let every Ray actor work at once. Flower 1.42's simulation runtime
+    (``flwr.server.superlink.fleet.vce.vce_api``) serves messages from ``ThreadPoolExecutor()``,
+    whose default size is ``min(32, cpu_count + 4)`` (6 on 2 cores), whatever the actor pool
+    size: with ``client-cpus 0.1`` the pool holds 20 actors but only 6 messages ran at a time.
+    The runtime submits one worker per actor, so a larger cap starts exactly one per actor."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    if vce_api.ThreadPoolExecutor not in (ThreadPoolExecutor, WideThreadPool):
+        raise RuntimeError("flwr's vce_api no longer uses ThreadPoolExecutor; "
+                           "review coordinator.topology.ray_engine.lift_worker_cap")
+    vce_api.ThreadPoolExecutor = WideThreadPool  # type: ignore[misc]
+
+
 def run_spec(spec: Path) -> None:
     """Run the simulation the spec describes (in this process)."""
     from flwr.simulation import run_simulation
 
+    lift_worker_cap()
     s = json.loads(spec.read_text())
     run_simulation(server_app(s["run_config"]), client_app(s["sites"], s.get("capture")),
                    num_supernodes=len(s["sites"]), backend_config=s["backend_config"])

@@ -28,6 +28,19 @@ def test_estimate_terms_are_the_documented_formula() -> None:
     assert ram["teachers"] == int(2 * 10 * p * (2 + 1 / 4 + 1 / 64) * 8)
 
 
+def test_federated_chunks_in_flight_are_counted() -> None:
+    """J sites x W chunks x c slices: request (fp32 + uint8, array + wire) + fp16 reply x3."""
+    plan = MemoryPlan(sites=12, slices=16000, size=256, query_chunk=512, query_window=4)
+    e = estimate(plan)
+    assert e["query"] == 12 * 4 * 512 * 256 * 256 * (10 + 3 * 6)
+    assert e["total"] == e["base"] + e["proxy"] + e["query"]  # the largest phase here
+    assert estimate(MemoryPlan(12, 16000, 256, query_chunk=512))["query"] == e["query"] // 4
+    assert estimate(MemoryPlan(12, 16000, 256))["query"] == 0  # --local: no query round
+    with pytest.raises(MemoryBudgetError, match="12 sites x 16000"):
+        check_memory(plan, cap_gb=24.0)
+    assert check_memory(MemoryPlan(12, 16000, 256, query_chunk=64, query_window=4), cap_gb=24.0)
+
+
 def test_guard_refuses_over_the_cap_with_one_line_naming_estimate_limit_and_knob() -> None:
     plan = MemoryPlan(sites=10, slices=5000, size=384, batch_size=8, targets_in_memory=True,
                       proxy_in_memory=True)

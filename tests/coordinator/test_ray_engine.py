@@ -157,3 +157,23 @@ def test_twelve_virtual_sites_on_ray_keep_data_private_and_logs_verifiable(
                                                               for e in got)
     receipts = read_jsonl(audit / "receipts.jsonl")
     assert len(receipts) == 4 * N_SITES and all(r["verified"] for r in receipts)
+
+
+def test_the_runtime_may_run_one_message_per_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's runtime builds ``ThreadPoolExecutor()`` (6 threads on 2 cores); after
+    ``lift_worker_cap`` it gets room for one worker per actor, idempotently."""
+    pytest.importorskip("ray")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from coordinator.topology.ray_engine import MAX_SIM_WORKERS, lift_worker_cap
+
+    monkeypatch.setattr(vce_api, "ThreadPoolExecutor", ThreadPoolExecutor)
+    lift_worker_cap()
+    lift_worker_cap()
+    with vce_api.ThreadPoolExecutor() as pool:
+        assert pool._max_workers == MAX_SIM_WORKERS > (os.cpu_count() or 1) + 4
+    monkeypatch.setattr(vce_api, "ThreadPoolExecutor", object)
+    with pytest.raises(RuntimeError, match="lift_worker_cap"):
+        lift_worker_cap()
