@@ -47,7 +47,7 @@ def test_a_typo_in_the_teacher_model_fails_at_load(tmp_path: Path) -> None:
     path = tmp_path / "teacher.toml"
     path.write_text('model = "deeplabv3_r50"\n')
     with pytest.raises(ConfigError, match=r"model: .*unknown model 'deeplabv3_r50'; valid: "
-                                          r"deeplabv3plus_r50, enet"):
+                                          r"deeplabv3plus_r50, emulated_accelerator, enet"):
         load_config(path, TeacherTrainConfig)
 
 
