@@ -298,7 +298,8 @@ def student_plan(ckpt: dict, cfg: ExperimentConfig) -> dict:
     from common.data.plan import default_plan
 
     try:
-        plan = plan_for_dataset(discover_dataset(cfg.proxy), cfg.student.size, cfg.proxy_label)
+        plan = plan_for_dataset(discover_dataset(cfg.proxy), cfg.student.size, cfg.proxy_label,
+                                fill=cfg.student.fills_canvas)
     except DataError as exc:
         log.warning("proxy set unreadable (%s); the exported plan is the default MRI plan", exc)
         plan = default_plan("MRI", cfg.student.size)
@@ -322,7 +323,8 @@ def _proxy_or_none(cfg: ExperimentConfig) -> ProxySet | None:
     from coordinator.distill.proxy import load_proxy
 
     try:
-        return load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label)
+        return load_proxy(cfg.proxy, cfg.student.size, cfg.proxy_label,
+                          fill=cfg.student.fills_canvas)
     except DataError as exc:
         log.warning("proxy set unreadable (%s); no int8 model exported", exc)
         return None

@@ -47,6 +47,7 @@ from coordinator.audit_trail import CoordinatorTrail
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.dataset import load_proxy_on_disk
 from coordinator.distill.memory import guard_experiment
+from coordinator.distill.proxy import canvas_note
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.student import DistillData, StudentRun
 from coordinator.distill.teacher_check import check_teachers, plan_line
@@ -164,7 +165,8 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
         + (f"verified against {keys}" if keys else "stored UNVERIFIED (no site-keys-dir)"))
     t0 = time.perf_counter()
     expected = s.expected_sites or len(cfg.sites)
-    proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, cfg.out / "proxy")
+    proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, cfg.out / "proxy",
+                               fill=cfg.student.fills_canvas)
     guard_experiment(cfg, len(proxy), sites=expected,  # proxy and answers on disk (issue 14)
                      query=(s.chunk_size, s.query_window))
     nodes = wait_for_nodes(grid, expected, min_sites, s.timeout)
@@ -172,6 +174,8 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     if not s.train:
         roster.names = {n: f"node{n}" for n in nodes}
     log(f"student plan: {plan_line(proxy.plan)}")
+    if (note := canvas_note(proxy)) is not None:
+        log(f"WARNING {note}")
     names, targets = fuse_sites(gather_targets(grid, roster, proxy, cfg, s, run_id), min_sites)
     check_teachers(names, targets, proxy.masks, roster.val_dice, cfg.teacher_proxy_dice_floor)
     data = DistillData(proxy, targets, names, site_tests={})

@@ -19,7 +19,7 @@ Reply: ``arrays`` = the updated weights, ``metrics`` = ``num-examples`` (trainin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 from pydantic import Field
@@ -57,6 +57,7 @@ class FedAvgRequest(StrictModel):
     dice_weight: float = Field(ge=0.0, le=1000.0)
     lovasz_weight: float = Field(ge=0.0, le=1000.0)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    padding: Literal["exclude", "augment_kd", "none"] = "exclude"  # [kd] padding
 
 
 def weight_release_refusal(policy: EgressPolicy) -> str | None:
@@ -88,8 +89,10 @@ def _plan(node: NodeSettings, req: FedAvgRequest) -> Plan | None:
     return use
 
 
-def train_slices(node: NodeSettings, req: FedAvgRequest) -> tuple[np.ndarray, np.ndarray]:
-    """The site's training-split slices: ``images (N,1,S,S)`` float32, ``masks (N,S,S)``."""
+def train_slices(node: NodeSettings, req: FedAvgRequest
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The site's training-split slices: ``images (N,1,S,S)`` float32, ``masks (N,S,S)``
+    uint8 and ``extents (N, 4)`` (where each slice's real pixels lie on the canvas)."""
     from common.data.layout import discover_dataset
     from common.data.slices import load_volumes
     from common.data.split import load_split
@@ -97,7 +100,8 @@ def train_slices(node: NodeSettings, req: FedAvgRequest) -> tuple[np.ndarray, np
     split = load_split(serving_dir(node.teacher_dir) / "split.json")
     vols = load_volumes(discover_dataset(node.data), split.train, req.size, plan=_plan(node, req))
     images = np.concatenate([v.image[:, None] for v in vols]).astype(np.float32)
-    return images, np.concatenate([v.label for v in vols]).astype(np.uint8)
+    extents = np.concatenate([np.tile(v.extent, (len(v.image), 1)) for v in vols])
+    return images, np.concatenate([v.label for v in vols]).astype(np.uint8), extents
 
 
 def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy | None = None
@@ -113,11 +117,11 @@ def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy 
     if why:
         raise PermissionError(why)
     req, state = decode_request(content)
-    images, masks = train_slices(node, req)
+    images, masks, extents = train_slices(node, req)
     spec = LocalSpec(**req.model_dump(exclude={"run_id", "size", "plan_json", "augment_json"}))
     aug = (AugmentConfig.model_validate_json(req.augment_json) if req.augment_json
            else AugmentConfig())
-    new, loss = local_update(state, images, masks, spec, aug, select_device("auto"))
+    new, loss = local_update(state, images, masks, spec, aug, select_device("auto"), extents)
     return RecordDict({
         "arrays": ArrayRecord(new),
         "metrics": MetricRecord({"num-examples": len(images), "train-loss": loss}),

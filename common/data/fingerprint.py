@@ -147,20 +147,22 @@ def load_fingerprint(path: Path) -> Fingerprint:
 
 
 def plan_for_dataset(info: DatasetInfo, size: int | None = None, label: str | None = None,
-                     case_ids: list[str] | None = None, cache: Path | None = None) -> Plan:
+                     case_ids: list[str] | None = None, cache: Path | None = None,
+                     fill: bool = False) -> Plan:
     """Fingerprint ``info`` (the ``case_ids``, e.g. the training split) and plan from it.
 
     ``cache``: a ``plan.json`` reused when it exists and matches the requested ``size`` and
     target labels (``--resume`` keeps one plan per run), written otherwise.
     ``size``/``label``: see :func:`plan_from_fingerprint` and
-    :func:`common.data.labels.resolve_target`.
+    :func:`common.data.labels.resolve_target`. ``fill``: see :func:`plan_from_fingerprint`
+    (not with ``cache``).
     """
     if cache is not None and cache.is_file():
         cached = Plan.model_validate_json(cache.read_text(encoding="utf-8"))
         values, _ = resolve_target(info.labels, label, info.name)
         if cached.labels == values and size in (None, cached.size):
             return cached
-    plan = plan_from_fingerprint(compute_fingerprint(info, label, case_ids), size=size)
+    plan = plan_from_fingerprint(compute_fingerprint(info, label, case_ids), size=size, fill=fill)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(plan.model_dump_json(indent=2) + "\n", encoding="utf-8")

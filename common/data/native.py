@@ -52,6 +52,12 @@ class PreparedCase:
     offset: tuple[int, int]
 
     @property
+    def extent(self) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)``: the part of the S x S grid the resampled slice covers (the
+        rest is the canvas padding :func:`place` added; empty of anatomy)."""
+        return canvas_extent(self.resampled_hw, self.offset, self.plan.size)
+
+    @property
     def spacing(self) -> Spacing:
         """(sz, sy, sx) mm of the prepared (D, S, S) grid."""
         sz, sy, sx = self.canonical_spacing
@@ -96,6 +102,14 @@ def _window(n_src: int, n_dst: int, off: int) -> tuple[slice, slice]:
     s0, d0 = max(0, -off), max(0, off)
     n = min(n_src - s0, n_dst - d0)
     return slice(s0, s0 + n), slice(d0, d0 + n)
+
+
+def canvas_extent(hw: tuple[int, int], offset: tuple[int, int], size: int
+                  ) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` covered in the ``size`` x ``size`` grid by an ``hw`` slice placed at
+    ``offset`` (:func:`place`); the whole grid when the slice is cropped."""
+    (_, dy), (_, dx) = _window(hw[0], size, offset[0]), _window(hw[1], size, offset[1])
+    return int(dy.start), int(dy.stop), int(dx.start), int(dx.stop)
 
 
 def place(src: np.ndarray, size: int, offset: tuple[int, int], fill: float) -> np.ndarray:
@@ -195,5 +209,5 @@ def save_native_mask(mask: np.ndarray, case: PreparedCase, out: Path | str) -> P
     return out
 
 
-__all__ = ["PreparedCase", "load_native_label", "normalise", "prepare_image", "prepare_label",
-           "save_native_mask", "to_native"]
+__all__ = ["PreparedCase", "canvas_extent", "load_native_label", "normalise", "prepare_image",
+           "prepare_label", "save_native_mask", "to_native"]

@@ -81,13 +81,15 @@ def default_size(median_hw: tuple[float, float]) -> int:
 
 def plan_from_fingerprint(
     fp: Any, size: int | None = None, spacing: tuple[float, float] | None = None,
-    labels: list[int] | None = None, label_name: str | None = None,
+    labels: list[int] | None = None, label_name: str | None = None, fill: bool = False,
 ) -> Plan:
     """Plan for a dataset from its fingerprint (:class:`common.data.fingerprint.Fingerprint`).
 
     ``spacing`` default: the median in-plane spacing; when the median field of view
     (median shape x median spacing) would not fit in ``size`` px, the spacing is coarsened
-    uniformly until it does (whole slices stay visible). ``size`` default:
+    uniformly until it does (whole slices stay visible). ``fill``: the spacing at which the
+    median field of view fills ``size`` exactly, finer than the median when ``size`` is larger
+    than the median slice (upsampling instead of an empty canvas). ``size`` default:
     :func:`default_size` of the median in-plane shape (capped at 384). ``labels`` default: the
     fingerprint's resolved target labels.
     """
@@ -95,7 +97,7 @@ def plan_from_fingerprint(
     med_hw = (float(fp.shape_median[1]), float(fp.shape_median[2]))
     size = default_size(med_hw) if size is None else int(size)
     if spacing is None:
-        factor = max(1.0, max(med_hw) / size)
+        factor = max(med_hw) / size if fill else max(1.0, max(med_hw) / size)
         spacing = (round(med_sp[0] * factor, 6), round(med_sp[1] * factor, 6))
     norm: Literal["mri", "ct"] = "ct" if fp.modality.upper() == "CT" else "mri"
     ct: dict[str, Any] = {}

@@ -38,6 +38,14 @@ class Volume:
     case: PreparedCase | None = None
     native_label: np.ndarray | None = None
 
+    @property
+    def extent(self) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` of the real pixels in each ``(S, S)`` slice (the rest is the
+        plan's canvas padding); the whole slice for volumes built in memory."""
+        if self.case is None:
+            return 0, int(self.image.shape[1]), 0, int(self.image.shape[2])
+        return self.case.extent
+
 
 def load_volume(ref: CaseRef, modality: str, size: int, *, plan: Plan | None = None) -> Volume:
     """Load, geometry-check, select the target label, normalise and resample one case.

@@ -14,9 +14,11 @@ Deviations from the paper's literal text (paper forms kept as options for reprod
   over space, squared difference SUMMED over positions, in [0, 2] at any resolution);
   ``form="paper"`` is Eq. 3 (channel sum of ``|f|``, ``|| d / ||d||_2 ||_1``), which is
   invariant to the scale of ``d`` and so carries no magnitude information -- reproduction only.
-* Padded pixels: an optional ``valid (B,H,W)`` mask (1 = real pixel, 0 = padding added by a
-  geometric augmentation) removes padded positions from the KL and AT means and from the
-  student's region contrast; padded teacher values then have no effect on the loss.
+* Padded pixels: an optional ``valid (B,H,W)`` mask (1 = real pixel, 0 = padding: the plan's
+  canvas around a resampled slice, or what a geometric augmentation brought in) removes padded
+  positions from the KL and AT means, from the student's region contrast and from Seg; padded
+  teacher values then have no effect on the loss, and the loss does not depend on how much
+  empty canvas surrounds the anatomy.
 """
 
 from __future__ import annotations
@@ -229,13 +231,17 @@ class MidLoss(nn.Module):
 class SegLoss(nn.Module):
     """Paper Eq. 5: ``dice_weight * Dice + lovasz_weight * Lovasz-Softmax``.
 
-    ``forward(logits (B,K,H,W), mask (B,H,W) long) -> scalar | (B,)``. Uses smp's
-    ``DiceLoss(mode="multiclass", classes=[1])`` and ``LovaszLoss(mode="multiclass")``. With
-    ``"mean"`` both are smp's batch-aggregated losses (statistics pooled over the batch, as in
-    the paper's training); ``"none"`` evaluates them on each sample alone, so the mean of the
-    per-sample values equals ``"mean"`` only when B == 1 or the samples are identical.
-    Note smp's Dice gives 0 for a sample/batch with no foreground pixels in ``mask``.
+    ``forward(logits (B,K,H,W), mask (B,H,W) long, valid (B,H,W) | None) -> scalar | (B,)``.
+    Uses smp's ``DiceLoss(mode="multiclass", classes=[1])`` and
+    ``LovaszLoss(mode="multiclass")``. With ``"mean"`` both are smp's batch-aggregated losses
+    (statistics pooled over the batch, as in the paper's training); ``"none"`` evaluates them
+    on each sample alone, so the mean of the per-sample values equals ``"mean"`` only when
+    B == 1 or the samples are identical. ``valid`` (1 = real pixel): pixels with
+    ``valid < 0.5`` are left out of both terms (smp's ``ignore_index``); without it every pixel
+    counts. Note smp's Dice gives 0 for a sample/batch with no foreground pixels in ``mask``.
     """
+
+    IGNORE = 255  # label value of left-out pixels (never a class: K <= 255)
 
     def __init__(
         self, dice_weight: float = 0.2, lovasz_weight: float = 0.3, reduction: Reduction = "mean"
@@ -243,16 +249,18 @@ class SegLoss(nn.Module):
         super().__init__()
         from segmentation_models_pytorch import losses as smp_losses  # heavy import, kept local
 
-        self.dice = smp_losses.DiceLoss(mode="multiclass", classes=[1])
-        self.lovasz = smp_losses.LovaszLoss(mode="multiclass")
+        self.dice = smp_losses.DiceLoss(mode="multiclass", classes=[1], ignore_index=self.IGNORE)
+        self.lovasz = smp_losses.LovaszLoss(mode="multiclass", ignore_index=self.IGNORE)
         self.dice_weight, self.lovasz_weight, self.reduction = dice_weight, lovasz_weight, reduction
 
     def _batch(self, logits: Tensor, mask: Tensor) -> Tensor:
         dice_term = self.dice(logits, mask)
         return self.dice_weight * dice_term + self.lovasz_weight * self.lovasz(logits, mask)
 
-    def forward(self, logits: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, mask: Tensor, valid: Tensor | None = None) -> Tensor:
         mask = mask.long()
+        if valid is not None:
+            mask = mask.masked_fill(valid < 0.5, self.IGNORE)
         if self.reduction == "mean":
             return self._batch(logits, mask)
         per_sample = [self._batch(logits[i : i + 1], mask[i : i + 1]) for i in range(len(mask))]
@@ -271,10 +279,11 @@ class KDLoss(nn.Module):
     weights (B,J) | None, valid (B,H,W) | None) -> {"total", "seg", "mid", "kl"}`` (scalars, or
     ``(B,)`` with ``reduction="none"``). KL uses the fused teacher ``sum_j w_bj softmax(z_j/T)``
     per sample and pixel; Mid is ``sum_j w_bj Mid_j`` per sample. Each weight row must sum to 1
-    (within 1e-4). ``weights=None`` requires J == 1 (mono teacher). ``valid`` (1 = real pixel)
-    leaves augmentation padding out of KL, AT and the student's RC (Seg keeps it: the padded
-    label is background, which is true). ``feature_taps`` picks the student's two maps
-    (:func:`~common.kd.targets.tapped_features`; the teacher targets must use the same taps).
+    (within 1e-4). ``weights=None`` requires J == 1 (mono teacher). ``valid`` (1 = real pixel,
+    0 = padding) leaves padding out of KL, AT and the student's RC, and out of Seg too unless
+    ``seg_on_padding`` (then Seg trains padded pixels as background). ``feature_taps`` picks the
+    student's two maps (:func:`~common.kd.targets.tapped_features`; the teacher targets must use
+    the same taps).
     ``student_only=True`` or ``teacher=None`` gives plain Seg (no-KD baseline).
     """
 
@@ -293,9 +302,11 @@ class KDLoss(nn.Module):
         at_reduce: ATReduce = "sum",
         kl_t2: bool = True,
         feature_taps: FeatureTaps = "emkd",
+        seg_on_padding: bool = False,
     ) -> None:
         super().__init__()
         self.seg = SegLoss(dice_weight, lovasz_weight, reduction=reduction)
+        self.seg_on_padding = seg_on_padding
         self.mid = MidLoss(at_form=at_form, p=p, reduction="none", at_reduce=at_reduce)
         self.kl = LogitKL(temperature=temperature, direction=kl_direction, reduction="none",
                           t2_scale=kl_t2)
@@ -310,7 +321,7 @@ class KDLoss(nn.Module):
         weights: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        seg = self.seg(student.logits, mask)
+        seg = self.seg(student.logits, mask, None if self.seg_on_padding else valid)
         if self.student_only or teacher is None:
             zero = torch.zeros_like(seg)
             return {"total": seg, "seg": seg, "mid": zero, "kl": zero}

@@ -36,4 +36,13 @@ def concat_sets(parts: list[ProxySet], plan: Plan | None) -> ProxySet:
     return ProxySet(np.concatenate([p.images for p in parts]),
                     np.concatenate([p.masks for p in parts]),
                     [f"{k}/{i}" for k, p in enumerate(parts) for i in p.slice_ids],
-                    [h for p in parts for h in p.hashes], plan)
+                    [h for p in parts for h in p.hashes], plan, _extents(parts))
+
+
+def _extents(parts: list[ProxySet]) -> np.ndarray | None:
+    """The parts' ``(N, 4)`` extents stacked (whole canvas for a part without any)."""
+    if all(p.extents is None for p in parts):
+        return None
+    full = [np.tile([0, p.images.shape[-2], 0, p.images.shape[-1]], (len(p), 1)) for p in parts]
+    return np.concatenate([f if p.extents is None else p.extents
+                           for f, p in zip(full, parts, strict=True)]).astype(np.int32)

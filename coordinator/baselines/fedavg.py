@@ -75,7 +75,7 @@ def task_identity(node_id: int, run_id: int = 1) -> Iterator[None]:
 
 
 SPEC_KEYS = ("model", "local_epochs", "batch_size", "max_lr", "base_lr", "step_size_up",
-             "weight_decay", "dice_weight", "lovasz_weight", "seed")
+             "weight_decay", "dice_weight", "lovasz_weight", "seed", "padding")
 
 
 def fedavg_config(cfg: ExperimentConfig, plan_json: str, seed: int, run_id: str = "local"
@@ -88,7 +88,7 @@ def fedavg_config(cfg: ExperimentConfig, plan_json: str, seed: int, run_id: str 
             "batch_size": s.batch_size, "max_lr": s.max_lr, "base_lr": s.base_lr,
             "step_size_up": s.step_size_up, "weight_decay": s.weight_decay,
             "dice_weight": cfg.kd.dice_weight, "lovasz_weight": cfg.kd.lovasz_weight,
-            "seed": seed}
+            "seed": seed, "padding": cfg.kd.padding}
 
 
 def spec_of(conf: ConfigRecord) -> tuple[LocalSpec, AugmentConfig]:
@@ -113,7 +113,8 @@ class SiteClient:
 
         spec, aug = spec_of(cast("ConfigRecord", msg.content["config"]))
         state = cast("ArrayRecord", msg.content["arrays"]).to_torch_state_dict()
-        new, loss = local_update(state, self.data.images, self.data.masks, spec, aug, device)
+        new, loss = local_update(state, self.data.images, self.data.masks, spec, aug, device,
+                                 self.data.extents)
         content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(
             {"num-examples": len(self.data), "train-loss": loss})})
         with task_identity(node_id):

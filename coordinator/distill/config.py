@@ -65,7 +65,12 @@ class KDConfig(StrictModel):
     at_p: int = Field(default=2, ge=1, le=8)
     at_reduce: Literal["sum", "mean"] = "sum"  # zagoruyko AT over positions; "mean" ~1e-5 scale
     kl_t2: bool = True  # Hinton's T^2 on the KL; the paper's Eq. 2 has none
-    mask_padding: bool = True  # leave augmentation padding out of KL / AT / student RC
+    # Padding is not anatomy. "exclude": the plan's canvas around each resampled slice and what
+    # augmentation brings in are left out of every pixel term (Seg, KL, AT, student RC), so the
+    # loss does not depend on how much empty canvas surrounds the slice (a 256 px canvas round
+    # 96 px of anatomy is 86 % padding). "augment_kd": only augmentation padding, out of KL /
+    # AT / RC only (the behaviour up to stop 21: reproduces its results). "none": no masking.
+    padding: Literal["exclude", "augment_kd", "none"] = "exclude"
     # "emkd": early 1/2 + end-of-encoder maps; "decoder": end of encoder + decoder (paper text;
     # local runs only for now: the federated query protocol carries the EMKD maps)
     feature_taps: Literal["emkd", "decoder"] = "emkd"
@@ -88,8 +93,20 @@ class StudentTrainConfig(StrictModel):
     compile: bool = False
     teacher_batch_size: int = Field(default=16, ge=1, le=4096)
     augment: AugmentConfig = AugmentConfig()
+    # The student's in-plane spacing (its plan, from the proxy set's fingerprint). "fill": the
+    # spacing at which the median field of view fills `size` (finer than the median spacing
+    # when `size` is larger than the median slice). "median": nnU-Net's rule, the median
+    # spacing, coarsened only when the median slice does not fit (a larger `size` then pads the
+    # canvas: at 256 px round 96 px phantoms that cost 0.09 Dice, docs/BENCHMARKS.md). The two
+    # agree whenever `size` is at most the median slice.
+    spacing_rule: Literal["fill", "median"] = "fill"
 
     _known_model = field_validator("model")(registered_model)
+
+    @property
+    def fills_canvas(self) -> bool:
+        """True for ``spacing_rule = "fill"``."""
+        return self.spacing_rule == "fill"
 
     @model_validator(mode="after")
     def _lr_order(self) -> StudentTrainConfig:

@@ -21,6 +21,8 @@ from coordinator.distill.cache import CachedTargets, Targets, read_rows
 from coordinator.distill.proxy import ProxySet
 
 MAP_KEYS = ("logits", "at_early", "at_deep")
+# (images (n,1,S,S), masks (n,S,S), slice ids[, extents (n,4)]): one part of a spilled proxy set
+SlicePart = tuple[Any, ...]
 VALID_THRESHOLD = 0.999  # a warped all-ones map below this mixes in padding (bilinear border)
 
 
@@ -28,10 +30,12 @@ class DistillDataset(Dataset):
     """Item ``i``: a proxy slice, its label and the J teachers' outputs for it.
 
     Returned dict: ``image (1,S,S)`` float, ``mask (S,S)`` long, ``valid (S,S)`` float (1 = a
-    real pixel, 0 = padding brought in by a rotation/shift/distortion), ``index`` int and, when
+    real pixel; 0 = padding: the plan's canvas around the resampled slice, from
+    ``proxy.extents``, when ``canvas_padding``, and what a rotation/shift/distortion brought
+    in), ``index`` int and, when
     targets are given, ``logits (J,K,S,S)``, ``at_early (J,h0,w0)``, ``at_deep (J,h1,w1)``,
     ``rc_early (J,)``, ``rc_deep (J,)``. Geometric augmentation moves the image, the label,
-    every teacher map and an all-ones validity map together (zero-filled borders); pixels where
+    every teacher map and the validity map together (zero-filled borders); pixels where
     the warped validity is below 0.999 are invalid (KDLoss leaves them out of KL and AT).
     Photometric augmentation touches the image only. ``targets`` may live in memory
     (:class:`TeacherTargets`) or in the on-disk cache (:class:`CachedTargets`): then item ``i``
@@ -44,9 +48,10 @@ class DistillDataset(Dataset):
     def __init__(
         self, proxy: ProxySet, targets: Targets | None,
         augment: JointAugment | None = None, renormalise_at: bool = True,
+        canvas_padding: bool = True,
     ) -> None:
         self.proxy, self.targets, self.augment = proxy, targets, augment
-        self.renormalise_at = renormalise_at
+        self.renormalise_at, self.canvas_padding = renormalise_at, canvas_padding
 
     def __len__(self) -> int:
         return len(self.proxy)
@@ -73,7 +78,8 @@ class DistillDataset(Dataset):
         mask = read_rows(self.proxy.masks, i, i + 1)[0]
         raw = self._raw(i) if self.targets is not None else {}
         maps = self._maps(raw) if raw else {}
-        maps["valid"] = np.ones(img.shape, np.float32)
+        maps["valid"] = (self.proxy.real_pixels(i) if self.canvas_padding
+                         else np.ones(img.shape, np.float32))
         if self.augment is not None:
             img, mask, aug_maps = self.augment(img, mask, maps)
             maps = aug_maps or {}
@@ -108,18 +114,19 @@ def batch_targets(batch: dict[str, torch.Tensor], device: torch.device) -> Teach
     return TeacherTargets(**{n: batch[n].transpose(0, 1).contiguous().to(device) for n in names})
 
 
-def spill_slices(folder: Path, parts: Iterable[tuple[np.ndarray, np.ndarray, list[str]]],
-                 plan: Plan | None = None) -> ProxySet:
+def spill_slices(folder: Path, parts: Iterable[SlicePart], plan: Plan | None = None) -> ProxySet:
     """A :class:`ProxySet` whose ``images (N,1,S,S)`` float32 and ``masks (N,S,S)`` uint8 live
     in ``folder/{images,masks}.npy`` (read-only memmaps, read per item by
-    :class:`DistillDataset`), written from ``parts`` (consecutive ``(images, masks, slice ids)``)
-    so that only one part is ever in memory. Hashes as :func:`proxy_from_volumes`'s."""
+    :class:`DistillDataset`), written from ``parts`` (consecutive ``(images, masks, slice ids)``
+    or ``(images, masks, slice ids, extents (n, 4))``) so that only one part is ever in memory.
+    Hashes and extents as :func:`proxy_from_volumes`'s (extents stay in memory: 16 B a slice)."""
     folder.mkdir(parents=True, exist_ok=True)
     ids: list[str] = []
     hashes: list[str] = []
+    boxes: list[np.ndarray] = []
     shapes: dict[str, tuple[int, ...]] = {}
     with (folder / "images.raw").open("wb") as fi, (folder / "masks.raw").open("wb") as fm:
-        for imgs, msks, part_ids in parts:
+        for imgs, msks, part_ids, *extra in parts:
             imgs32 = np.ascontiguousarray(imgs, np.float32)
             m8 = np.ascontiguousarray(msks, np.uint8)
             fi.write(imgs32.tobytes())
@@ -127,9 +134,17 @@ def spill_slices(folder: Path, parts: Iterable[tuple[np.ndarray, np.ndarray, lis
             shapes = {"images": imgs32.shape[1:], "masks": m8.shape[1:]}
             ids += part_ids
             hashes += [slice_hash(i) for i in imgs32]
+            boxes.append(np.asarray(extra[0], np.int32) if extra else _whole(imgs32))
     arrays = {n: _raw_to_npy(folder / n, np.dtype(np.float32 if n == "images" else np.uint8),
                              (len(ids), *shapes[n])) for n in ("images", "masks")}
-    return ProxySet(arrays["images"], arrays["masks"], ids, hashes, plan)
+    extents = np.concatenate(boxes) if boxes else None
+    return ProxySet(arrays["images"], arrays["masks"], ids, hashes, plan, extents)
+
+
+def _whole(images: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` extents covering the whole canvas of ``images (n, 1, S, S)``."""
+    return np.tile(np.asarray([0, images.shape[-2], 0, images.shape[-1]], np.int32),
+                   (len(images), 1))
 
 
 def _raw_to_npy(stem: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -146,8 +161,8 @@ def _raw_to_npy(stem: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarr
     return np.load(npy, mmap_mode="r")
 
 
-def load_proxy_on_disk(root: Path, size: int | None, label: str | None, folder: Path
-                       ) -> ProxySet:
+def load_proxy_on_disk(root: Path, size: int | None, label: str | None, folder: Path,
+                       fill: bool = False) -> ProxySet:
     """:func:`~coordinator.distill.proxy.load_proxy`, one case at a time, spilled to ``folder``
     (:func:`spill_slices`): the same slices, ids, hashes and plan, never all in memory."""
     from common.data.fingerprint import plan_for_dataset
@@ -155,12 +170,13 @@ def load_proxy_on_disk(root: Path, size: int | None, label: str | None, folder: 
     from common.data.slices import load_volumes
 
     info = discover_dataset(root)
-    plan = plan_for_dataset(info, size, label)
+    plan = plan_for_dataset(info, size, label, fill=fill)
 
-    def cases() -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    def cases() -> Iterator[SlicePart]:
         for case in info.cases:
             vol = load_volumes(info, [case.case_id], plan.size, plan=plan)[0]
+            d = vol.image.shape[0]
             yield (vol.image[:, None].astype(np.float32), vol.label.astype(np.uint8),
-                   [f"{vol.case_id}:{z}" for z in range(vol.image.shape[0])])
+                   [f"{vol.case_id}:{z}" for z in range(d)], np.tile(vol.extent, (d, 1)))
 
     return spill_slices(folder, cases(), plan)

@@ -25,7 +25,7 @@ from coordinator.distill.config import ExperimentConfig, SiteSpec
 from coordinator.distill.dataset import load_proxy_on_disk
 from coordinator.distill.identity import cache_key, teacher_digest
 from coordinator.distill.memory import guard_experiment
-from coordinator.distill.proxy import ProxySet
+from coordinator.distill.proxy import ProxySet, canvas_note
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
 from coordinator.distill.student import DistillData, StudentRun
@@ -47,6 +47,8 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
     dev = select_device(cfg.student.device)
     parts = []
     log.info("[distill] student plan: %s", plan_line(proxy.plan))
+    if (note := canvas_note(proxy)) is not None:
+        log.warning("[distill] %s", note)
     for site in cfg.sites:
         taps = cfg.kd.feature_taps
         at_tag = cfg.kd.at_form if taps == "emkd" else f"{cfg.kd.at_form}+{taps}"
@@ -126,7 +128,8 @@ def run_experiment(cfg: ExperimentConfig, extra: RowHook | None = None) -> list[
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.model_dump(mode="json"))
-    proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, out / "proxy")
+    proxy = load_proxy_on_disk(cfg.proxy, cfg.student.size, cfg.proxy_label, out / "proxy",
+                               fill=cfg.student.fills_canvas)
     guard_experiment(cfg, len(proxy))  # refuse now rather than be OOM-killed (issue 14)
     targets = local_targets(cfg, proxy, TeacherCache(out / "teacher_cache"))
     check_teachers([s.name for s in cfg.sites], targets, proxy.masks,

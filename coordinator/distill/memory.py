@@ -21,8 +21,9 @@ student batch size ``B`` (``P = S^2``)::
     training  = B * P * (ACT_BYTES + J * (K + 1) * 4 * 4)   student activations (fwd + bwd) per
                                                     pixel and the batch's teacher maps (x4 copies:
                                                     read, augmented, collated, loss)
-    query     = J * max(W, 1) * c * P * (5 * 2 + (K + 1) * 2 * 3)   federated only: the chunks
-                                                    in flight (W per site, c slices each): the
+    query     = J * min(max(W, 1) * c, N) * P * (5 * 2 + (K + 1) * 2 * 3)   federated only: the
+                                                    chunks in flight (W per site, c slices each,
+                                                    at most the N proxy slices): the
                                                     request (fp32 slices + masks, array + wire)
                                                     and the fp16 reply (wire, decoded, memmap page)
     total     = base + proxy + teachers + max(build, weights, training, query)  (phases in turn)
@@ -84,7 +85,7 @@ def estimate(plan: MemoryPlan) -> dict[str, int]:
         "build": min(n, max(BUILD_PIXELS // p, 16)) * p * (k + 1) * 4 * 3,
         "weights": 64 * j * p * (k + 1) * 4 * 3,
         "training": b * p * (ACT_BYTES + j * (k + 1) * 4 * 4),
-        "query": j * max(plan.query_window, 1) * plan.query_chunk * p * (10 + (k + 1) * 6),
+        "query": j * min(max(plan.query_window, 1) * plan.query_chunk, n) * p * (10 + (k + 1) * 6),
     }
     phases = max(terms["build"], terms["weights"], terms["training"], terms["query"])
     fixed = terms["base"] + terms["proxy"] + terms["teachers"]

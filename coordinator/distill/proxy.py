@@ -25,6 +25,8 @@ class ProxySet:
         hashes: ``N`` sha256 hex digests of each slice's image bytes.
         plan: the preprocessing plan the slices were prepared with (the student's plan:
             exported with the student so predicting reuses it); None for in-memory sets.
+        extents: ``(N, 4)`` int32 ``(y0, y1, x0, x1)``: where each slice's real pixels lie in
+            its ``S x S`` canvas (outside: the plan's padding); None = the whole canvas.
     """
 
     images: np.ndarray
@@ -32,6 +34,17 @@ class ProxySet:
     slice_ids: list[str]
     hashes: list[str]
     plan: Plan | None = None
+    extents: np.ndarray | None = None
+
+    def real_pixels(self, i: int) -> np.ndarray:
+        """``(S, S)`` float32: 1 on slice ``i``'s real pixels, 0 on the canvas padding."""
+        s = self.images.shape[-2:]
+        if self.extents is None:
+            return np.ones(s, np.float32)
+        y0, y1, x0, x1 = (int(v) for v in self.extents[i])
+        out = np.zeros(s, np.float32)
+        out[y0:y1, x0:x1] = 1.0
+        return out
 
     @property
     def digest(self) -> str:
@@ -44,11 +57,39 @@ class ProxySet:
     def __len__(self) -> int:
         return len(self.slice_ids)
 
+    def real_fraction(self) -> float:
+        """Mean fraction of the ``S x S`` canvas that real pixels cover (1.0 without extents)."""
+        if self.extents is None or len(self) == 0:
+            return 1.0
+        e = np.asarray(self.extents, np.float64)
+        area = (e[:, 1] - e[:, 0]) * (e[:, 3] - e[:, 2])
+        return float(area.mean() / (self.images.shape[-2] * self.images.shape[-1]))
+
+
+PADDED_CANVAS = 0.5  # warn when padding is more than half of the student's canvas
+
+
+def canvas_note(proxy: ProxySet) -> str | None:
+    """A one-line warning when padding fills more than :data:`PADDED_CANVAS` of the student's
+    canvas (a ``size`` larger than the slices at the plan's spacing), naming the size that holds
+    the same slices and the compute it would save; None otherwise."""
+    real = proxy.real_fraction()
+    if real >= 1.0 - PADDED_CANVAS or proxy.extents is None:
+        return None
+    s = proxy.images.shape[-1]
+    e = np.asarray(proxy.extents)
+    side = int(np.median(np.maximum(e[:, 1] - e[:, 0], e[:, 3] - e[:, 2])))
+    fit = min(s, -(-side // 32) * 32)
+    return (f"student canvas {s} px is {100 * (1 - real):.0f} % padding (median slice {side} px "
+            f"at the plan's spacing): padding is left out of the loss ([kd] padding), but a "
+            f"size of {fit} holds the same slices with {(s / fit) ** 2:.1f}x fewer pixels "
+            f"([student] spacing_rule = \"fill\" upsamples them instead)")
+
 
 def proxy_from_volumes(vols: list[Volume], drop_empty: bool = False,
                        plan: Plan | None = None) -> ProxySet:
     """Flatten volumes to slices; ``drop_empty`` removes organ-free slices."""
-    imgs, masks, ids = [], [], []
+    imgs, masks, ids, boxes = [], [], [], []
     for vol in vols:
         for z in range(vol.image.shape[0]):
             if drop_empty and not vol.label[z].any():
@@ -56,20 +97,23 @@ def proxy_from_volumes(vols: list[Volume], drop_empty: bool = False,
             imgs.append(vol.image[z][None])
             masks.append(vol.label[z])
             ids.append(f"{vol.case_id}:{z}")
+            boxes.append(vol.extent)
     images = np.stack(imgs).astype(np.float32)
     return ProxySet(images, np.stack(masks).astype(np.uint8), ids,
-                    [slice_hash(i) for i in images], plan)
+                    [slice_hash(i) for i in images], plan, np.asarray(boxes, np.int32))
 
 
-def load_proxy(root: Path, size: int | None, label: str | None = None) -> ProxySet:
+def load_proxy(root: Path, size: int | None, label: str | None = None,
+               fill: bool = False) -> ProxySet:
     """Load every case of the proxy dataset at ``root`` through the same planning as a site.
 
     The plan comes from the proxy's own fingerprint (median in-plane spacing, normalisation,
     target ``label``: name, value, ``"1,2"`` or ``"all"``) at network side ``size`` (None: the
-    plan's default, capped at 384); it is kept in ``ProxySet.plan``.
+    plan's default, capped at 384; ``fill``: the median field of view fills ``size``, see
+    :func:`common.data.plan.plan_from_fingerprint`); it is kept in ``ProxySet.plan``.
     """
     from common.data.fingerprint import plan_for_dataset
 
     info = discover_dataset(root)
-    plan = plan_for_dataset(info, size, label)
+    plan = plan_for_dataset(info, size, label, fill=fill)
     return proxy_from_volumes(load_volumes(info, None, plan.size, plan=plan), plan=plan)

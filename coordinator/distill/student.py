@@ -100,17 +100,18 @@ class _Step:
         self.loss = KDLoss(alpha=k.alpha, beta=k.beta, temperature=k.temperature,
                            kl_direction=k.kl_direction, at_form=k.at_form, p=k.at_p,
                            dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight,
-                           at_reduce=k.at_reduce, kl_t2=k.kl_t2, feature_taps=k.feature_taps)
+                           at_reduce=k.at_reduce, kl_t2=k.kl_t2, feature_taps=k.feature_taps,
+                           seg_on_padding=k.padding != "exclude")
         self.weights = weights  # (N, J) per proxy slice
-        self.mask_padding = k.mask_padding
+        self.padding = k.padding
 
     def __call__(self, out: SegOutput, batch: dict[str, Any]) -> tuple[dict, torch.Tensor | None]:
         y = batch["mask"].to(self.device)
+        valid = batch["valid"].to(self.device) if self.padding != "none" else None
         if not self.run.teachers or self.weights is None:
-            return self.loss(out, y, None, None), None
+            return self.loss(out, y, None, None, valid), None
         t = batch_targets(batch, self.device)
         w = self.weights[batch["index"]].to(self.device)
-        valid = batch["valid"].to(self.device) if self.mask_padding else None
         return self.loss(out, y, t, w, valid), w
 
 
@@ -138,7 +139,8 @@ def _trainer(model: SegModel, loader: DataLoader, cfg: ExperimentConfig, device:
 
 def _loader(t: Targets | None, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
     ds = DistillDataset(data.proxy, t, build_augment(cfg.student.augment, seed=cfg.seed),
-                        renormalise_at=cfg.kd.at_form == "zagoruyko")
+                        renormalise_at=cfg.kd.at_form == "zagoruyko",
+                        canvas_padding=cfg.kd.padding == "exclude")
     gen = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(ds, batch_size=cfg.student.batch_size, shuffle=True, generator=gen,
                       drop_last=len(ds) > cfg.student.batch_size, worker_init_fn=reseed_worker)

@@ -43,7 +43,11 @@ def test_plan_from_fingerprint_defaults(tmp_path: Path) -> None:
     # 448 px > the 384 cap: the median spacing is coarsened by 448/384 so whole slices fit
     assert plan.size == 384 and plan.spacing == pytest.approx((0.27 * 448 / 384,) * 2)
     assert plan.norm == "mri" and plan.labels == [1]
-    assert plan_from_fingerprint(fp, size=512).spacing == (0.27, 0.27)
+    assert plan_from_fingerprint(fp, size=512).spacing == (0.27, 0.27)  # median: canvas padded
+    # fill: the 448 px median field of view fills the canvas, finer or coarser than the median
+    assert plan_from_fingerprint(fp, size=512, fill=True).spacing == pytest.approx(
+        (0.27 * 448 / 512,) * 2)
+    assert plan_from_fingerprint(fp, size=384, fill=True).spacing == plan.spacing
     Plan.model_validate(json.loads(plan.model_dump_json()))  # teacher.json round trip
 
 

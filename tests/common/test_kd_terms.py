@@ -211,8 +211,9 @@ def test_kd_config_fields() -> None:
     from coordinator.distill.config import KDConfig
 
     k = KDConfig()
-    assert (k.at_reduce, k.kl_t2, k.mask_padding, k.feature_taps) == ("sum", True, True, "emkd")
-    for bad in ({"at_reduce": "max"}, {"feature_taps": "middle"}, {"kl_t2": "maybe"}):
+    assert (k.at_reduce, k.kl_t2, k.padding, k.feature_taps) == ("sum", True, "exclude", "emkd")
+    for bad in ({"at_reduce": "max"}, {"feature_taps": "middle"}, {"kl_t2": "maybe"},
+                {"padding": "some"}, {"mask_padding": False}):
         with pytest.raises(ValidationError):
             KDConfig(**bad)
 

@@ -171,6 +171,8 @@ def test_proxy_on_disk_equals_load_proxy_and_gives_the_same_items(tiny_sites: di
     np.testing.assert_array_equal(disk.images, ram.images)
     np.testing.assert_array_equal(disk.masks, ram.masks)
     assert (disk.slice_ids, disk.digest, disk.plan) == (ram.slice_ids, ram.digest, ram.plan)
+    assert ram.extents is not None and disk.extents is not None
+    np.testing.assert_array_equal(disk.extents, ram.extents)
     t = _fp16(_targets(ram))
     cache = TeacherCache(tmp_path / "c")
     for j in range(2):

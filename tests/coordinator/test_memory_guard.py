@@ -36,6 +36,8 @@ def test_federated_chunks_in_flight_are_counted() -> None:
     assert e["total"] == e["base"] + e["proxy"] + e["query"]  # the largest phase here
     assert estimate(MemoryPlan(12, 16000, 256, query_chunk=512))["query"] == e["query"] // 4
     assert estimate(MemoryPlan(12, 16000, 256))["query"] == 0  # --local: no query round
+    small = MemoryPlan(3, 100, 64, query_chunk=256, query_window=2)  # 512 in flight > 100 slices
+    assert estimate(small)["query"] == 3 * 100 * 64 * 64 * (10 + 3 * 6)
     with pytest.raises(MemoryBudgetError, match="12 sites x 16000"):
         check_memory(plan, cap_gb=24.0)
     assert check_memory(MemoryPlan(12, 16000, 256, query_chunk=64, query_window=4), cap_gb=24.0)
