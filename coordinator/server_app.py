@@ -174,7 +174,7 @@ def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
     if not s.train:
         roster.names = {n: f"node{n}" for n in nodes}
     log(f"student plan: {plan_line(proxy.plan)}")
-    if (note := canvas_note(proxy)) is not None:
+    if (note := canvas_note(proxy, cfg.kd.padding == "exclude")) is not None:
         log(f"WARNING {note}")
     names, targets = fuse_sites(gather_targets(grid, roster, proxy, cfg, s, run_id), min_sites)
     check_teachers(names, targets, proxy.masks, roster.val_dice, cfg.teacher_proxy_dice_floor)

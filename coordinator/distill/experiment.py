@@ -47,7 +47,7 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
     dev = select_device(cfg.student.device)
     parts = []
     log.info("[distill] student plan: %s", plan_line(proxy.plan))
-    if (note := canvas_note(proxy)) is not None:
+    if (note := canvas_note(proxy, cfg.kd.padding == "exclude")) is not None:
         log.warning("[distill] %s", note)
     for site in cfg.sites:
         taps = cfg.kd.feature_taps

@@ -69,10 +69,11 @@ class ProxySet:
 PADDED_CANVAS = 0.5  # warn when padding is more than half of the student's canvas
 
 
-def canvas_note(proxy: ProxySet) -> str | None:
+def canvas_note(proxy: ProxySet, excluded: bool = True) -> str | None:
     """A one-line warning when padding fills more than :data:`PADDED_CANVAS` of the student's
     canvas (a ``size`` larger than the slices at the plan's spacing), naming the size that holds
-    the same slices and the compute it would save; None otherwise."""
+    the same slices and the compute it would save; None otherwise. ``excluded``: whether the
+    loss leaves padding out (``[kd] padding = "exclude"``)."""
     real = proxy.real_fraction()
     if real >= 1.0 - PADDED_CANVAS or proxy.extents is None:
         return None
@@ -80,9 +81,10 @@ def canvas_note(proxy: ProxySet) -> str | None:
     e = np.asarray(proxy.extents)
     side = int(np.median(np.maximum(e[:, 1] - e[:, 0], e[:, 3] - e[:, 2])))
     fit = min(s, -(-side // 32) * 32)
+    loss = "left out of the loss" if excluded else "counted in the loss"
     return (f"student canvas {s} px is {100 * (1 - real):.0f} % padding (median slice {side} px "
-            f"at the plan's spacing): padding is left out of the loss ([kd] padding), but a "
-            f"size of {fit} holds the same slices with {(s / fit) ** 2:.1f}x fewer pixels "
+            f"at the plan's spacing): padding is {loss} ([kd] padding), but a size of {fit} "
+            f"holds the same slices with {(s / fit) ** 2:.1f}x fewer pixels "
             f"([student] spacing_rule = \"fill\" upsamples them instead)")
 
 

@@ -141,6 +141,7 @@ def test_a_mostly_padded_canvas_is_named_with_the_size_that_fits() -> None:
 
     note = canvas_note(proxy(256, 96))  # the demo phantoms' 96 px slices on a 256 px canvas
     assert note is not None and "86 % padding" in note and "size of 96" in note
-    assert "7.1x fewer pixels" in note
+    assert "7.1x fewer pixels" in note and "left out of the loss" in note
+    assert "counted in the loss" in str(canvas_note(proxy(256, 96), excluded=False))
     assert canvas_note(proxy(64, 64)) is None and canvas_note(proxy(128, 96)) is None
     assert proxy(256, 96).real_fraction() == pytest.approx((96 / 256) ** 2)
