@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.data.augment import AugmentConfig, JointAugment, build_augment, reseed_worker
+from common.data.augment import (
+    VALID_THRESHOLD,
+    AugmentConfig,
+    JointAugment,
+    build_augment,
+    reseed_worker,
+)
+from common.data.native import extent_mask
 from common.kd.losses import SegLoss
 from common.models import build_model
 
@@ -66,18 +73,13 @@ class _Slices(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, w = self.masks.shape[-2:]
-        box = [0, h, 0, w] if self.extents is None else [int(v) for v in self.extents[i]]
-        real = np.zeros((h, w), np.float32)
-        real[box[0]:box[1], box[2]:box[3]] = 1.0
+        hw = (int(self.masks.shape[-2]), int(self.masks.shape[-1]))
+        real = extent_mask(None if self.extents is None else self.extents[i], hw)
         img, mask, maps = self.aug(self.images[i, 0], self.masks[i], {"valid": real})
         valid = (maps or {"valid": real})["valid"] >= VALID_THRESHOLD
         return (torch.from_numpy(np.ascontiguousarray(img, np.float32))[None],
                 torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64)),
                 torch.from_numpy(valid.astype(np.float32)))
-
-
-VALID_THRESHOLD = 0.999  # a warped all-ones map below this mixes in padding (bilinear border)
 
 
 def _loader(images: np.ndarray, masks: np.ndarray, spec: LocalSpec,

@@ -20,6 +20,7 @@ from pydantic import Field
 from common.config import StrictModel
 
 Maps = dict[str, np.ndarray]
+VALID_THRESHOLD = 0.999  # a warped all-ones map below this mixes in padding (bilinear border)
 
 
 class AugmentConfig(StrictModel):

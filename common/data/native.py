@@ -12,6 +12,7 @@ exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,22 @@ def canvas_extent(hw: tuple[int, int], offset: tuple[int, int], size: int
     return int(dy.start), int(dy.stop), int(dx.start), int(dx.stop)
 
 
+def extent_mask(extent: Sequence[int] | None, hw: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` float32: 1 inside ``extent`` ``(y0, y1, x0, x1)``, 0 outside (all ones when
+    ``extent`` is None: no canvas padding)."""
+    if extent is None:
+        return np.ones(hw, np.float32)
+    y0, y1, x0, x1 = (int(v) for v in extent)
+    out = np.zeros(hw, np.float32)
+    out[y0:y1, x0:x1] = 1.0
+    return out
+
+
+def whole_extents(n: int, hw: tuple[int, int]) -> np.ndarray:
+    """``(n, 4)`` int32 extents covering the whole ``hw`` canvas of ``n`` slices."""
+    return np.tile(np.asarray([0, hw[0], 0, hw[1]], np.int32), (n, 1))
+
+
 def place(src: np.ndarray, size: int, offset: tuple[int, int], fill: float) -> np.ndarray:
     """(..., H2, W2) -> (..., size, size): centre crop / pad by ``offset`` (pad = ``fill``)."""
     out = np.full((*src.shape[:-2], size, size), fill, dtype=src.dtype)
@@ -209,5 +226,5 @@ def save_native_mask(mask: np.ndarray, case: PreparedCase, out: Path | str) -> P
     return out
 
 
-__all__ = ["PreparedCase", "canvas_extent", "load_native_label", "normalise", "prepare_image",
-           "prepare_label", "save_native_mask", "to_native"]
+__all__ = ["PreparedCase", "canvas_extent", "extent_mask", "load_native_label", "normalise",
+           "prepare_image", "prepare_label", "save_native_mask", "to_native", "whole_extents"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.data.layout import discover_dataset
+from common.data.native import whole_extents
 from common.data.plan import Plan
 from common.data.slices import load_volumes
 from common.data.split import load_split
@@ -43,6 +44,6 @@ def _extents(parts: list[ProxySet]) -> np.ndarray | None:
     """The parts' ``(N, 4)`` extents stacked (whole canvas for a part without any)."""
     if all(p.extents is None for p in parts):
         return None
-    full = [np.tile([0, p.images.shape[-2], 0, p.images.shape[-1]], (len(p), 1)) for p in parts]
-    return np.concatenate([f if p.extents is None else p.extents
-                           for f, p in zip(full, parts, strict=True)]).astype(np.int32)
+    hws = [(int(p.images.shape[-2]), int(p.images.shape[-1])) for p in parts]
+    return np.concatenate([whole_extents(len(p), hw) if p.extents is None else p.extents
+                           for p, hw in zip(parts, hws, strict=True)]).astype(np.int32)

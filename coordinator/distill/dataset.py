@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from common.data.augment import JointAugment
+from common.data.augment import VALID_THRESHOLD, JointAugment
+from common.data.native import whole_extents
 from common.data.plan import Plan
 from common.kd.targets import TeacherTargets
 from common.protocol import slice_hash
@@ -23,7 +24,6 @@ from coordinator.distill.proxy import ProxySet
 MAP_KEYS = ("logits", "at_early", "at_deep")
 # (images (n,1,S,S), masks (n,S,S), slice ids[, extents (n,4)]): one part of a spilled proxy set
 SlicePart = tuple[Any, ...]
-VALID_THRESHOLD = 0.999  # a warped all-ones map below this mixes in padding (bilinear border)
 
 
 class DistillDataset(Dataset):
@@ -134,17 +134,14 @@ def spill_slices(folder: Path, parts: Iterable[SlicePart], plan: Plan | None = N
             shapes = {"images": imgs32.shape[1:], "masks": m8.shape[1:]}
             ids += part_ids
             hashes += [slice_hash(i) for i in imgs32]
-            boxes.append(np.asarray(extra[0], np.int32) if extra else _whole(imgs32))
+            hw = (int(imgs32.shape[-2]), int(imgs32.shape[-1]))
+            boxes.append(np.asarray(extra[0], np.int32) if extra
+                         else whole_extents(len(imgs32), hw))
     arrays = {n: _raw_to_npy(folder / n, np.dtype(np.float32 if n == "images" else np.uint8),
                              (len(ids), *shapes[n])) for n in ("images", "masks")}
     extents = np.concatenate(boxes) if boxes else None
     return ProxySet(arrays["images"], arrays["masks"], ids, hashes, plan, extents)
 
-
-def _whole(images: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` extents covering the whole canvas of ``images (n, 1, S, S)``."""
-    return np.tile(np.asarray([0, images.shape[-2], 0, images.shape[-1]], np.int32),
-                   (len(images), 1))
 
 
 def _raw_to_npy(stem: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.layout import discover_dataset
+from common.data.native import extent_mask
 from common.data.plan import Plan
 from common.data.slices import Volume, load_volumes
 from common.protocol import slice_hash
@@ -38,13 +39,8 @@ class ProxySet:
 
     def real_pixels(self, i: int) -> np.ndarray:
         """``(S, S)`` float32: 1 on slice ``i``'s real pixels, 0 on the canvas padding."""
-        s = self.images.shape[-2:]
-        if self.extents is None:
-            return np.ones(s, np.float32)
-        y0, y1, x0, x1 = (int(v) for v in self.extents[i])
-        out = np.zeros(s, np.float32)
-        out[y0:y1, x0:x1] = 1.0
-        return out
+        hw = (int(self.images.shape[-2]), int(self.images.shape[-1]))
+        return extent_mask(None if self.extents is None else self.extents[i], hw)
 
     @property
     def digest(self) -> str:
