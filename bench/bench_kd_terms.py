@@ -1,4 +1,4 @@
-"""Benchmark (issue 18): gradient norm of every weighted KD term, per student, teacher and size.
+"""Benchmark: gradient norm of every weighted KD term, per student, teacher and size.
 
 For each (student, teacher, size) and each AT reduction (``sum``, the default, and the former
 ``mean``), one forward pass of a random-initialised student on blob slices, targets from a

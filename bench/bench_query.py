@@ -1,4 +1,4 @@
-"""Query round vs number of sites, over real Flower on 127.0.0.1 (issue 14, items 3 and 4).
+"""Query round vs number of sites, over real Flower on 127.0.0.1.
 
 ``python -m bench.bench_query --sites 1 3 12 --modes lockstep pipelined --engine processes``
 builds 3 phantom sites and 3 barely trained tiny_unet teachers once (``--base``), gives every
@@ -9,7 +9,7 @@ run: the query round's wall time (the ServerApp's ``query round: ... s`` log lin
 wall time, the peak total RSS of every process under this one (sampled every 0.5 s), and the
 per-site compute of the query round measured in this process (the same ``handle_query`` calls
 on the same chunks, models loaded once, no Flower). Modes: ``lockstep`` = ``query-window 0``
-(one ``send_and_receive`` per chunk: before issue 14), ``pipelined`` = ``query-window 4``.
+(one ``send_and_receive`` per chunk), ``pipelined`` = ``query-window 4``.
 Results: ``bench/results/query_<engine>.json`` (one row per run, appended by key).
 
 ``--emulate-s-per-slice S`` holds per-site compute equal as if every site had its own

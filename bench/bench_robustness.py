@@ -33,7 +33,7 @@ from common.io import strict_json_dumps
 from coordinator.distill.cache import TeacherCache, materialise
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.corrupt import CORRUPTIONS, Corruption, corrupt_teacher
-from coordinator.distill.experiment import load_site_test, local_targets
+from coordinator.local_sites import load_site_test, local_targets
 from coordinator.distill.proxy import load_proxy
 from coordinator.distill.student import DistillData, StudentRun, train_student
 

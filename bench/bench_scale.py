@@ -1,4 +1,4 @@
-"""Scale benchmark, in-process part (issue 14 item 1): the coordinator's memory and time as the
+"""Scale benchmark, in-process part: the coordinator's memory and time as the
 number of sites, of proxy slices and the image size grow, before (in-RAM targets) and after
 (fp16 memmap cache, proxy spilled to ``.npy``, streamed weights).
 

@@ -277,9 +277,36 @@ def verify_log(path: Path, public_key: Ed25519PublicKey | None = None,
 
 
 # ----------------------------------------------------------------------------- summary
-def _violations(entries: list[tuple[int, AuditEntry]],
-                allowed: Mapping[str, frozenset[str]]) -> list[str]:
-    """Outgoing arrays that are not teacher outputs, or replies to no recorded request."""
+def array_kind(name: str) -> str:
+    """The kind of a named array: its last dotted part (``layer1.0.bn1.running_var`` ->
+    ``running_var``), so hundreds of parameter names read as a few kinds."""
+    return name.rsplit(".", 1)[-1] or name
+
+
+def by_kind(arrays: list[ArrayDigest] | list[str]) -> dict[str, dict[str, int]]:
+    """``{kind: {"count": c, "bytes": b}}`` of digests (or bare names: bytes 0)."""
+    out: dict[str, dict[str, int]] = {}
+    for a in arrays:
+        name, nbytes = (a, 0) if isinstance(a, str) else (a.name, a.nbytes)
+        k = out.setdefault(array_kind(name), {"count": 0, "bytes": 0})
+        k["count"] += 1
+        k["bytes"] += int(nbytes)
+    return dict(sorted(out.items()))
+
+
+def names_text(names: list[str], limit: int = 6) -> str:
+    """A short list of array names: all of them, or the first ``limit`` and counts by kind."""
+    if len(names) <= limit:
+        return str(names)
+    kinds = ", ".join(f"{k} x{v['count']}" for k, v in by_kind(names).items())
+    return f"{len(names)} arrays ({kinds}; first {names[:3]})"
+
+
+def _violations(entries: list[tuple[int, AuditEntry]], allowed: Mapping[str, frozenset[str]],
+                releases: Mapping[str, int]) -> list[str]:
+    """Outgoing arrays that are not teacher outputs, or replies to no recorded request. A reply
+    of a type in ``releases`` (message type -> byte cap per reply: a release the site's policy
+    allowed, e.g. FedAvg weights) may carry any arrays within its cap."""
     out: list[str] = []
     asked: set[tuple[str, str]] = set()
     for i, e in entries:
@@ -287,11 +314,38 @@ def _violations(entries: list[tuple[int, AuditEntry]],
             asked.add((e.run_id, e.msg_type))
         if e.direction != "out" or e.decision != "sent":
             continue
-        extra = sorted({a.name for a in e.arrays} - allowed.get(e.msg_type, frozenset()))
-        if extra:
-            out.append(f"line {i}: {e.msg_type} reply to {e.peer} carried {extra}")
+        total = sum(a.nbytes for a in e.arrays)
+        if e.msg_type in releases:
+            if total > releases[e.msg_type]:
+                out.append(f"line {i}: {e.msg_type} reply to {e.peer} released {total:,} B > "
+                           f"the policy's cap {releases[e.msg_type]:,} B")
+        else:
+            extra = sorted({a.name for a in e.arrays} - allowed.get(e.msg_type, frozenset()))
+            if extra:
+                out.append(f"line {i}: {e.msg_type} reply to {e.peer} carried "
+                           f"{names_text(extra)}")
         if e.arrays and (e.run_id, e.msg_type) not in asked:
             out.append(f"line {i}: {e.msg_type} arrays sent without a logged request")
+    return out
+
+
+def released(entries: list[tuple[int, AuditEntry]], releases: Mapping[str, int]
+             ) -> list[dict[str, Any]]:
+    """Per message type in ``releases``: what left under the policy, how often, how many bytes
+    (``replies``, ``bytes``, ``runs``, ``arrays_per_reply``, ``kinds``: count and bytes in
+    the largest reply)."""
+    out = []
+    for t in sorted(releases):
+        sent = [e for _, e in entries if e.msg_type == t and e.direction == "out"
+                and e.decision == "sent" and e.arrays]
+        if not sent:
+            continue
+        kinds = by_kind(list(max(sent, key=lambda e: len(e.arrays)).arrays))  # one reply
+        out.append({"msg_type": t, "replies": len(sent),
+                    "bytes": sum(a.nbytes for e in sent for a in e.arrays),
+                    "runs": sorted({e.run_id for e in sent}),
+                    "arrays_per_reply": max(len(e.arrays) for e in sent),
+                    "cap_bytes": releases[t], "kinds": kinds})
     return out
 
 
@@ -304,8 +358,12 @@ def summarise_log(path: Path,
 
 
 def summarise_entries(entries: list[tuple[int, AuditEntry]],
-                      allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS) -> dict[str, Any]:
-    """:func:`summarise_log` of already read ``(line number, entry)`` pairs."""
+                      allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS,
+                      releases: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """:func:`summarise_log` of already read ``(line number, entry)`` pairs; ``releases``:
+    message types whose replies the site's policy lets release other arrays (type -> byte cap
+    per reply), reported under ``released`` instead of as violations."""
+    releases = releases or {}
     nbytes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     refused: dict[str, int] = defaultdict(int)
     for _, e in entries:
@@ -313,12 +371,22 @@ def summarise_entries(entries: list[tuple[int, AuditEntry]],
             refused[e.msg_type] += 1
         elif e.direction != "local":
             nbytes[e.msg_type][e.direction] += sum(a.nbytes for a in e.arrays)
-    violations = _violations(entries, allowed)
+    violations = _violations(entries, allowed, releases)
+    done = released(entries, releases)
     statement = CLEAN_STATEMENT if not violations else (
-        f"{len(violations)} outgoing message(s) violate the egress rule: " + "; ".join(violations))
+        f"{len(violations)} outgoing message(s) violate the egress rule: " + "; ".join(
+            violations[:5]) + (f"; ... ({len(violations) - 5} more)" if len(violations) > 5
+                               else ""))
+    if done and not violations:
+        statement = ("No array left this site other than teacher outputs on "
+                     "coordinator-provided proxy data and releases its egress policy allowed"
+                     + " (released under policy: " + "; ".join(
+                         f"{r['msg_type']} x{r['replies']}, {r['bytes']:,} B" for r in done)
+                     + ")")
     return {"entries": len(entries), "bytes": {k: dict(v) for k, v in nbytes.items()},
             "refused": sum(refused.values()), "refused_by_type": dict(refused),
-            "recoveries": recoveries(entries), "violations": violations, "statement": statement}
+            "recoveries": recoveries(entries), "violations": violations, "released": done,
+            "statement": statement}
 
 
 def recoveries(entries: list[tuple[int, AuditEntry]]) -> list[dict[str, Any]]:

@@ -95,14 +95,19 @@ class HeadStore:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def admit(self, head: Mapping[str, Any]) -> str | None:
-        """Check ``head`` (signature, no rollback) and remember it; why it is refused, or None."""
+    def admit(self, head: Mapping[str, Any], strict: bool = False) -> str | None:
+        """Check ``head`` (signature, no rollback) and remember it; why it is refused, or None.
+        ``strict``: the seq must be greater than the last one of its signer (a request head:
+        the same head twice is a replay)."""
         why = head_problem(head)
         if why:
             return why
         seen = self._load()
         last = seen.get(str(head["head_signer"]))
         seq, entry_hash = int(head["head_seq"]), str(head["head_hash"])
+        if strict and last and seq <= int(last["seq"]):
+            return (f"log head seq {seq} not after seq {last['seq']} seen before "
+                    "(a replayed, reordered or rolled-back request)")
         if last and seq < int(last["seq"]):
             return f"peer log rolled back: head seq {seq} after seq {last['seq']}"
         if last and seq == int(last["seq"]) and entry_hash != last["hash"]:

@@ -95,7 +95,16 @@ def _print_human(log: Path, report: object, summary: dict, signed: bool) -> None
               f"to {r['side_file']} (sha256 {str(r['torn_sha256'])[:16]}..., {state})")
     for v in summary.get("violations", []):
         print(f"  VIOLATION: {v}")
+    for r in summary.get("released", []):
+        kinds = ", ".join(f"{k} x{v['count']}" for k, v in r["kinds"].items())
+        print(f"  released under policy: {r['msg_type']}: {r['replies']} replies, "
+              f"{r['bytes']:,} B in all, {r['arrays_per_reply']} arrays per reply ({kinds}); runs "
+              f"{', '.join(r['runs'])}")
     _print_dp(summary.get("dp", []))
+    if summary.get("dp_statement"):
+        print(f"  {summary['dp_statement']}")
+    for line in summary.get("budget", []):
+        print(f"  {line}")
     _print_anchors(summary.get("anchors"))
     print(f"  {summary.get('statement', '')}")
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import html
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,14 +23,46 @@ from common.audit import (
     read_entries,
     summarise_entries,
 )
+from common.audit_html import render_html
 from common.dp import dp_accounting
+
+__all__ = ["Report", "audit_passed", "coordinator_report", "dp_statement", "final_statement",
+           "render_html", "site_report"]
 
 Report = Callable[[Path], dict[str, Any]]
 
 
-def _with_dp(summary: dict[str, Any], entries: list[tuple[int, AuditEntry]]) -> dict[str, Any]:
+def _with_dp(summary: dict[str, Any], entries: list[tuple[int, AuditEntry]],
+             replies: tuple[str, str] = ("out", "sent")) -> dict[str, Any]:
     summary["dp"] = dp_accounting([e for _, e in entries])
+    summary["dp_statement"] = dp_statement(entries, summary["dp"], summary.get("released", []),
+                                           replies)
     return summary
+
+
+def dp_statement(entries: list[tuple[int, AuditEntry]], rows: list[dict[str, Any]],
+                 released: list[dict[str, Any]] | None = None,
+                 replies: tuple[str, str] = ("out", "sent")) -> str:
+    """The differential-privacy guarantee of what this log released, always stated: ``no DP
+    noise: ε = ∞`` when any reply left without noise (the default), else the accountant's ε
+    at δ over every noised slice (the all-runs row when there are several runs). ``replies``:
+    the (direction, decision) of the replies in this log (a coordinator's: received)."""
+    sent = [e for _, e in entries if (e.direction, e.decision) == replies and e.arrays]
+    plain = [e for e in sent if not float(e.config.get("noise_sigma") or 0.0) > 0]
+    weights = sum(int(r["replies"]) for r in released or [])
+    if not rows:
+        what = (f" ({len(plain)} replies with arrays {replies[1]} without noise)" if plain
+                else "")
+        return f"DP: no DP noise: ε = ∞{what}"
+    total = rows[-1]
+    eps = "∞" if total["epsilon"] == float("inf") else f"{total['epsilon']:.4g}"
+    text = (f"DP: ε = {eps} at δ = {total['delta']:g} over {total['slices']} noised slices "
+            f"(σ >= {total['sigma']:g}, {total['accountant']})")
+    if plain:
+        of_them = f", {weights} of them model weights" if weights else ""
+        text = (f"DP: no DP guarantee overall: ε = ∞ ({len(plain)} replies with arrays "
+                f"{replies[1]} without noise{of_them}); the noised replies alone: {text[4:]}")
+    return text
 
 
 def _check_side_files(path: Path, summary: dict[str, Any]) -> None:
@@ -44,13 +74,14 @@ def _check_side_files(path: Path, summary: dict[str, Any]) -> None:
             hashlib.sha256(side.read_bytes()).hexdigest() == r["torn_sha256"])
 
 
-def site_report(path: Path, allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS
-                ) -> dict[str, Any]:
+def site_report(path: Path, allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS,
+                releases: Mapping[str, int] | None = None) -> dict[str, Any]:
     """A site's log: bytes, refusals, recovered torn lines, the egress statement (arrays named in
-    ``allowed`` per message type only: the teacher outputs, or the site policy's names) and DP.
+    ``allowed`` per message type only: the teacher outputs, or the site policy's names; replies
+    of the ``releases`` types within their byte cap are "released under policy") and DP.
     Only the readable entries are summarised (the verification names the first bad line)."""
     entries = _readable_entries(path)
-    summary = summarise_entries(entries, allowed)
+    summary = summarise_entries(entries, allowed, releases)
     _check_side_files(path, summary)
     return _with_dp(summary, entries)
 
@@ -101,18 +132,7 @@ def coordinator_report(path: Path) -> dict[str, Any]:
     summary = summarise_entries(entries, allowed={"": frozenset()})
     _check_side_files(path, summary)
     summary.update(violations=[], statement=coordinator_statement(entries))
-    return _with_dp(summary, entries)
-
-
-# ----------------------------------------------------------------------------- HTML report
-def _row(i: int, e: AuditEntry, bad_line: int | None) -> str:
-    arrays = ", ".join(f"{a.name} {a.dtype}{tuple(a.shape)} {a.nbytes} B" for a in e.arrays)
-    cells = [str(i), e.time, e.run_id, e.peer, e.direction, e.msg_type, arrays or "-",
-             json.dumps(e.config, sort_keys=True), e.decision, e.reason or "",
-             e.entry_hash[:12], "yes" if e.signature else "no"]
-    cls = ' class="bad"' if i == bad_line else ""
-    cls = ' class="refused"' if not cls and e.decision == "refused" else cls
-    return f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+    return _with_dp(summary, entries, ("in", "received"))
 
 
 def _readable_entries(path: Path) -> list[tuple[int, AuditEntry]]:
@@ -121,30 +141,3 @@ def _readable_entries(path: Path) -> list[tuple[int, AuditEntry]]:
     with contextlib.suppress(AuditError):
         out.extend(read_entries(path))
     return out
-
-
-def render_html(path: Path, report: VerifyReport, summary: Mapping[str, Any]) -> str:
-    """A standalone HTML page: verification banner, summary and a table of entries (escaped)."""
-    esc = html.escape
-    status = ("VERIFIED: chain intact" + (", signatures valid" if report.signatures_checked
-                                          else " (signatures not checked)")
-              if report.ok else f"FAILED: {report.reason}")
-    head = ["#", "time", "run", "peer", "dir", "type", "arrays", "config", "decision", "reason",
-            "hash", "signed"]
-    rows = "\n".join(_row(i, e, report.first_bad_line) for i, e in _readable_entries(path))
-    summ = esc(json.dumps({k: v for k, v in summary.items() if k != "statement"}, indent=2,
-                          sort_keys=True))
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Audit log {esc(path.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:90%}}
-td,th{{border:1px solid #bbb;padding:3px 6px}}.ok{{color:#070}}.fail{{color:#b00}}
-tr.bad{{background:#fcc}}tr.refused{{background:#ffe9b3}}</style></head><body>
-<h1>Audit log: {esc(str(path))}</h1>
-<p class="{'ok' if report.ok else 'fail'}"><b>{esc(status)}</b> &middot; {report.n_entries}
-valid entries &middot; head {esc(report.head_hash)}</p>
-<h2>Statement</h2><p>{esc(str(summary.get('statement', '')))}</p>
-<h2>Summary</h2><pre>{summ}</pre>
-<h2>Entries</h2><table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>
-{rows}
-</table></body></html>
-"""

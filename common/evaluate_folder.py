@@ -92,28 +92,33 @@ def declared_labels(labels_dir: Path) -> tuple[dict[str, str], Path]:
     return {}, labels_dir
 
 
-def score_pair(pair: CasePair, labels: list[int] | None) -> SegScores:
-    """Native-resolution Dice/VOE/HD95 of one prediction against its label."""
+def score_pair(pair: CasePair, labels: list[int] | None, union: bool = False,
+               declared: list[int] | None = None) -> SegScores:
+    """Native-resolution Dice/VOE/HD95 of one prediction against its label (both headers
+    compared before any voxel is read)."""
+    from common.data.geometry import check_pair_headers
     from common.data.native import load_native_label
     from common.data.nifti import read_nifti
     from common.metrics import score_volume
 
+    check_pair_headers(pair.pred, pair.label)
     pred = read_nifti(pair.pred, allow_empty=True)
-    label = load_native_label(pair.label, pred, labels)
+    label = load_native_label(pair.label, pred, labels, union=union, declared=declared)
     return score_volume(pred.data != 0, label, pred.zooms)
 
 
 def evaluate_folder(pred_dir: Path | str, labels_dir: Path | str, label: str | None = None
                     ) -> dict[str, SegScores]:
     """Per-case scores of every prediction in ``pred_dir`` (``label``: the target as in
-    training's ``--label``, NAME|VALUE[,...] or ``all``)."""
-    from common.data.labels import resolve_target
+    training's ``--label``, NAME|VALUE[,...] or ``all``; :mod:`common.data.labels`)."""
+    from common.data.labels import ALL, foreground, resolve_target
 
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
     pairs = pair_folders(pred_dir, labels_dir)
     declared, source = declared_labels(labels_dir)
-    values, _ = resolve_target(declared, label, source)
-    return {p.case: score_pair(p, values) for p in pairs}
+    values, name = resolve_target(declared, label, source)
+    union, fg = values is None and name == ALL, sorted(foreground(declared)) or None
+    return {p.case: score_pair(p, values, union, fg) for p in pairs}
 
 
 def summary_json(scores: dict[str, SegScores]) -> dict[str, float | None]:

@@ -97,7 +97,10 @@ def local_update(state: dict[str, torch.Tensor], images: np.ndarray, masks: np.n
     """Train ``state`` for ``spec.local_epochs`` on ``images (N,1,S,S)`` / ``masks (N,S,S)``
     (``extents (N, 4)``: where each slice's real pixels lie); ``(new state_dict on CPU, mean
     loss)``. The learning-rate schedule position is ``(server_round - 1) * local_epochs *
-    batches per epoch``."""
+    batches per epoch``. Dropout and every other draw from torch's global generator are seeded
+    from ``(seed, server_round)`` too, so the update is the same in any process: a site's
+    (fresh or forked) ClientApp or the coordinator's ``--local`` stand-in."""
+    torch.manual_seed(spec.seed * 100_003 + spec.server_round)
     model = build_model(spec.model, **_KW).to(device)
     model.load_state_dict(state)
     opt = torch.optim.Adam(model.parameters(), lr=spec.max_lr, weight_decay=spec.weight_decay)

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from common.data.errors import DataError, data_error, utf8_name
-from common.data.plan import Plan, default_plan
+from common.data.plan import Plan
+from common.data.teacher_card import TeacherCard, TeacherCardError
 
 log = logging.getLogger(__name__)
 
 PLAN_KEY = "fedmtkd_plan"  # ONNX metadata_props key and model_card.json field "plan"
 PLAN_EXTRA_FILE = "fedmtkd_plan.json"  # .pt2 (and legacy TorchScript) extra-files entry
-RUNTIMES = ("auto", "eager", "pt2", "onnx", "onnx-int8", "torchscript")
+RUNTIMES = ("auto", "eager", "pt2", "aoti", "onnx", "onnx-int8", "torchscript")
 _NII = re.compile(r"^(?P<stem>.+?)\.nii(\.gz)?$")
 _CHANNEL = re.compile(r"_(\d{4})$")
 _LABEL_NAME = re.compile(r"_segmentation$", re.IGNORECASE)
@@ -89,17 +90,13 @@ def plan_from_json(text: str | bytes | dict, source: Path | str) -> Plan:
 def teacher_plan(folder: Path) -> Plan:
     """The plan in ``teacher.json``; teachers trained before plans existed get the legacy
     default (fit into the trained size, modality from the card) with a warning."""
-    card_path = folder / "teacher.json"
+    card_path = TeacherCard.path_of(folder)
     if not card_path.is_file():
         raise PredictError(f"{card_path}: not found (is {folder} a `site-node train` folder?)")
-    card = json.loads(card_path.read_text())
-    if card.get("plan"):
-        return plan_from_json(card["plan"], card_path)
-    size = int(card.get("input", {}).get("size", 64))
-    modality = str(card.get("data_fingerprint", {}).get("modality", "MRI"))
-    log.warning("%s has no preprocessing plan; using the legacy default (%s, %d px)",
-                card_path, modality, size)
-    return default_plan(modality, size)
+    try:
+        return TeacherCard.read(card_path).plan_or_default()
+    except TeacherCardError as exc:
+        raise PredictError(str(exc)) from None
 
 
 def card_plan(export: Path) -> Plan | None:
@@ -131,6 +128,8 @@ def runtime_of(path: Path) -> str:
     name = path.name
     if name.endswith(".int8.onnx"):
         return "onnx-int8"
+    if name.endswith(".aoti.pt2"):
+        return "aoti"
     by_suffix = {".onnx": "onnx", ".pt2": "pt2", ".pt": "eager", ".ts": "torchscript"}
     if path.suffix not in by_suffix:
         raise PredictError(f"{path}: expected a .pt2, .onnx, .int8.onnx, .pt or .ts file or an "
@@ -204,8 +203,23 @@ def load_export(path: Path | str, runtime: str = "auto", batch_size: int = 16) -
         raise PredictError(f"{path}: no {runtime} file to predict with "
                            f"(present: {', '.join(sorted(files)) or 'none'})")
     loaders = {"onnx": _onnx_predictor, "onnx-int8": _onnx_predictor, "pt2": _pt2_predictor,
-               "eager": _eager_predictor, "torchscript": _torchscript_predictor}
+               "eager": _eager_predictor, "torchscript": _torchscript_predictor,
+               "aoti": _aoti_predictor}
+    warn_agreement(path, runtime)
     return loaders[runtime](files[runtime], batch_size)
+
+
+def warn_agreement(path: Path, runtime: str) -> None:
+    """Warn when the model card measured ``runtime`` below the fp32 agreement gate
+    (:data:`common.runtimes.MIN_AGREEMENT`): ``auto`` never picks it, a forced one says so."""
+    from common.runtimes import MIN_AGREEMENT
+
+    row = card_of(path).get("runtimes", {}).get(runtime, {})
+    agree = row.get("agreement") if isinstance(row, dict) else None
+    if isinstance(agree, int | float) and agree < MIN_AGREEMENT:
+        log.warning("%s: runtime %s agreed with fp32 on only %.1f %% of pixels (gate %.1f %%) "
+                    "in the model card: its masks may differ; prefer --runtime auto",
+                    path, runtime, 100 * agree, 100 * MIN_AGREEMENT)
 
 
 def _need_plan(plan: Plan | None, path: Path, where: str) -> Plan:
@@ -243,6 +257,19 @@ def _pt2_predictor(path: Path, batch_size: int) -> Predictor:
     plan = plan_from_json(text, path) if text else card_plan(path)
     return Predictor(_need_plan(plan, path, ".pt2 extra files"),
                      batched(torch_runner(module), batch_size), f"pt2 {path}")
+
+
+def _aoti_predictor(path: Path, batch_size: int) -> Predictor:
+    """An AOTInductor package (``student.aoti.pt2``); its plan is in the model card beside it."""
+    from common.runtimes import load_runner
+
+    try:
+        run = load_runner("aoti", path)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise PredictError(f"{path}: not a usable AOTInductor package "
+                           f"({str(exc).splitlines()[0]})") from None
+    plan = _need_plan(card_plan(path), path, "AOTInductor package (none stored)")
+    return Predictor(plan, batched(run, batch_size), f"aoti {path}")
 
 
 def _eager_predictor(path: Path, batch_size: int) -> Predictor:
@@ -306,38 +333,74 @@ def list_images(folder: Path) -> list[Path]:
         if channel is None or channel.group(1) == "0000":
             out.append(p)
     if not out:
-        raise data_error(folder, "no NIfTI images (*.nii, *.nii.gz) in this folder")
+        from common.data.dicom import has_dicom
+
+        hint = ("; it holds DICOM: `predict` reads a DICOM folder directly (--format dicom-seg "
+                "writes DICOM-SEG), or convert it with `site-node import-dicom`"
+                if has_dicom(folder) else "")
+        raise data_error(folder, f"no NIfTI images (*.nii, *.nii.gz) in this folder{hint}")
     return out
 
 
 def predict_file(pred: Predictor, image: Path, out: Path, overlays: Path | None = None) -> Path:
-    """Segment one image; write ``out`` (uint8, the image's affine and header)."""
-    from common.data.native import prepare_image, save_native_mask, to_native
+    """Segment one image over its whole field of view (sliding windows of the plan's canvas);
+    write ``out`` (uint8, the image's affine and header); ``overlays``: a radiological PNG on
+    the scan's own grid."""
+    from common.data.native import save_native_mask
+    from common.data.nifti import read_nifti
 
-    case = prepare_image(image, pred.plan)
-    probs = pred.probs(case.image)
-    path = save_native_mask(to_native(probs, case), case, out)
+    f = read_nifti(image, first_channel=True)
+    warn_modality(pred.plan, f)
+    case, mask = predict_case(pred, f)
+    path = save_native_mask(mask, case, out)
     if overlays is not None:
-        save_prediction_overlay(case.image, probs.argmax(axis=1), overlays, case_name(image))
+        save_prediction_overlay(f, mask, overlays, case_name(image))
     return path
 
 
-def save_prediction_overlay(image: np.ndarray, pred: np.ndarray, folder: Path, name: str
-                            ) -> Path:
-    """Overlay (prediction in red) of the slice with the largest predicted area of
-    ``pred (D, S, S)`` on ``image (D, S, S)`` (the prepared grid)."""
-    from common.evaluate import save_overlay
+def predict_case(pred: Predictor, f: Any) -> tuple[Any, np.ndarray]:
+    """``(PreparedCase, (X, Y, Z) uint8 mask in the file's own orientation)`` of a read
+    :class:`~common.data.nifti.NiftiFile` (whole field of view)."""
+    from common.data.native import prepare_loaded, to_native
+    from common.data.window import window_probs
 
+    case = prepare_loaded(f, pred.plan)
+    probs = window_probs(pred.probs, case.whole_image, pred.plan.size)
+    return case, to_native(probs, case)
+
+
+def warn_modality(plan: Plan, f: Any) -> None:
+    """Warn when an image's intensities do not look like the plan's modality: a CT plan fed
+    an image with no value below -100 (MR), or an MRI plan fed one spanning -1000 .. +1000 HU
+    (air and bone: CT). A heuristic: the header does not say."""
+    lo, hi = float(np.percentile(f.data, 0.5)), float(np.percentile(f.data, 99.5))
+    looks_ct = lo <= -500 and hi >= 300
+    if plan.norm == "ct" and lo > -100:
+        log.warning("%s: the model was trained on CT but this image has no value below -100 "
+                    "(HU air is -1000): is it MR? Predictions may be meaningless", f.path)
+    elif plan.norm == "mri" and looks_ct:
+        log.warning("%s: the model was trained on MRI but this image spans %.0f .. %.0f, like "
+                    "CT in HU: predictions may be meaningless", f.path, lo, hi)
+
+
+def save_prediction_overlay(f: Any, mask: np.ndarray, folder: Path, name: str) -> Path:
+    """Radiological overlay (prediction in red, legend) of the slice with the largest predicted
+    area, on the scan's own grid (:func:`common.evaluate.save_radiological_overlay`)."""
+    from common.data.nifti import to_canonical_zyx
+    from common.evaluate import save_radiological_overlay
+
+    image, spacing = f.canonical_zyx()
+    pred = to_canonical_zyx(mask, f.ornt)
     z = int(pred.reshape(pred.shape[0], -1).sum(1).argmax())
-    path = folder / f"overlay_{name}_z{z:03d}.png"
-    save_overlay(image[z], np.zeros_like(pred[z]), pred[z], path, f"{name} z={z} (prediction)")
-    return path
+    return save_radiological_overlay(image, pred, spacing, folder / f"overlay_{name}_z{z:03d}.png",
+                                     f"{name} (prediction)")
 
 
 def predict_folder(pred: Predictor, in_dir: Path | str, out_dir: Path | str,
                    overlays: bool = False) -> list[Path]:
     """Segment every image of ``in_dir`` into ``out_dir/<case>.nii.gz`` (overlays in
-    ``out_dir/overlays/``); returns the written mask paths."""
+    ``out_dir/overlays/``); returns the written mask paths. DICOM input and DICOM-SEG output:
+    :mod:`common.predict_dicom`."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     images = list_images(in_dir)
     log.info("predicting %d images from %s with %s", len(images), in_dir, pred.source)

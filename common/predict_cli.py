@@ -1,6 +1,7 @@
 """``predict`` and ``evaluate`` subcommands shared by ``site-node`` and ``coordinator``.
 
-``site-node predict --model TEACHER_DIR --in DIR --out DIR [--overlays]`` segments with a
+``site-node predict --model TEACHER_DIR --in DIR --out DIR [--overlays] [--format dicom-seg]``
+segments NIfTI or DICOM (:mod:`common.predict_dicom`) with a
 teacher run folder; ``coordinator predict --model EXPORT ...`` with an exported student (the
 fastest runtime its model card measured; ``--runtime eager|pt2|onnx|onnx-int8`` forces one).
 ``... evaluate --pred DIR --labels DIR [--out DIR] [--label NAME|VALUE]`` scores predictions on
@@ -19,25 +20,27 @@ log = logging.getLogger(__name__)
 
 def _cmd_predict_teacher(args: argparse.Namespace) -> int:
     from common.data.errors import refuse_inside
-    from common.predict import load_teacher, predict_folder
+    from common.predict import load_teacher
+    from common.predict_dicom import predict_any
 
     refuse_inside(args.out, args.inp)  # masks never go into the image folder
     model = args.resolve_model(args.model) if args.resolve_model else args.model
     if model != args.model:
         log.info("teacher %s serves version %s", args.model, model)
     pred = load_teacher(model, device=args.device)
-    written = predict_folder(pred, args.inp, args.out, overlays=args.overlays)
+    written = predict_any(pred, args.inp, args.out, overlays=args.overlays, fmt=args.format)
     print(f"wrote {len(written)} masks to {args.out}")
     return 0
 
 
 def _cmd_predict_export(args: argparse.Namespace) -> int:
     from common.data.errors import refuse_inside
-    from common.predict import load_export, predict_folder
+    from common.predict import load_export
+    from common.predict_dicom import predict_any
 
     refuse_inside(args.out, args.inp)
     pred = load_export(args.model, runtime=args.runtime)
-    written = predict_folder(pred, args.inp, args.out, overlays=args.overlays)
+    written = predict_any(pred, args.inp, args.out, overlays=args.overlays, fmt=args.format)
     print(f"wrote {len(written)} masks to {args.out} ({pred.source})")
     return 0
 
@@ -71,14 +74,18 @@ def add_predict_commands(sub: argparse._SubParsersAction, role: str,
                    "exported student: the export folder, or student.pt2 / student.onnx / "
                    "student.int8.onnx / student.pt")
     p.add_argument("--in", dest="inp", metavar="DIR", type=Path, required=True,
-                   help="folder of images")
+                   help="folder of NIfTI images, or of DICOM series")
     p.add_argument("--out", type=Path, required=True, help="folder for <case>.nii.gz masks")
-    p.add_argument("--overlays", action="store_true", help="also write PNG overlays")
+    p.add_argument("--overlays", action="store_true",
+                   help="also write PNG overlays (radiological, on each scan's own grid)")
+    p.add_argument("--format", default="nifti", choices=["nifti", "dicom-seg"],
+                   help="nifti: <case>.nii.gz masks; dicom-seg: one DICOM-SEG per series "
+                        "referencing it (--in must then be a DICOM folder)")
     if site:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     else:
         p.add_argument("--runtime", default="auto",
-                       choices=["auto", "eager", "pt2", "onnx", "onnx-int8", "torchscript"],
+                       choices=["auto", "eager", "pt2", "aoti", "onnx", "onnx-int8", "torchscript"],
                        help="auto: the fastest runtime the model card measured (agreeing with "
                             "fp32 on >= 99.5%% of pixels); torchscript: exports made before "
                             "torch.export")

@@ -3,15 +3,18 @@
 A student export folder (:mod:`coordinator.export`) holds one file per runtime
 (:data:`FILES`): ``eager`` (the state dict, rebuilt from the model registry, Conv+BN folded),
 ``pt2`` (a :func:`torch.export.export` program), ``onnx`` (fp32 ONNX run by ONNX Runtime with
-every graph optimisation on) and ``onnx-int8`` (ONNX Runtime static int8 quantisation,
-calibrated on coordinator-side proxy slices). :func:`load_runner` turns any of them into a
-function ``(N, 1, S, S) float32 -> (N, K, S, S) float32 logits``.
+every graph optimisation on), ``onnx-int8`` (ONNX Runtime static int8 quantisation,
+calibrated on coordinator-side proxy slices) and ``aoti`` (an AOTInductor package compiled from
+the ``.pt2``: generated C++ kernels in a shared library, :mod:`coordinator.aoti`).
+:func:`load_runner` turns any of them into a function ``(N, 1, S, S) float32 -> (N, K, S, S)
+float32 logits``.
 
 Heavy imports (torch, onnxruntime) happen inside the functions.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -20,12 +23,16 @@ from typing import Any
 
 import numpy as np
 
-RUNTIMES: tuple[str, ...] = ("eager", "pt2", "onnx", "onnx-int8")
-FILES: dict[str, str] = {"eager": "student.pt", "pt2": "student.pt2", "onnx": "student.onnx",
-                         "onnx-int8": "student.int8.onnx"}
-PRECISION: dict[str, str] = {"eager": "fp32", "pt2": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
+RUNTIMES: tuple[str, ...] = ("eager", "pt2", "aoti", "onnx", "onnx-int8")
+FILES: dict[str, str] = {"eager": "student.pt", "pt2": "student.pt2", "aoti": "student.aoti.pt2",
+                         "onnx": "student.onnx", "onnx-int8": "student.int8.onnx"}
+PRECISION: dict[str, str] = {"eager": "fp32", "pt2": "fp32", "aoti": "fp32", "onnx": "fp32",
+                             "onnx-int8": "int8"}
 #: Runtime preference when no measured latency is known (first present one wins).
-FALLBACK_ORDER: tuple[str, ...] = ("onnx", "pt2", "eager", "onnx-int8")
+FALLBACK_ORDER: tuple[str, ...] = ("onnx", "pt2", "aoti", "eager", "onnx-int8")
+#: CPU capabilities (``torch.backends.cpu.get_cpu_capability()``) that run an AOTInductor
+#: package compiled for each ``-march`` target (:mod:`coordinator.aoti`).
+AOTI_TARGET_NEEDS: dict[str, tuple[str, ...]] = {"x86-64-v3": ("AVX2", "AVX512")}
 #: Minimum share of pixels whose argmax equals the fp32 model's for a runtime to be deployable.
 MIN_AGREEMENT = 0.995
 
@@ -188,6 +195,47 @@ def load_pt2(path: Path, extra_files: dict[str, str] | None = None) -> Any:
     return torch.export.load(str(path), extra_files=extra_files).module()
 
 
+def load_aoti(path: Path, target: str | None = None) -> Any:
+    """An AOTInductor package (``student.aoti.pt2``) as a callable ``(N, 1, S, S) ->
+    (N, K, S, S)``. ``target``: the ``-march`` it was compiled for (model card); a CPU without
+    the instructions it needs raises ``RuntimeError`` (one line) instead of crashing later;
+    ``"native"`` packages run only on a CPU like the exporting one (not checked)."""
+    import torch
+
+    needs = AOTI_TARGET_NEEDS.get(target or "")
+    if needs and torch.backends.cpu.get_cpu_capability() not in needs:
+        raise RuntimeError(f"{path}: compiled for {target}, which this CPU "
+                           f"({torch.backends.cpu.get_cpu_capability()}) cannot run; use "
+                           "--runtime onnx or pt2")
+    # torch warns when the package's ISA (the portable target) differs from this CPU's, and
+    # that a CPU-only install has no CUDA runtime: both expected here
+    quiet = [logging.getLogger(n) for n in ("torch.export.pt2_archive._package",
+                                            "torch.utils.cpp_extension")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        import torch._inductor
+
+        return torch._inductor.aoti_load_package(str(path))
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+
+
+def aoti_target(path: Path) -> str | None:
+    """The ``-march`` target an AOTInductor package was compiled for, from the
+    ``model_card.json`` beside it (None when unknown)."""
+    import json
+
+    card = path.parent / "model_card.json"
+    try:
+        row = json.loads(card.read_text()).get("runtimes", {}).get("aoti", {})
+    except (OSError, ValueError):
+        return None
+    return row.get("target") if isinstance(row, dict) else None
+
+
 def load_eager(path: Path) -> Any:
     """A registry model from a ``student.pt`` state file, eval mode, Conv+BN folded."""
     import torch
@@ -209,6 +257,8 @@ def load_runner(runtime: str, path: Path, threads: int | None = None) -> Runner:
         torch.set_num_threads(int(threads))
     if runtime == "pt2":
         return torch_runner(load_pt2(path))
+    if runtime == "aoti":
+        return torch_runner(load_aoti(path, aoti_target(path)))
     if runtime == "eager":
         return torch_runner(load_eager(path))
     raise ValueError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")

@@ -34,10 +34,29 @@ _log = logging.getLogger(__name__)
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device, which must exist
+    here (``cuda`` without a GPU, ``cuda:99`` or ``gpu`` is a one-line ``ConfigError``)."""
+    from common.config import ConfigError
+
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+    try:
+        dev = torch.device(preference)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {str(preference)[:40]}: not a device (use auto, cpu, "
+                          "cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {preference}: no CUDA device on this machine "
+                              "(use cpu or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {preference}: this machine has {count} CUDA "
+                              f"device(s): cuda:0..cuda:{count - 1}")
+    elif dev.type not in ("cpu", "mps", "xpu", "meta"):
+        raise ConfigError(f"--device {preference}: unsupported device type {dev.type!r} "
+                          "(use auto, cpu, cuda or cuda:N)")
+    return dev
 
 
 def autocast(
@@ -165,14 +184,55 @@ class Checkpointer:
         return dict(torch.load(path, map_location=map_location, weights_only=False))
 
 
-def iterate_progress(items: Any, desc: str, enabled: bool = True) -> Iterator[Any]:
-    """Wrap an iterable in a tqdm bar; off when stderr is not a terminal (logs stay readable)."""
+PROGRESS_LOG_S = 30.0
+"""Seconds between step-progress log lines when stderr is not a terminal."""
+
+
+def iterate_progress(items: Any, desc: str, enabled: bool = True,
+                     clock: Callable[[], float] | None = None) -> Iterator[Any]:
+    """Wrap an iterable in a tqdm bar on a terminal; elsewhere (a log file, a container) log
+    ``desc: step i/N (p %), elapsed, ETA`` every :data:`PROGRESS_LOG_S` seconds instead."""
     import sys
 
     from tqdm.auto import tqdm
 
-    show = enabled and sys.stderr.isatty()
-    yield from tqdm(items, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+    if enabled and sys.stderr.isatty():
+        yield from tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+    elif enabled:
+        yield from _logged_progress(items, desc, clock or _monotonic)
+    else:
+        yield from items
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _logged_progress(items: Any, desc: str, clock: Callable[[], float]) -> Iterator[Any]:
+    """Yield ``items``, logging step progress with an ETA every :data:`PROGRESS_LOG_S` s."""
+    total = len(items) if hasattr(items, "__len__") else None
+    start = last = clock()
+    for i, item in enumerate(items, 1):
+        yield item
+        now = clock()
+        if now - last < PROGRESS_LOG_S:
+            continue
+        last, elapsed = now, now - start
+        if total:
+            eta = elapsed / i * (total - i)
+            _log.info("%s: step %d/%d (%.0f %%), %s elapsed, ETA %s", desc, i, total,
+                      100 * i / total, _hms(elapsed), _hms(eta))
+        else:
+            _log.info("%s: step %d, %s elapsed", desc, i, _hms(elapsed))
+
+
+def _hms(seconds: float) -> str:
+    """``1h02m03s`` / ``2m03s`` / ``3s``."""
+    s = int(round(seconds))
+    h, m = s // 3600, s // 60 % 60
+    return f"{h}h{m:02d}m{s % 60:02d}s" if h else (f"{m}m{s % 60:02d}s" if m else f"{s}s")
 
 
 class Stateful(Protocol):

@@ -58,14 +58,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"student": validated_copy(
             cfg.student, {"epochs": args.epochs}, "--epochs")})
     if not args.local:
+        from common.lock import probe_out_folder
         from coordinator.federated_cli import main_federated
 
-        if cfg.runs.local_only or cfg.runs.pooled or cfg.runs.fedavg:
-            log.warning("baseline rows (local_only, pooled, fedavg) run with --local only: skipped")
-        return main_federated(args, cfg)
-    from coordinator.baselines.rows import baseline_rows
+        probe_out_folder(cfg.out)  # the ServerApp, in another process, holds the lock
 
-    export_best_multi(cfg.out, run_experiment(cfg, baseline_rows), cfg)  # as the ServerApp does
+        if cfg.runs.local_only or cfg.runs.pooled:
+            log.warning("local_only and pooled rows need the sites' data: run them with "
+                        "--local (the report lists them as not run)")
+        return main_federated(args, cfg)
+    from coordinator.local_sites import LocalSites
+
+    run_experiment(cfg, LocalSites(cfg), lambda rows: export_best_multi(cfg.out, rows, cfg))
     print(f"results: {cfg.out / 'results.md'}")  # the command's answer: where the table is
     return 0
 
@@ -73,7 +77,18 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from coordinator.topology.simulate import main_simulate
 
+    _check_sites(args.config, args.sites)
     return main_simulate(args)
+
+
+def _check_sites(config: Path, n: int) -> None:
+    """``--sites N`` within ``1..`` the config's site count (one line otherwise)."""
+    from common.config import ConfigError, load_config
+    from coordinator.distill.config import ExperimentConfig
+
+    count = len(load_config(config, ExperimentConfig).sites)
+    if not 1 <= n <= count:
+        raise ConfigError(f"--sites {n}: {config} lists {count} site(s); choose 1..{count}")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -144,13 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; known input errors become one clear line and exit code 2."""
-    from common.cli_errors import run_guarded
-    from common.logs import setup_logging, verbosity
+    """Entry point: bad input (and a memory guard refusal) is one clear line and exit 2,
+    Ctrl-C one line and exit 130, an unexpected error one line and exit 1
+    (:mod:`common.cli_errors`); never a traceback."""
+    from common.cli_errors import guard_interrupt
 
-    args = build_parser().parse_args(argv)
+    return guard_interrupt(lambda: _main(argv), "coordinator")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from common.cli_errors import EXIT_BAD_INPUT, UnknownCommand, route_command, run_guarded
+    from common.logs import setup_logging, verbosity
+    from coordinator.distill.memory import MemoryBudgetError
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    try:
+        routed = route_command(list(sys.argv[1:] if argv is None else argv), list(sub.choices))
+    except UnknownCommand as exc:
+        print(f"coordinator: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args = parser.parse_args(routed)
     setup_logging(verbosity(args))
-    return run_guarded(lambda: args.func(args), "coordinator")
+    return run_guarded(lambda: args.func(args), "coordinator", (MemoryBudgetError,),
+                       verbose=verbosity(args) > 0)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 :func:`export_student` writes ``student.pt2`` (:func:`torch.export.export`, dynamic batch),
 ``student.onnx`` (opset 17), ``student.pt`` (state dict, the ``eager`` runtime),
 ``student.int8.onnx`` (ONNX Runtime static int8, calibrated on the coordinator's proxy slices
-only) and ``model_card.json`` (all atomically). Conv+BN pairs are folded and ENet's
+only), optionally ``student.aoti.pt2`` (``aoti=True``: an AOTInductor package compiled from the
+``.pt2``, :mod:`coordinator.aoti`; minutes of C++ compilation) and ``model_card.json`` (all
+atomically). Conv+BN pairs are folded and ENet's
 MaxUnpool swapped for a scatter in the exported graphs. Each file is verified against the eager
 fp32 model (pt2 within 1e-4, the ONNX graph through ``onnx.checker``, every runtime's argmax
 agreement on proxy slices) and timed; the card records each runtime's precision, agreement,
@@ -38,6 +40,7 @@ from common.models.base import SegModel, count_params
 from common.models.checkpoint import model_state
 from common.predict import PLAN_EXTRA_FILE, PLAN_KEY
 from common.runtimes import FILES, fastest, runtime_report
+from coordinator.aoti import TARGET, compile_aoti
 from coordinator.distill.proxy import ProxySet
 from coordinator.quantize import quantize_student
 
@@ -156,16 +159,19 @@ def fedmtkd_version() -> str:
 
 def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
                    plan: dict | None = None, spec: dict | None = None,
-                   proxy: ProxySet | None = None) -> dict[str, Path]:
+                   proxy: ProxySet | None = None, aoti: bool = False,
+                   aoti_target: str | None = TARGET) -> dict[str, Path]:
     """Write, verify and time the student's runtimes and ``model_card.json`` in ``out_dir``.
 
     Files (:data:`common.runtimes.FILES`): ``student.pt2`` (torch.export), ``student.onnx``
     (fp32), ``student.pt`` (the state dict, for the ``eager`` runtime; only with ``spec`` =
     ``{"model_name", "model_kwargs"}``) and ``student.int8.onnx`` (only with ``proxy``: static
     int8 calibrated on the coordinator's proxy slices, :func:`coordinator.quantize.
-    quantize_student`). Conv+BN pairs are folded in the pt2/ONNX graphs. ``card`` adds to (and
-    may override) the computed fields; ``plan`` (a :class:`common.data.plan.Plan` as JSON dict,
-    ``size`` equal to ``size``) goes into every file. The card's ``runtimes`` give per runtime
+    quantize_student`) and ``student.aoti.pt2`` (only with ``aoti`` and a C++ compiler:
+    :func:`coordinator.aoti.compile_aoti` for ``aoti_target``). Conv+BN pairs are folded in the
+    pt2/ONNX graphs. ``card`` adds to (and may override) the computed fields; ``plan`` (a
+    :class:`common.data.plan.Plan` as JSON dict, ``size`` equal to ``size``) goes into every
+    file. The card's ``runtimes`` give per runtime
     its precision, agreement with eager fp32 (on proxy slices, else random inputs) and measured
     batch-1 latency; ``default_runtime`` is the fastest one with agreement >= 99.5 %.
     Returns the paths keyed by runtime name and ``card``.
@@ -184,6 +190,13 @@ def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
                                                          dict(spec["model_kwargs"])),
                                            **({"plan": plan} if plan else {})})
     extra: dict[str, Any] = {}
+    compiled = (compile_aoti(paths["pt2"], out_dir / FILES["aoti"], model, _example(size, 2),
+                             aoti_target) if aoti else None)
+    if compiled is not None:
+        paths["aoti"] = out_dir / FILES["aoti"]
+    elif (out_dir / FILES["aoti"]).exists():  # a former export's package: another model
+        (out_dir / FILES["aoti"]).unlink()
+        log.info("[export] removed the former export's %s", out_dir / FILES["aoti"])
     if proxy is not None:
         paths["onnx-int8"] = out_dir / FILES["onnx-int8"]
         extra["calibration"] = quantize_student(paths["onnx"], paths["onnx-int8"], proxy)
@@ -191,6 +204,8 @@ def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     report = runtime_report(paths, ref, x, masks)
+    if compiled is not None:
+        report["aoti"].update(compiled)  # target (checked by the loader), compile_s
     paths["card"] = out_dir / "model_card.json"
     full: dict[str, Any] = {
         "architecture": type(model).__name__, "params": count_params(model),
@@ -267,14 +282,13 @@ def exchanged_bytes(out: Path) -> dict[str, Any] | None:
 
 
 def result_rows(out: Path) -> list[dict]:
-    """Result rows of an experiment folder: ``federated_results.json``, else each run's
-    ``runs/<run>/summary.json`` (mean over seeds) or ``result.json`` (what ``distill --local``
-    leaves)."""
+    """Result rows of an experiment folder: ``results.json`` (written by both transports),
+    else each run's ``runs/<run>/summary.json`` (mean over seeds) or ``result.json``."""
     import json
 
-    fed = out / "federated_results.json"
-    if fed.is_file():
-        return list(json.loads(fed.read_text())["rows"])
+    res = out / "results.json"
+    if res.is_file():
+        return list(json.loads(res.read_text())["rows"])
     rows = []
     for run in sorted(p for p in out.glob("runs/*") if p.is_dir()):
         for name in ("summary.json", "result.json"):  # summary.json: mean over seeds
@@ -313,7 +327,8 @@ def main_export(args: Any) -> int:
 
     cfg = load_config(args.config, ExperimentConfig).resolve_paths(args.config.parent.resolve())
     out = args.out.resolve() if args.out is not None else cfg.out
-    return 0 if export_best_multi(out, result_rows(out), cfg) is not None else 1
+    aoti = bool(getattr(args, "aoti", False))
+    return 0 if export_best_multi(out, result_rows(out), cfg, aoti=aoti) is not None else 1
 
 
 def _proxy_or_none(cfg: ExperimentConfig) -> ProxySet | None:
@@ -331,8 +346,10 @@ def _proxy_or_none(cfg: ExperimentConfig) -> ProxySet | None:
 
 
 def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
-                      bytes_exchanged: int | None = None) -> dict[str, Path] | None:
-    """Export ``<out>/runs/<default multi run>/last.pt`` to ``<out>/export/``.
+                      bytes_exchanged: int | None = None, aoti: bool = False
+                      ) -> dict[str, Path] | None:
+    """Export ``<out>/runs/<default multi run>/last.pt`` to ``<out>/export/`` (``aoti``: with
+    the AOTInductor package too).
 
     Returns the written paths, or ``None`` (with one logged warning) when ``rows`` hold no
     multi-teacher run.
@@ -361,6 +378,7 @@ def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
                                       else traffic["total"] if traffic else 0)
     spec = {"model_name": ckpt["model_name"], "model_kwargs": ckpt["model_kwargs"]}
     paths = export_student(model, out / "export", cfg.student.size, card,
-                           plan=student_plan(ckpt, cfg), spec=spec, proxy=_proxy_or_none(cfg))
+                           plan=student_plan(ckpt, cfg), spec=spec, proxy=_proxy_or_none(cfg),
+                           aoti=aoti)
     log.info("[export] %s: %s", row["run"], ", ".join(str(p) for p in paths.values()))
     return paths

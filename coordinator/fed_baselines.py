@@ -1,6 +1,6 @@
-"""Peer baselines in the federated run (issue 15): the FedAvg row over the Deployment Engine.
+"""Peer baselines in the federated run: the FedAvg row over the Deployment Engine.
 
-:func:`federated_baselines` is what :func:`coordinator.server_app.run_federated` calls after
+:func:`federated_baselines` is what :meth:`coordinator.fed_sites.GridSites.peer_rows` calls after
 the MT-KD student rows. With ``[runs.fedavg]`` in the experiment config it runs ``rounds``
 rounds of Flower's own ``FedAvg`` (:func:`coordinator.baselines.fedavg.run_fedavg`) over the
 real Grid: each live site gets a ``query.fedavg_train`` message (global weights + config) and,
@@ -8,7 +8,7 @@ if its egress policy allows weight release, answers with its updated weights. A 
 refuses (default policy) or fails comes back as an error reply: Flower's FedAvg leaves it out
 of the average, the run goes on, and the row reports it (``fedavg_refused``: site -> reason).
 The final global model is scored exactly like the students: the ``evaluate`` round
-(:func:`coordinator.server_app.eval_round`) on every live site's held-out test split, native
+(:func:`coordinator.fed_sites.eval_round`) on every live site's held-out test split, native
 resolution, once per seed (``repeats``).
 
 Cost columns (``cost`` of each row, :func:`coordinator.baselines.costs.cost_summary`):
@@ -17,7 +17,7 @@ FedAvg's are the serialized payloads of the very messages sent to and received f
 in ``runs/fedavg[/seed<s>]/payloads.jsonl``; the first seed's run is the row's cost. The
 MT-KD rows' bytes are the ``query.teacher_outputs`` exchange rebuilt from the validated teacher
 outputs (requests as sent, replies re-encoded with the default fp16 codec, receipts left out),
-as ``--local`` does. ``federated_costs.md`` / ``federated_costs.csv`` hold the cost table.
+as ``--local`` does. The cost table is in ``results.md`` and ``costs.csv``, as for ``--local``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from coordinator.baselines.fedavg import (
 )
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.repeats import mean_row, seed_folders
-from coordinator.distill.student import DistillData, _model
+from coordinator.distill.student import DistillData, _model, mean_dice
+from coordinator.query_pipeline import send_receive
 
 if TYPE_CHECKING:
     from flwr.app import Message
@@ -52,9 +53,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 WHERE = "federated: message payloads (FedAvg measured; MT-KD query rebuilt, fp16)"
-#: :func:`coordinator.server_app.eval_round` (passed in: the ServerApp imports this module):
-#: ``(grid, roster, run name, state_dict, cfg, settings, run_id, plan) -> {site: summary}``.
-EvalRound = Callable[..., dict[str, dict]]
+#: :func:`coordinator.fed_sites.eval_round` (passed in: that module imports this one):
+#: ``(grid, roster, run name, state_dict, cfg, settings, run_id, plan) -> (summaries, cases)``.
+EvalRound = Callable[..., tuple[dict[str, dict], dict[str, dict]]]
 
 
 def federated_baselines(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
@@ -66,7 +67,6 @@ def federated_baselines(grid: Grid, roster: Roster, data: DistillData, cfg: Expe
     out = [{**r, "cost": student_cost(r, cfg, data, s.chunk_size)} for r in rows]
     if cfg.runs.fedavg is not None:
         out += fedavg_rows(grid, roster, data, cfg, s, run_id, score)
-    write_costs(out, cfg.out)
     return out
 
 
@@ -126,9 +126,10 @@ def fedavg_seed(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentCo
     if not any(e.direction == "sent" for e in plog.entries):
         return None, refused
     name = f"fedavg_seed{seed}" if cfg.repeats > 1 else "fedavg"
-    sites = score(grid, roster, name, state, cfg, s, run_id, plan)
+    sites, cases = score(grid, roster, name, state, cfg, s, run_id, plan)
     row: dict[str, Any] = {
         "run": "fedavg", "teachers": [], "weighting": None, "sites": sites, "seed": seed,
+        "cases": cases,
         "mean_dice": mean_dice(sites), "train_seconds": time.perf_counter() - t0,
         "fedavg_refused": refused, "checkpoint_dir": str(out)}
     torch.save({"model": state}, out / "last.pt")
@@ -149,19 +150,12 @@ def trail_exchange(grid: Grid, roster: Roster, s: FedSettings, refused: dict[str
             if s.trail is not None:
                 s.trail.sent(int(m.metadata.dst_node_id), FEDAVG_MSG_TYPE, m.content)
         sent = {int(m.metadata.dst_node_id): m for m in msgs}
-        replies = list(grid.send_and_receive(msgs, timeout=s.timeout))
+        replies = [m for _, m in send_receive(grid, msgs, s.timeout)]
         got = [_checked(r, sent, s, roster, refused) for r in replies]
         for node in set(sent) - {int(r.metadata.src_node_id) for r in replies}:
             _refusal(roster, node, "no reply before the timeout", refused)
         return got
     return exchange
-
-
-def mean_dice(sites: dict[str, dict]) -> float:
-    """Mean of the sites' defined ``dice_mean`` (NaN when none is), as the student rows'."""
-    vals = [float(v["dice_mean"]) for v in sites.values()
-            if v.get("dice_mean") is not None and v["dice_mean"] == v["dice_mean"]]
-    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def _checked(reply: Message, sent: dict[int, Message], s: FedSettings, roster: Roster,
@@ -189,14 +183,3 @@ def _refusal(roster: Roster, node: int, why: str, refused: dict[str, str]) -> No
     site = roster.names.get(node, f"node {node}")
     refused[site] = why
     _log.info("%s: no FedAvg update (%s); left out of the average, still scores", site, why)
-
-
-def write_costs(rows: list[dict], out: Path) -> None:
-    """``federated_costs.md`` and ``federated_costs.csv`` (exact bytes) in ``out``."""
-    from coordinator.distill.report import costs_markdown, write_costs_csv
-
-    if not any(r.get("cost") for r in rows):
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "federated_costs.md").write_text(costs_markdown(rows))
-    write_costs_csv(rows, out / "federated_costs.csv")

@@ -1,4 +1,4 @@
-"""The federated query round and its on-disk answers (issue 14): message validation, the
+"""The federated query round and its on-disk answers: message validation, the
 transport helpers of the ServerApp, the pipelined ``query.teacher_outputs`` round and the teacher
 cache that it fills.
 
@@ -33,9 +33,10 @@ from coordinator.distill.cache import CachedTargets, SiteWriter, TeacherCache, r
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.identity import cache_key
 from coordinator.distill.proxy import ProxySet
-from coordinator.query_pipeline import run_windowed
+from coordinator.query_pipeline import run_windowed, send_receive
 
 T = TypeVar("T")
+PROGRESS_S = 30.0  # at most this many seconds between progress lines of the query round
 TT = TypeVar("TT", TeacherTargets, CachedTargets)
 _log = logging.getLogger(__name__)
 
@@ -152,9 +153,11 @@ def incoming(m: Message, mtype: str, trail: CoordinatorTrail | None,
 
 def exchange(grid: Grid, contents: dict[int, RecordDict], mtype: str, group: str,
               timeout: float, trail: CoordinatorTrail | None = None) -> list[Reply]:
-    """Send, receive; with a ``trail`` log both ways and check every reply's receipt."""
-    msgs = [outgoing(n, c, mtype, group, trail) for n, c in contents.items()]
-    return [incoming(m, mtype, trail) for m in grid.send_and_receive(msgs, timeout=timeout)]
+    """Send, receive (:func:`~coordinator.query_pipeline.send_receive`, 0.1 s polls); with a
+    ``trail`` log both ways and check every reply's receipt."""
+    nodes = list(contents)
+    msgs = [outgoing(n, contents[n], mtype, group, trail) for n in nodes]
+    return [incoming(m, mtype, trail, nodes[k]) for k, m in send_receive(grid, msgs, timeout)]
 
 
 @dataclass
@@ -171,6 +174,24 @@ class _QueryRound:
     parts_of: list[slice]
     store: AnswerStore
     made: dict[int, RecordDict] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)  # site -> chunks answered
+    t0: float = field(default_factory=time.monotonic)
+    last_log: float = field(default_factory=time.monotonic)
+
+    def progress(self, every: float = PROGRESS_S) -> None:
+        """One line of per-site progress (chunks answered / total, ETA) at most every
+        ``every`` seconds, and when every live site is done."""
+        n, now = len(self.parts_of), time.monotonic()
+        live = list(self.roster.names.values())
+        finished = all(self.done.get(site, 0) >= n for site in live)
+        if not finished and now - self.last_log < every:
+            return
+        self.last_log = now
+        total = sum(self.done.get(site, 0) for site in live)
+        rate = total / max(now - self.t0, 1e-9)
+        eta = (n * len(live) - total) / rate if rate > 0 else float("nan")
+        log("query round: " + ", ".join(f"{site} {self.done.get(site, 0)}/{n}" for site in live)
+            + f" chunks answered ({now - self.t0:.0f} s, ETA {eta:.0f} s)")
 
     def content(self, i: int) -> RecordDict:
         """The ``query.teacher_outputs`` request of chunk ``i`` (the same for every site)."""
@@ -201,6 +222,8 @@ class _QueryRound:
                 self.roster.drop(node, f"answered as {site!r}, registered as {names[node]!r}")
             else:
                 self.store.add(site, self.parts_of[i].start, t)
+                self.done[site] = self.done.get(site, 0) + 1
+        self.progress()
 
     def take_one(self, node: int, i: int, m: Message) -> bool:
         """One pipelined reply of ``node`` to chunk ``i``; whether the node is still live."""
@@ -212,7 +235,7 @@ class _QueryRound:
         return outgoing(node, self.content(i), MsgType.QUERY, f"query-{i}", self.s.trail)
 
     def lockstep(self, grid: Grid) -> None:
-        """The round before issue 14: one ``send_and_receive`` per chunk, all sites waiting
+        """The lockstep round: one ``send_and_receive`` per chunk, all sites waiting
         for the slowest (``query-window = 0``; kept for ``bench/bench_query.py``)."""
         for i in range(len(self.parts_of)):
             nodes = list(self.roster.names)
@@ -230,7 +253,7 @@ def query_round(grid: Grid, roster: Roster, proxy: ProxySet, cfg: ExperimentConf
     ``s.timeout`` seconds without a reply, or on an invalid reply. ``query-window = 0`` is
     the lockstep round (:meth:`_QueryRound.lockstep`)."""
     if cfg.kd.feature_taps != "emkd":  # the query protocol carries the EMKD maps only
-        raise ValueError("federated runs support [kd] feature_taps = 'emkd' only (issue 18)")
+        raise ValueError("federated runs support [kd] feature_taps = 'emkd' only")
     q = _QueryRound(roster, proxy, cfg, s, run_id, chunks(len(proxy), s.chunk_size), store)
     t0 = time.perf_counter()
     try:
@@ -285,7 +308,7 @@ class AnswerStore:
 
 def fed_cache_key(proxy: ProxySet, cfg: ExperimentConfig, val_dice: float | None) -> str:
     """Cache key of a site's federated answers: the proxy set, the attention settings, the
-    answer's form (served in the teacher's own plan, issue 17) and what the site reported of its
+    answer's form (served in the teacher's own plan) and what the site reported of its
     teacher (its validation Dice: a federated coordinator never sees the weights, so a retrained
     teacher is recognised by its reported score, not by a digest)."""
     return cache_key(proxy.digest, f"federated|bridged|val={val_dice}", cfg.kd.at_form,

@@ -107,6 +107,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
                                       "multi-teacher student of a finished experiment")
     p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
     p.add_argument("--out", type=Path, help="experiment folder (default: the config's out)")
+    p.add_argument("--aoti", action="store_true", help="also compile an AOTInductor package "
+                   "(student.aoti.pt2; needs a C++ compiler, minutes of CPU)")
     p.set_defaults(func=run)
 
 
@@ -313,12 +315,32 @@ def main_federated(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     except (ValueError, FileNotFoundError, SuperLinkUnreachable) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    results, start = cfg.out / "federated_results.json", time.time()
+    start = time.time()
     rc = launch(cmd, workdir, args.timeout)
-    if rc == 0 and not (results.is_file() and results.stat().st_mtime >= start):
-        print(f"{PROG}: error: the ServerApp wrote no {results}; see "
-              f"{workdir / 'flwr-run.log'}", file=sys.stderr)
+    return run_outcome(cfg.out, start, rc, workdir / "flwr-run.log")
+
+
+def run_outcome(out: Path, start: float, rc: int, logfile: Path) -> int:
+    """The command's exit code from the ServerApp's ``run_status.json`` (``flwr run`` exits 0
+    even when the ServerApp failed): 0 when it is fresh and ok; 1 with its one-line reason
+    when the run failed (too few sites, a failed export...); 3 when the ServerApp wrote none;
+    ``rc`` when ``flwr run`` itself failed. Prints every expected site's state."""
+    from coordinator.distill.sites import STATUS_FILE, RunStatus
+
+    status = RunStatus.read(out)
+    fresh = status is not None and (out / STATUS_FILE).stat().st_mtime >= start
+    if status is not None and fresh:
+        for line in status.summary_lines():
+            print(f"  site {line}")
+    if rc != 0 and not (fresh and status is not None and not status.ok):
+        return rc
+    if not fresh or status is None:
+        print(f"{PROG}: error: the ServerApp wrote no {out / STATUS_FILE}; see {logfile}",
+              file=sys.stderr)
         return 3
-    if rc == 0:
-        print(f"federated results: {results}")  # the command's answer
-    return rc
+    if not status.ok:
+        print(f"{PROG}: error: the run failed: {status.reason} (see {logfile})",
+              file=sys.stderr)
+        return 1
+    print(f"federated results: {out / 'results.md'}")  # the command's answer
+    return 0

@@ -1,12 +1,12 @@
-"""Pipelined, parallel message rounds over a Flower ``Grid`` (issue 14, item 3).
+"""Pipelined, parallel message rounds over a Flower ``Grid``.
 
 :func:`run_windowed` sends the jobs ``0 .. n_jobs-1`` (proxy chunks) to every node, in order,
 keeping at most ``window`` messages in flight per node, and pulls replies for all nodes at once
 every ``poll`` seconds. A node refills its window the moment one of its replies arrives, so
 every node works through its queue at its own pace: a slow site holds back only itself.
 
-Why this is faster than one ``grid.send_and_receive`` per chunk (the lockstep round before
-issue 14): ``send_and_receive`` polls the SuperLink every 3 s and waits for the slowest node,
+Why this is faster than one ``grid.send_and_receive`` per chunk (the lockstep round):
+``send_and_receive`` polls the SuperLink every 3 s and waits for the slowest node,
 and a SuperNode that finds no queued message sleeps 3 s before asking again. With a window of
 2 or more the next chunk is already queued when a site finishes one.
 
@@ -119,3 +119,23 @@ def _expire(st: _State, now: float, timeout: float, drop: Callable[[int, str], N
         if now - st.last[node] > timeout:
             st.forget(node)
             drop(node, NO_REPLY)
+
+
+def send_receive(grid: Grid, msgs: list[Message], timeout: float, poll: float = POLL_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> list[tuple[int, Message]]:
+    """``grid.send_and_receive`` polling every ``poll`` seconds instead of Flower's 3 s: push
+    ``msgs`` at once, pull until every one has a reply or ``timeout`` seconds passed; the
+    replies that arrived as ``(index in msgs, reply)`` (one without a reply is the caller's
+    "no reply")."""
+    ids = list(grid.push_messages(msgs))
+    waiting = {mid: k for k, mid in enumerate(ids) if mid}
+    replies: list[tuple[int, Message]] = []
+    deadline = clock() + timeout
+    while waiting and clock() < deadline:
+        got = [m for m in grid.pull_messages(list(waiting))
+               if m.metadata.reply_to_message_id in waiting]
+        replies += [(waiting.pop(m.metadata.reply_to_message_id), m) for m in got]
+        if waiting and not got:
+            sleep(poll)
+    return replies

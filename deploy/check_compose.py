@@ -8,9 +8,16 @@ Dockerfiles and entrypoint scripts exist; every variable an entrypoint script ne
 assigned in it) is set in the service environment, and the service sets no variable that
 neither its script nor ``entrypoint.sh``/``healthcheck.sh`` reads; published host ports are
 unique; depends_on targets exist; healthchecks present; named volumes declared; the
-Dockerfile switches to a non-root ``USER``. ``coordinator simulate`` builds the same
-environments (tests/deploy/test_entrypoint_env.py checks them with :func:`required_vars`). Also runs
-``docker compose config -q`` when the compose plugin is installed (skipped otherwise).
+Dockerfile switches to a non-root ``USER``. Layout and key custody (:func:`check_layout`):
+a site's run, state and key folders are never its data folder nor inside it (the site never
+writes there); every role's image installs the pip extras the role needs (:data:`ROLE_EXTRAS`:
+the coordinator's ServerApp exports ONNX); no private key lies in a host bind mount or in a
+volume a service of another party mounts; the coordinator's run folder (holding its private
+audit key) is not the exported ``RESULTS_DIR`` and is handed over only through
+``deploy/export_results.py`` (which leaves private keys behind). ``coordinator simulate``
+builds the same environments (tests/deploy/test_entrypoint_env.py checks them with
+:func:`required_vars`). Also runs ``docker compose config -q`` when the compose plugin is
+installed (skipped otherwise).
 Prints one line per problem; exit status 1 if any.
 Usage: ``python deploy/check_compose.py [--file docker-compose.yml] [--root REPO]``.
 """
@@ -23,7 +30,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -41,6 +48,12 @@ _ASSIGN = re.compile(r"(?:^|[\s;(])(?:local\s+(?:-\w+\s+)*|for\s+)?([A-Za-z_]\w*
 _READ = re.compile(r"\bread\s+(?:-\S+\s+)*([A-Za-z_]\w*)")
 _REQUIRED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
 COMMON_SCRIPTS = ("entrypoint.sh", "healthcheck.sh")  # run in every service
+ROLE_EXTRAS = {"coordinator": ("export",)}  # pip extras of fedmtkd a role's image must install
+SITE_WRITES = ("SITE_RUN", "SITE_STATE")  # folders a site writes: never inside SITE_DATA
+SITE_KEY_FILES = ("SITE_KEY", "SITE_AUDIT_KEY")  # the site's private keys (files)
+KEY_VARS = ("SITE_KEY", "SITE_AUDIT_KEY", "SERVER_KEY", "SUPEREXEC_SECRET", "SITE_KEYS",
+            "EXPERIMENT_OUT")  # private keys/secrets (EXPERIMENT_OUT: audit/coordinator.key)
+EXPORTER = "export_results.py"  # coordinator.sh's only way to fill RESULTS_DIR
 
 
 def _code(text: str) -> str:
@@ -210,6 +223,120 @@ def check_ports_and_deps(services: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _within(path: str, folder: str) -> bool:
+    """Whether container path ``path`` is ``folder`` or inside it."""
+    p, f = PurePosixPath(path), PurePosixPath(folder)
+    return p == f or f in p.parents
+
+
+def check_site_layout(name: str, svc: dict[str, Any]) -> list[str]:
+    """A site's run/state/key folders are not inside its data folder (site-node refuses)."""
+    env = _as_dict(svc.get("environment"))
+    data = env.get("SITE_DATA")
+    if _role(svc) != "site" or not data:
+        return []
+    folders = [(v, env[v]) for v in SITE_WRITES if env.get(v)]
+    folders += [(v, str(PurePosixPath(env[v]).parent)) for v in SITE_KEY_FILES if env.get(v)]
+    return [f"{name}: {var} {folder} is inside the data folder SITE_DATA {data}, which the "
+            "site never writes to; use sibling folders (e.g. /local/data and /local/run)"
+            for var, folder in folders if _within(folder, data)]
+
+
+def _pip_extras(dockerfile: str) -> set[str] | None:
+    """Extras of the ``pip install .[...]`` of fedmtkd in a Dockerfile (None: not installed)."""
+    text = dockerfile.replace("\\\n", " ")
+    found: set[str] | None = None
+    for line in re.findall(r"pip install[^\n]*", text):
+        for extras in re.findall(r"""(?:^|\s)["']?\.(?:\[([\w,\s-]*)\])?["']?(?=\s|&|;|$)""",
+                                 line):
+            found = (found or set()) | {e.strip() for e in extras.split(",") if e.strip()}
+    return found
+
+
+def check_extras(name: str, svc: dict[str, Any], root: Path) -> list[str]:
+    """The image of a role installs fedmtkd with the extras that role needs."""
+    need = ROLE_EXTRAS.get(_role(svc) or "", ())
+    build = svc.get("build")
+    if not need or build is None:
+        return []
+    ctx = build if isinstance(build, str) else build.get("context", ".")
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    path = root / ctx / dockerfile
+    extras = _pip_extras(path.read_text()) if path.is_file() else set()
+    if extras is None:
+        return [f"{name}: {dockerfile} never runs `pip install .` (fedmtkd)"]
+    return [f"{name}: {dockerfile} installs fedmtkd without the [{e}] extra the {_role(svc)} "
+            f"role needs (pip install '.[{','.join(need)}]')" for e in need if e not in extras]
+
+
+def _mounts(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(source, target, subpath) of every volume of a service."""
+    out = []
+    for v in svc.get("volumes") or []:
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.append((parts[0], parts[1] if len(parts) > 1 else parts[0], ""))
+        elif isinstance(v, dict):
+            sub = str((v.get("volume") or {}).get("subpath", ""))
+            out.append((str(v.get("source", "")), str(v.get("target", "")), sub))
+    return out
+
+
+def _party(svc: dict[str, Any]) -> str:
+    """Who runs a service: its site (site and site-keys roles) or the operator."""
+    return _as_dict(svc.get("environment")).get("SITE_NAME", "") or "operator"
+
+
+def _key_exposures(name: str, var: str, path: str, services: dict[str, Any]) -> list[str]:
+    """Where the private key/secret ``path`` of service ``name`` is visible to others."""
+    svc, problems = services[name], []
+    for src, target, sub in _mounts(svc):
+        if not _within(path, target):
+            continue
+        if src.startswith((".", "/", "~")):
+            problems.append(f"{name}: {var} {path} is in the host folder {src} (exported)")
+            continue
+        rel = str(PurePosixPath(sub) / PurePosixPath(path).relative_to(target))
+        for other, osvc in services.items():
+            if other == name or _party(osvc) == _party(svc):
+                continue
+            if any(osrc == src and _within(rel, osub or ".") or osrc == src and not osub
+                   for osrc, _, osub in _mounts(osvc)):
+                problems.append(f"{name}: {var} {path} is in volume {src!r}, which {other} "
+                                "(another party) mounts")
+    return problems
+
+
+def check_key_custody(services: dict[str, Any], root: Path) -> list[str]:
+    """No private key in a host folder or a volume of another party; the coordinator's run
+    folder is not the exported RESULTS_DIR and is exported without its private key."""
+    problems = []
+    for name, svc in services.items():
+        env = _as_dict(svc.get("environment"))
+        for var in KEY_VARS:
+            if env.get(var):
+                problems += _key_exposures(name, var, env[var], services)
+        out, results = env.get("EXPERIMENT_OUT"), env.get("RESULTS_DIR")
+        if _role(svc) != "coordinator" or not out or not results:
+            continue
+        if _within(out, results) or _within(results, out):
+            problems.append(f"{name}: EXPERIMENT_OUT {out} and the exported RESULTS_DIR "
+                            f"{results} overlap: the private audit key would be exported")
+        script = root / SCRIPTS_IN_REPO / "coordinator.sh"
+        if script.is_file() and EXPORTER not in _code(script.read_text()):
+            problems.append(f"{name}: coordinator.sh fills RESULTS_DIR without {EXPORTER}, "
+                            "which leaves private keys behind")
+    return problems
+
+
+def check_layout(services: dict[str, Any], root: Path) -> list[str]:
+    """Site folder layout, pip extras of each role's image, key custody."""
+    problems = []
+    for name, svc in services.items():
+        problems += check_site_layout(name, svc) + check_extras(name, svc, root)
+    return problems + check_key_custody(services, root)
+
+
 def check_compose(path: Path, root: Path) -> list[str]:
     """All problems of the compose file ``path`` (paths relative to ``root``)."""
     try:
@@ -222,7 +349,7 @@ def check_compose(path: Path, root: Path) -> list[str]:
         problems += check_build(name, svc, root) + check_env(name, svc, root)
         problems += check_health(name, svc, root)
     problems += check_volumes(services, (doc or {}).get("volumes") or {})
-    problems += check_site_secrets(services)
+    problems += check_site_secrets(services) + check_layout(services, root)
     return problems + check_ports_and_deps(services)
 
 

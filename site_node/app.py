@@ -25,6 +25,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from common.protocol import (
+    CASE_METRICS,
     EvalConfig,
     EvalReply,
     ProtocolError,
@@ -53,7 +54,36 @@ from site_node.teacher_versions import (
 if TYPE_CHECKING:
     from common.kd.targets import TeacherTargets
 
-app = ClientApp(mods=[egress_mod])  # the egress gate wraps every handler registered below
+
+
+class GatedClientApp(ClientApp):
+    """A ``ClientApp`` whose unroutable messages leave a signed trace too: Flower 1.42 looks a
+    message's handler up (``ClientApp.__call__``) before any mod runs, so a message of an
+    unknown or invalid type (``query.steal``) would never reach :func:`egress_mod`. Such a
+    message is logged and refused in the site's egress log here, then refused."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        mtype = str(message.metadata.message_type)
+        if self._call is None and unrouted(self, mtype):
+            from site_node.egress import refuse_unrouted
+
+            raise refuse_unrouted(message, context, unrouted(self, mtype) or "")
+        return super().__call__(message, context)
+
+
+def unrouted(client_app: ClientApp, mtype: str) -> str | None:
+    """Why no handler of ``client_app`` takes message type ``mtype`` (None: one does)."""
+    from flwr.app.metadata import validate_message_type
+
+    if not validate_message_type(mtype):
+        return f"invalid message type {mtype[:80]!r}"
+    full = mtype if "." in mtype else f"{mtype}.default"
+    if full not in client_app._registered_funcs:
+        return f"{mtype[:80]}: unknown message type (no handler)"
+    return None
+
+
+app = GatedClientApp(mods=[egress_mod])  # the egress gate wraps every handler registered below
 log = logging.getLogger(__name__)
 __all__ = ["NodeSettings", "app", "handle_evaluate", "handle_query", "handle_train"]
 
@@ -112,13 +142,13 @@ def handle_train(node: NodeSettings, cfg: TrainConfig, policy: EgressPolicy | No
             teacher_fingerprints(node.data, serving, policy.membership.resolution)
         except (OSError, ValueError, KeyError) as exc:  # queries will be refused (fail closed)
             log.warning("[site %s] membership fingerprints: %s", node.site_name, exc)
-    card = json.loads((serving / "teacher.json").read_text())
-    val = card.get("val_dice")  # null: no validation cases (small_site = "train_on_all")
-    from common.data.test_split import site_plan
+    from common.data.teacher_card import TeacherCard
 
+    card = TeacherCard.read(serving)
+    val = card.val_dice  # None: no validation cases (small_site = "train_on_all")
     return TrainReply.model_validate({"val_dice": float("nan") if val is None else float(val),
                                       "case_count": _case_count(serving),
-                                      **TrainReply.plan_fields(site_plan(serving))})
+                                      **TrainReply.plan_fields(card.plan)})
 
 
 def handle_query(node: NodeSettings, cfg: QueryConfig, images: np.ndarray, masks: np.ndarray
@@ -138,8 +168,24 @@ def handle_query(node: NodeSettings, cfg: QueryConfig, images: np.ndarray, masks
                                    cfg.batch_size, cfg.at_form, cfg.p)
 
 
-def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any]) -> EvalReply:
-    """Score the student ``state`` on this site's private test split (3D Dice/VOE/HD95)."""
+def case_scores(scores: dict[str, Any], keys: list[str]) -> dict[str, dict[str, float | None]]:
+    """Per-case ``keys`` (of dice, voe, hd95) of ``scores`` (case id -> SegScores, in the test
+    split's order), keyed ``case000``, ``case001``, ... (never the file names); a non-finite
+    score is None (left out on the wire)."""
+    import math
+
+    out: dict[str, dict[str, float | None]] = {}
+    for i, s in enumerate(scores.values()):
+        vals = {k: float(getattr(s, k)) for k in keys}
+        out[f"case{i:03d}"] = {k: v if math.isfinite(v) else None for k, v in vals.items()}
+    return out
+
+
+def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any],
+                    policy: EgressPolicy | None = None) -> EvalReply:
+    """Score the student ``state`` on this site's private test split (3D Dice/VOE/HD95): the
+    summaries, and each case's scores where the site's policy (``policy``, default the node's
+    ``policy-path``) lets them leave (``replies.evaluate.case_metric_keys``)."""
     from common.data.test_split import load_test_split
     from common.evaluate import evaluate_volumes
     from common.metrics import summarise
@@ -156,7 +202,10 @@ def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any]) 
     dev = select_device("auto")
     vols = load_test_split(node.data, serving_dir(node.teacher_dir), cfg.size, cfg.plan())
     scores, _ = evaluate_volumes(model.to(dev), vols, dev)
-    return EvalReply.model_validate(summarise(scores))  # NaN -> null with a reason
+    rule = (policy or load_policy(node.policy_path)).replies.get("evaluate")
+    keys = [k for k in CASE_METRICS if rule is not None and k in rule.case_metric_keys]
+    cases = case_scores(scores, keys) if keys else {}
+    return EvalReply.model_validate({**summarise(scores), "cases": cases})  # NaN -> null
 
 
 # ----------------------------------------------------------------------------- Flower handlers

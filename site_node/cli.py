@@ -3,13 +3,16 @@
 Start this site's SuperNode: ``site-node --data DIR --coordinator HOST:PORT --name SITE``
 (same as ``site-node run ...``; see :mod:`site_node.run`). Subcommands: ``status`` (what this
 node has done), ``make-phantom`` (synthetic data), ``check`` (data fingerprint),
-``train`` (local teacher), ``keys init|show`` (this site's key pairs, made here),
+``train`` (local teacher), ``keys init|show|pin`` (this site's key pairs, made here; pin
+the coordinator's audit key),
 ``teacher list|use`` (which teacher version serves), ``audit`` (verify
 the signed exchange log), ``policy show`` (the egress allowlist), ``predict`` / ``evaluate``
 (segment a folder of NIfTI with the teacher; score predictions, :mod:`common.predict_cli`).
 Errors in the input
-data are printed as one line naming the file, with exit status 2. ``-v``/``-q`` (before or
-after the subcommand) set the log level; logs go to stderr, results to stdout.
+data are printed as one line naming the file, with exit status 2; an unknown subcommand is
+refused with the valid ones and a "did you mean"; Ctrl-C is one line and exit 130
+(:mod:`common.cli_errors`). ``-v``/``-q`` (before or after the subcommand) set the log level;
+logs go to stderr, results to stdout.
 
 Adding a subcommand: write ``_add_<name>(sub)`` (``sub.add_parser`` + ``set_defaults(func=...)``,
 the handler takes the parsed args and returns the exit code) and call it in
@@ -80,28 +83,17 @@ def _validated(cfg: TeacherTrainConfig, overrides: dict[str, object]) -> Teacher
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    """Fingerprint the data folder as training would read it; write it (it stays local)."""
-    from common.data.errors import data_error, refuse_inside
-    from common.data.fingerprint import compute_fingerprint, format_fingerprint, save_fingerprint
-    from common.data.layout import discover_dataset
-    from common.data.split import MIN_SPLIT_CASES
+    from site_node.check import main_check  # fingerprint, plan, memory and time of a run
 
-    refuse_inside(args.out, args.data)
-    fp = compute_fingerprint(discover_dataset(args.data), label=args.label)
-    print(format_fingerprint(fp))
-    print(f"wrote {save_fingerprint(fp, args.out)} (aggregate only; stays on this site)")
-    if fp.n_cases < MIN_SPLIT_CASES:
-        raise data_error(args.data, f"only {fp.n_cases} case(s): `site-node train` needs at "
-                         f"least {MIN_SPLIT_CASES} (or small_site = \"train_on_all\")")
-    return 0
+    return main_check(args)
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="verify the data folder and write its fingerprint.json")
-    p.add_argument("--data", type=Path, required=True, help="MSD/nnU-Net or multi-site folder")
-    p.add_argument("--out", type=Path, default=Path("fingerprint.json"))
-    p.add_argument("--label", help="target label: name, value, '1,2' or 'all' "
-                                   "(default: the single declared foreground label)")
+    from site_node.check import add_check_args
+
+    p = sub.add_parser("check", help="verify the data folder, write its fingerprint.json, and "
+                                     "print the plan and what a training run will cost")
+    add_check_args(p)
     p.set_defaults(func=_cmd_check)
 
 
@@ -119,10 +111,19 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from common.audit_cli import run_audit
     from common.audit_report import site_report
     from common.config import load_config
-    from site_node.policy import EgressPolicy, allowed_arrays, default_policy
+    from site_node.budget import budget_lines
+    from site_node.policy import EgressPolicy, allowed_arrays, default_policy, release_caps
 
     policy = load_config(args.policy, EgressPolicy) if args.policy else default_policy()
-    return run_audit(args, lambda path: site_report(path, allowed_arrays(policy)))
+
+    def report(path: Path) -> dict:
+        summary = site_report(path, allowed_arrays(policy), release_caps(policy))
+        state = path.parent.parent  # <state-dir>/audit/egress.jsonl
+        if (state / "query_budget.json").is_file():
+            summary["budget"] = budget_lines(state, policy)
+        return summary
+
+    return run_audit(args, report)
 
 
 def _add_audit_and_policy(sub: argparse._SubParsersAction) -> None:
@@ -131,7 +132,9 @@ def _add_audit_and_policy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="verify this site's signed exchange log and summarise it")
     add_audit_args(p)
     p.add_argument("--policy", type=Path,
-                   help="egress policy whose array names are allowed (default: built-in policy)")
+                   help="egress policy in force at the site: its array names are allowed and "
+                        "its weight release (FedAvg runs: STATE_DIR/policy_weight_release.yaml) "
+                        "reads as released under policy (default: built-in policy)")
     p.set_defaults(func=_cmd_audit)
     p = sub.add_parser("policy", help="inspect the egress policy")
     p.add_argument("action", choices=["show"])
@@ -193,7 +196,8 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     from site_node.keys import add_keys_args, main_keys
 
     p = sub.add_parser("keys", help="generate (init) or print (show) this site's node-auth and "
-                                    "audit key pairs; only the .pub files leave the site")
+                                    "audit key pairs (only the .pub files leave the site), or "
+                                    "pin the coordinator's audit key (pin)")
     add_keys_args(p)
     p.set_defaults(func=main_keys)
 
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
     from common.logs import add_verbosity_everywhere
     from common.predict_cli import add_predict_commands
+    from site_node.dicom_import import add_import_command
     from site_node.teacher_versions import serving_dir
 
     parser = argparse.ArgumentParser(prog="site-node", description=__doc__)
@@ -212,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher(sub)
     _add_keys(sub)
     _add_check(sub)
+    add_import_command(sub)  # import-dicom (site_node.dicom_import)
     _add_audit_and_policy(sub)
     add_predict_commands(sub, "site", serving_dir)  # predict, evaluate (the serving teacher)
     add_verbosity_everywhere(parser)
@@ -219,24 +225,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; known input errors become one clear line and exit code 2."""
-    from common.cli_errors import run_guarded
+    """Entry point: bad input is one clear line and exit 2, Ctrl-C one line and exit 130, an
+    unexpected error one line and exit 1 (:mod:`common.cli_errors`); never a traceback."""
+    from common.cli_errors import guard_interrupt
+
+    return guard_interrupt(lambda: _main(argv), "site-node")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from common.cli_errors import EXIT_BAD_INPUT, UnknownCommand, run_guarded
     from common.logs import setup_logging, verbosity
 
     parser = build_parser()
-    args = parser.parse_args(with_default_command(parser, argv))
+    try:
+        routed = with_default_command(parser, argv)
+    except UnknownCommand as exc:
+        print(f"site-node: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args = parser.parse_args(routed)
     setup_logging(verbosity(args))
-    return run_guarded(lambda: args.func(args), "site-node")
+    return run_guarded(lambda: args.func(args), "site-node", verbose=verbosity(args) > 0)
 
 
 def with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None
                          ) -> list[str]:
-    """``site-node --data ...`` (no subcommand) means ``site-node run --data ...``."""
+    """``site-node [-v|-q] --data ...`` (no subcommand) means ``site-node run --data ...``;
+    an unknown first word (``site-node trian``) raises
+    :class:`~common.cli_errors.UnknownCommand` listing the subcommands."""
+    from common.cli_errors import route_command
+
     args = list(sys.argv[1:] if argv is None else argv)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    first = args[0] if args else ""
-    has_data = any(a == "--data" or a.startswith("--data=") for a in args)
-    return ["run", *args] if first not in sub.choices and has_data else args
+
+    def has_data(rest: list[str]) -> bool:
+        return any(a == "--data" or a.startswith("--data=") for a in rest)
+
+    return route_command(args, list(sub.choices), has_data, "run")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ the egress gate (``site_node.egress``, :func:`site_node.policy.check_weight_rele
 reply again. Each release is logged in the audit log as a ``query.fedavg_train`` ``sent``
 entry listing every weight array's digest, with ``release = "model weights"`` in its config.
 
-Request (Flower's ``FedAvg`` message, retyped): ``arrays`` = the global student weights,
-``config`` = :class:`FedAvgRequest` (``server-round`` and ``local-epochs`` as Flower names them).
-Reply: ``arrays`` = the updated weights, ``metrics`` = ``num-examples`` (training slices) and
-``train-loss``, ``config`` = ``site_name`` and ``release``. The update itself is
-:func:`common.fedavg_local.local_update`, as in ``coordinator distill --local``.
+Request (Flower's ``FedAvg`` message, retyped): ``arrays`` = the global student weights (packed:
+one flat array per dtype, the layout in the config's ``layout-*`` fields,
+``common.protocol.pack_weights``; or one array per tensor), ``config`` = :class:`FedAvgRequest`
+(``server-round`` and ``local-epochs`` as Flower names them).
+Reply: ``arrays`` = the updated weights (packed as the request was), ``metrics`` =
+``num-examples`` (training slices) and ``train-loss``, ``config`` = ``site_name`` and
+``release``. The update itself is :func:`common.fedavg_local.local_update`, as in
+``coordinator distill --local``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from flwr.app import RecordDict
 
     from common.data.plan import Plan
+    from common.protocol import Layout
 
 __all__ = ["WEIGHT_RELEASE_TYPE", "FedAvgRequest", "handle_fedavg", "release_policy_file",
            "weight_release_refusal"]
@@ -68,13 +72,19 @@ def weight_release_refusal(policy: EgressPolicy) -> str | None:
             "(weight_release.allow = false)")
 
 
-def decode_request(content: RecordDict) -> tuple[FedAvgRequest, dict]:
-    """``(request config, global state_dict)`` of a ``query.fedavg_train`` message."""
+def decode_request(content: RecordDict) -> tuple[FedAvgRequest, dict, Layout | None]:
+    """``(request config, global state_dict, its packed layout or None)`` of a
+    ``query.fedavg_train`` message (weights packed by ``common.protocol.pack_weights``, or
+    one array per tensor)."""
     from flwr.app import ArrayRecord, ConfigRecord
 
-    conf = cast(ConfigRecord, content["config"])
-    req = FedAvgRequest.model_validate({str(k).replace("-", "_"): v for k, v in conf.items()})
-    return req, cast(ArrayRecord, content["arrays"]).to_torch_state_dict()
+    from common.protocol import unpack_weights, without_layout
+
+    conf = dict(cast(ConfigRecord, content["config"]))
+    req = FedAvgRequest.model_validate({str(k).replace("-", "_"): v
+                                        for k, v in without_layout(conf).items()})
+    state, layout = unpack_weights(conf, cast(ArrayRecord, content["arrays"]), "coordinator")
+    return req, state, layout
 
 
 def _plan(node: NodeSettings, req: FedAvgRequest) -> Plan | None:
@@ -116,14 +126,18 @@ def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy 
     why = weight_release_refusal(policy or load_policy(node.policy_path))
     if why:
         raise PermissionError(why)
-    req, state = decode_request(content)
+    req, state, layout = decode_request(content)
     images, masks, extents = train_slices(node, req)
     spec = LocalSpec(**req.model_dump(exclude={"run_id", "size", "plan_json", "augment_json"}))
     aug = (AugmentConfig.model_validate_json(req.augment_json) if req.augment_json
            else AugmentConfig())
     new, loss = local_update(state, images, masks, spec, aug, select_device("auto"), extents)
+    from common.protocol import pack_weights
+
+    arrays = (ArrayRecord(new) if layout is None  # answered as asked: packed in request order
+              else pack_weights({k: new[k] for k in layout.names})[1])
     return RecordDict({
-        "arrays": ArrayRecord(new),
+        "arrays": arrays,
         "metrics": MetricRecord({"num-examples": len(images), "train-loss": loss}),
         "config": ConfigRecord({"site_name": node.site_name, "release": "model weights"})})
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit_keys import AuditError, fingerprint, load_private_key
+from common.audit_keys import AuditError, fingerprint, load_private_key, load_public_key
 from common.config import safe_name
 
 CURVE = ec.SECP384R1()
@@ -67,6 +67,11 @@ class SiteKeys:
     def audit_pub(self) -> Path:
         """Ed25519 audit public key (PEM), the coordinator's ``<site>.pub``."""
         return self.root / "audit.pub"
+
+    @property
+    def coordinator_pub(self) -> Path:
+        """The coordinator's pinned audit public key (PEM), installed by ``keys pin``."""
+        return self.root / "coordinator.pub"
 
     def public(self) -> list[Path]:
         """The two files to hand to the coordinator's operator."""
@@ -166,18 +171,41 @@ def describe_keys(root: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- command line
+def pin_coordinator(root: Path, pub: Path) -> Path:
+    """Install the coordinator's audit public key ``pub`` (PEM Ed25519, handed over by the
+    operator with the CA) as ``root/coordinator.pub``; pass it to ``site-node run
+    --coordinator-key`` (node config ``coordinator-key``). Returns the installed file."""
+    key = load_public_key(pub)  # not an Ed25519 public key: one-line AuditError
+    root.mkdir(parents=True, exist_ok=True)
+    dest = SiteKeys(root).coordinator_pub
+    _write(dest, key.public_bytes(serialization.Encoding.PEM,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo), False)
+    return dest
+
+
 def add_keys_args(p: argparse.ArgumentParser) -> None:
-    """``keys init|show --dir DIR [--name SITE] [--force]``."""
-    p.add_argument("action", choices=["init", "show"])
+    """``keys init|show|pin --dir DIR [--name SITE] [--force] [--coordinator-pub FILE]``."""
+    p.add_argument("action", choices=["init", "show", "pin"])
     p.add_argument("--dir", type=Path, required=True,
                    help="this site's keys folder (private keys stay here, mode 0600)")
     p.add_argument("--name", help="site name written into node.pub (init; required there)")
     p.add_argument("--force", action="store_true",
                    help="init: replace existing private keys (the coordinator must re-register)")
+    p.add_argument("--coordinator-pub", dest="coordinator_pub", type=Path,
+                   help="pin: the coordinator's audit public key (its audit.pub / "
+                        "coordinator.pub), installed as DIR/coordinator.pub")
 
 
 def main_keys(args: argparse.Namespace) -> int:
-    """``site-node keys``: print what to hand over (init) or the fingerprints (show)."""
+    """``site-node keys``: print what to hand over (init), the fingerprints (show), or pin
+    the coordinator's audit key (pin)."""
+    if args.action == "pin":
+        if args.coordinator_pub is None:
+            raise AuditError("keys pin: --coordinator-pub FILE is required")
+        dest = pin_coordinator(args.dir, args.coordinator_pub)
+        print(f"{dest}: coordinator audit key {fingerprint(load_public_key(dest))} pinned; "
+              f"start the site with `site-node run ... --coordinator-key {dest}`")
+        return 0
     if args.action == "init":
         if not args.name:
             raise AuditError("keys init: --name SITE is required (it labels node.pub)")

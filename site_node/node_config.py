@@ -35,6 +35,7 @@ class EgressConfig(StrictModel):
     state_dir: Path | None = None  # default <teacher-dir>/site_state
     audit_key: Path | None = None  # default <state-dir>/audit/site.key
     policy_path: Path | None = None  # default: site_node.policy.default_policy()
+    coordinator_key: Path | None = None  # pinned coordinator audit public key (PEM)
     compression: str | None = None  # CompressionConfig.mode
     downsample_factor: int | None = None
     noise_sigma: float | None = None

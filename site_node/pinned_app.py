@@ -16,6 +16,10 @@ imports the ``clientapp`` the FAB names, so by default a coordinator can push co
 
 The FAB's ``[tool.flwr.app.config]`` values still reach the app as run config; the app
 validates every value it reads.
+
+Speed: the shim first hands its task to the site's warm ClientApp server
+(:mod:`site_node.warm`), whose forked child runs exactly :func:`run_pinned` with the shim's
+argv and stdio but without paying for the imports again; without a server it runs here.
 """
 
 from __future__ import annotations
@@ -123,12 +127,27 @@ def write_shim(bin_dir: Path, python: str = sys.executable) -> Path:
     return path
 
 
-def main() -> None:
-    """Entry point of the shim: Flower's ``flwr-clientapp`` with the two steps pinned."""
+def run_pinned(argv: list[str] | None = None) -> None:
+    """Flower's ``flwr-clientapp`` with the two steps pinned; ``argv`` (without the program
+    name) replaces ``sys.argv[1:]`` when given (a child of :mod:`site_node.warm`)."""
+    if argv is not None:
+        sys.argv = [SHIM_NAME, *argv]
     install_pins()
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     flwr_clientapp()
+
+
+def main() -> None:
+    """Entry point of the shim: hand the task to the site's warm ClientApp server
+    (:mod:`site_node.warm`: a forked child that already holds the imports runs exactly
+    :func:`run_pinned`) and exit with its code; without a server, :func:`run_pinned` here."""
+    from site_node.warm import run_via_server
+
+    code = run_via_server(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    run_pinned()
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@ are written relative to the request::
 
 and the request itself is bounded (``n <= max_slices_per_query``, ``side <= max_side``). A train
 or evaluate reply has no array rules, so any array (e.g. weights) is refused. Queries are further
-limited per run (``min_query_batch``, ``max_queries_per_run``, ``max_slices_per_run``) by
-:class:`QueryBudget`, the model-extraction limit. Load with
+limited per run (``min_query_batch``, ``max_queries_per_run``, ``max_slices_per_run``) and per
+coordinator identity over a rolling window or a lifetime (``[coordinator_budget]``) by
+:class:`site_node.budget.QueryBudget`, the model-extraction limit; the whole request is checked
+(:func:`check_request`) before any teacher work. Load with
 ``common.config.load_config(path, EgressPolicy)``; ``deploy/egress-policy.toml`` is the default.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -27,7 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from common.config import StrictModel
-from common.io import atomic_write_json
+from common.protocol.messages import MAX_QUERY_SIDE, MAX_QUERY_SLICES
 
 Dim = int | Annotated[str, Field(pattern=r"^(n|side(/[1-9][0-9]*)?)$")]
 
@@ -55,6 +56,9 @@ class ReplyRule(StrictModel):
     arrays: dict[str, ArrayRule] = Field(default_factory=dict)
     metric_keys: list[str] = Field(default_factory=list)
     max_reply_bytes: int = Field(default=0, ge=0)
+    #: scores that may leave per test case, as scalars ``caseNNN.<key>`` (NNN: the case's index
+    #: in the test split, never its file name; ``common.protocol.EvalReply.cases``)
+    case_metric_keys: list[str] = Field(default_factory=list)
 
 
 class RemoteTrainPolicy(StrictModel):
@@ -76,7 +80,7 @@ class MembershipPolicy(StrictModel):
     is refused before the teacher runs."""
 
     enabled: bool = True
-    max_correlation: float = Field(default=0.98, gt=0.0, le=1.0)
+    max_correlation: float = Field(default=0.96, gt=0.0, le=1.0)
     resolution: int = Field(default=16, ge=4, le=64)
 
 
@@ -93,11 +97,29 @@ WEIGHT_RELEASE_TYPE = "query.fedavg_train"
 WEIGHT_RELEASE_KEYS = ["site_name", "release", "num-examples", "train-loss"]
 
 
+class CoordinatorBudgetPolicy(StrictModel):
+    """Queries and slices one coordinator identity may have answered, across all its runs and
+    the site's restarts (:mod:`site_node.budget`): within any ``window_hours`` (0: ever)."""
+
+    window_hours: float = Field(default=24.0, ge=0.0, le=24.0 * 366 * 10)
+    max_queries: int = Field(default=5_000, ge=1)
+    max_slices: int = Field(default=500_000, ge=1)
+
+
+class ReplayPolicy(StrictModel):
+    """Replay rule (:mod:`site_node.replay`): every request's coordinator log head must be
+    newer than the last one of its signer, and a request is answered at most once.
+    ``require_head``: refuse requests without a signed head (unset: required exactly when
+    the coordinator's key is pinned, node config ``coordinator-key``)."""
+
+    require_head: bool | None = None
+
+
 class EgressPolicy(StrictModel):
     """The site's egress policy (see the module docstring)."""
 
-    max_slices_per_query: int = Field(default=256, ge=1)
-    max_side: int = Field(default=384, ge=1)
+    max_slices_per_query: int = Field(default=256, ge=1, le=MAX_QUERY_SLICES)
+    max_side: int = Field(default=384, ge=16, le=MAX_QUERY_SIDE)
     min_query_batch: int = Field(default=8, ge=1)
     max_queries_per_run: int = Field(default=1000, ge=1)
     max_slices_per_run: int = Field(default=100_000, ge=1)
@@ -106,6 +128,8 @@ class EgressPolicy(StrictModel):
     remote_train: RemoteTrainPolicy = RemoteTrainPolicy()
     membership: MembershipPolicy = MembershipPolicy()
     weight_release: WeightReleasePolicy = WeightReleasePolicy()
+    coordinator_budget: CoordinatorBudgetPolicy = CoordinatorBudgetPolicy()
+    replay: ReplayPolicy = ReplayPolicy()
 
 
 #: Scalars of a query reply saying how its logits are encoded (``common.protocol.QueryEcho``).
@@ -131,7 +155,8 @@ def default_policy() -> EgressPolicy:
         metric_keys=["site_name", "run_id", "chunk", "n", *CODEC_KEYS],
         max_reply_bytes=180_000_000)
     evaluate = ReplyRule(metric_keys=["site_name", "dice_mean", "dice_std", "voe_mean",
-                                      "voe_std", "hd95_mean", "hd95_std", "hd95_undefined", "n"])
+                                      "voe_std", "hd95_mean", "hd95_std", "hd95_undefined", "n"],
+                         case_metric_keys=["dice", "voe", "hd95"])
     return EgressPolicy(replies={
         "train": ReplyRule(metric_keys=["val_dice", "case_count", "site_name", *PLAN_KEYS]),
         "query.teacher_outputs": query, "evaluate": evaluate})
@@ -148,6 +173,13 @@ def allowed_arrays(policy: EgressPolicy) -> dict[str, frozenset[str]]:
     """Array names ``policy`` lets leave, per message type (what ``site-node audit`` checks a
     log against; the default policy allows every compression mode's logits array)."""
     return {t: frozenset(rule.arrays) for t, rule in policy.replies.items()}
+
+
+def release_caps(policy: EgressPolicy) -> dict[str, int]:
+    """Message types whose replies ``policy`` lets release other arrays (model weights), with
+    the byte cap per reply: what ``site-node audit`` reports as released under policy."""
+    rule = policy.weight_release
+    return {WEIGHT_RELEASE_TYPE: rule.max_reply_bytes} if rule.allow else {}
 
 
 # ----------------------------------------------------------------------------- reply checks
@@ -188,9 +220,55 @@ def _check_request(policy: EgressPolicy, n: int | None, side: int | None) -> str
     return None
 
 
+def _query_arrays(arrays: Mapping[str, np.ndarray], n: int, side: int) -> str | None:
+    """The request arrays of a query of ``n`` slices of ``side``: exactly the wire schema's."""
+    from common.protocol.schemas import query_schema
+
+    want = query_schema(n, side)
+    if set(arrays) != set(want):
+        return f"request arrays {sorted(arrays)}, expected {sorted(want)}"
+    for name, (dtype, shape) in want.items():
+        arr = arrays[name]
+        if str(arr.dtype) != dtype or tuple(arr.shape) != shape:
+            return (f"request array {name!r}: {arr.dtype} {tuple(arr.shape)}, expected "
+                    f"{dtype} {shape}")
+    return None
+
+
+def check_request(policy: EgressPolicy, msg_type: str, arrays: Mapping[str, np.ndarray],
+                  n: int | None, side: int | None) -> Decision:
+    """The whole request against the policy, before any work: a message type with a reply
+    rule; a query's slice count ``n`` (``min_query_batch..max_slices_per_query``), side
+    (``<= max_side``) and arrays (dtypes and shapes of the wire schema); a weight release
+    only when ``weight_release.allow``. Budgets are charged separately (``site_node.budget``)."""
+    t = str(msg_type)
+    if t == WEIGHT_RELEASE_TYPE:
+        return ALLOW if policy.weight_release.allow else Decision(
+            False, f"{t}: this site's policy releases no model weights "
+                   "(weight_release.allow = false)")
+    if t not in policy.replies:
+        return Decision(False, f"{t}: no egress rule for this message type")
+    if n is None:
+        return ALLOW
+    why = None
+    if n < policy.min_query_batch:
+        why = f"query of {n} slices < min_query_batch {policy.min_query_batch}"
+    why = why or _check_request(policy, n, side)
+    if why is None and side is None:
+        why = "request side (config size) missing or not an integer"
+    why = why or _query_arrays(arrays, n, int(side or 0))
+    return Decision(False, f"{t}: {why}") if why else ALLOW
+
+
+def _case_metric(rule: ReplyRule, key: str) -> bool:
+    """``key`` is a per-test-case score ``caseNNN.<m>`` with ``m`` in ``case_metric_keys``."""
+    m = re.fullmatch(r"case[0-9]{3,5}\.([a-z0-9_]+)", key)
+    return m is not None and m.group(1) in rule.case_metric_keys
+
+
 def _check_metrics(policy: EgressPolicy, rule: ReplyRule, metrics: Mapping[str, Any]) -> str | None:
     for key, value in metrics.items():
-        if key not in rule.metric_keys:
+        if key not in rule.metric_keys and not _case_metric(rule, key):
             return f"metric {key!r} not allowed (allowed {rule.metric_keys})"
         if not isinstance(value, str | int | float | bool):
             return f"metric {key!r}: only scalars may leave, got {type(value).__name__}"
@@ -247,53 +325,6 @@ def check_weight_release(policy: EgressPolicy, arrays: Mapping[str, np.ndarray],
     return Decision(False, f"{t}: {why}") if why else ALLOW
 
 
-# ----------------------------------------------------------------------------- query budget
-class QueryBudget:
-    """Queries and slices answered per ``run_id``, persisted in a small JSON state file."""
-
-    def __init__(self, path: Path, policy: EgressPolicy) -> None:
-        self.path = path
-        self.policy = policy
-
-    def usage(self, run_id: str) -> dict[str, int]:
-        """``{"queries": q, "slices": s}`` already charged to ``run_id``."""
-        runs = self._load()
-        return dict(runs.get(run_id, {"queries": 0, "slices": 0}))
-
-    def _load(self) -> dict[str, dict[str, int]]:
-        if not self.path.exists():
-            return {}
-        runs: dict[str, dict[str, int]] = json.loads(self.path.read_text())["runs"]
-        return runs
-
-    def _refusal(self, used: Mapping[str, int], n_slices: int) -> str | None:
-        p = self.policy
-        if n_slices < p.min_query_batch:
-            return f"query of {n_slices} slices < min_query_batch {p.min_query_batch}"
-        if n_slices > p.max_slices_per_query:
-            return f"query of {n_slices} slices > max_slices_per_query {p.max_slices_per_query}"
-        if used["queries"] + 1 > p.max_queries_per_run:
-            return f"run already made {used['queries']} queries (max_queries_per_run)"
-        if used["slices"] + n_slices > p.max_slices_per_run:
-            return (f"run would reach {used['slices'] + n_slices} slices > max_slices_per_run "
-                    f"{p.max_slices_per_run}")
-        return None
-
-    def admit_query(self, run_id: str, n_slices: int) -> Decision:
-        """Refuse or admit (and charge, before any compute) one query of ``n_slices``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.with_name(self.path.name + ".lock").open("a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            runs = self._load()
-            used = runs.get(run_id, {"queries": 0, "slices": 0})
-            why = self._refusal(used, n_slices)
-            if why:
-                return Decision(False, f"run {run_id!r}: {why}")
-            runs[run_id] = {"queries": used["queries"] + 1, "slices": used["slices"] + n_slices}
-            atomic_write_json(self.path, {"runs": runs})
-        return ALLOW
-
-
 # ----------------------------------------------------------------------------- display
 def _format_rule(msg_type: str, rule: ReplyRule) -> list[str]:
     lines = [f"reply to {msg_type!r}:"]
@@ -305,6 +336,8 @@ def _format_rule(msg_type: str, rule: ReplyRule) -> list[str]:
     if rule.arrays:
         lines.append(f"  byte budget per reply: {rule.max_reply_bytes:,} B")
     lines.append(f"  scalar keys: {', '.join(rule.metric_keys) or '(none)'}")
+    if rule.case_metric_keys:
+        lines.append(f"  per test case (caseNNN.<key>): {', '.join(rule.case_metric_keys)}")
     return lines
 
 
@@ -321,7 +354,15 @@ def format_policy(policy: EgressPolicy) -> str:
              f"{p.remote_train.models or 'none'}, epochs <= {p.remote_train.max_epochs}, size "
              f"{p.remote_train.min_size}..{p.remote_train.max_size} (0: none)",
              f"membership guard: {'on' if p.membership.enabled else 'OFF'}, refuse at "
-             f"correlation >= {p.membership.max_correlation} at {p.membership.resolution} px",
+             f"correlation >= {p.membership.max_correlation} at {2 * p.membership.resolution} px "
+             "(flips, rotations, shifts, crops tried)",
+             f"per coordinator identity: <= {p.coordinator_budget.max_queries} queries, <= "
+             f"{p.coordinator_budget.max_slices} slices "
+             + (f"in any {p.coordinator_budget.window_hours:g} h"
+                if p.coordinator_budget.window_hours > 0 else "over the site's lifetime"),
+             "replay: coordinator heads strictly increasing, each request answered once; "
+             "head required: " + {None: "when a coordinator key is pinned", True: "always",
+                                  False: "never"}[p.replay.require_head],
              f"model weights ({WEIGHT_RELEASE_TYPE}, FedAvg baseline): "
              + (f"RELEASED, <= {p.weight_release.max_reply_bytes} B per reply"
                 if p.weight_release.allow else "refused"),

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from common.config import ConfigError, first_error
 from common.data.errors import DataError, data_error
 from common.io import strict_json_dumps
 
@@ -53,6 +56,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", choices=COMPRESSION,
                    help="how query logits are encoded (node config `compression`; default fp16)")
     p.add_argument("--policy", type=Path, help="egress policy TOML (default: built-in)")
+    p.add_argument("--coordinator-key", dest="coordinator_key", type=Path,
+                   help="the coordinator's audit public key (PEM) to pin: requests signed by "
+                        "any other key, or without a signed head, are refused (node config "
+                        "`coordinator-key`; installed by `site-node keys pin`: "
+                        "KEYS/coordinator.pub)")
     p.add_argument("--allow-weight-release", action="store_true",
                    help="FedAvg baseline runs only: the policy with weight_release.allow = true "
                         "(written to STATE_DIR/policy_weight_release.yaml): weights leave")
@@ -63,6 +71,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="run history and egress audit log (default %(default)s)")
     p.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="check everything, print the flower-supernode command, start nothing")
+    p.add_argument("--poll-interval", dest="poll_interval", type=float,
+                   help="seconds between the SuperNode's polls of the coordinator when idle "
+                        "(default: Flower's 3 s; e.g. 0.2 on a LAN; site_node/supernode.py)")
+    p.add_argument("--no-warm", dest="no_warm", action="store_true",
+                   help="start each ClientApp cold instead of forking it from a warm server "
+                        "(site_node/warm.py)")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -113,7 +127,9 @@ def teacher_warnings(teacher_dir: Path) -> list[str]:
     if not (teacher_dir / "best.pt").is_file():
         return [f"{teacher_dir}: no best.pt yet; the coordinator's train message will train "
                 "the teacher here (this can take a long time)"]
-    if not (teacher_dir / "teacher.json").is_file():
+    from common.data.teacher_card import TeacherCard
+
+    if not TeacherCard.exists(teacher_dir):
         return [f"{teacher_dir}: best.pt has no teacher.json card; it will be retrained"]
     return []
 
@@ -132,11 +148,16 @@ def node_config(args: argparse.Namespace, teacher_dir: Path) -> str:
 
         policy = release_policy_file(policy, args.state_dir.expanduser().resolve())
         log.warning("weight release ALLOWED (FedAvg baseline run): policy %s", policy)
-    settings = NodeSettings.model_validate({
-        "data-path": args.data.resolve(), "teacher-dir": teacher_dir.resolve(),
-        "site-name": args.name, "state-dir": args.state_dir.expanduser().resolve(),
-        "policy-path": policy, "audit-key": resolved(args.audit_key),
-        "compression": args.compression})
+    try:
+        settings = NodeSettings.model_validate({
+            "data-path": args.data.resolve(), "teacher-dir": teacher_dir.resolve(),
+            "site-name": args.name, "state-dir": args.state_dir.expanduser().resolve(),
+            "policy-path": policy, "audit-key": resolved(args.audit_key),
+            "coordinator-key": resolved(getattr(args, "coordinator_key", None)),
+            "compression": args.compression})
+    except ValidationError as exc:
+        key, msg = first_error(exc)
+        raise ConfigError(f"site-node run: {key}: {msg}") from None
     return settings.to_node_config()
 
 
@@ -162,11 +183,23 @@ def supernode_command(args: argparse.Namespace, teacher_dir: Path) -> list[str]:
     host, port = parse_address(args.coordinator)
     cmd = [_supernode_exe(), *tls_args(args), "--superlink", f"{host}:{port}", "--host",
            args.host, "--port", str(args.port), "--node-config", node_config(args, teacher_dir)]
-    for path, what in ((args.key, "SuperNode auth key"), (args.audit_key, "audit key")):
+    for path, what in ((args.key, "SuperNode auth key"), (args.audit_key, "audit key"),
+                       (getattr(args, "coordinator_key", None), "coordinator audit key")):
         if path is not None and not path.is_file():
             raise DataError(f"{path}: {what} not found")
+    if getattr(args, "coordinator_key", None) is not None:
+        from common.audit_keys import load_public_key
+
+        load_public_key(args.coordinator_key)  # not an Ed25519 public key: one line, exit 2
     if args.key is not None:
         cmd += ["--auth-supernode-private-key", str(args.key.resolve())]
+    if getattr(args, "poll_interval", None) is not None:  # Flower's loop, patched to poll faster
+        from site_node import supernode
+
+        try:
+            cmd = supernode.command(supernode.check_interval(args.poll_interval), cmd)
+        except ValueError as exc:
+            raise DataError(f"--poll-interval: {exc}") from None
     return cmd
 
 
@@ -193,6 +226,9 @@ def record_event(state_dir: Path, event: dict[str, Any]) -> None:
 
 def main_run(args: argparse.Namespace) -> int:
     """Validate, then exec ``flower-supernode`` (or print its command with ``--dry-run``)."""
+    from common.config import safe_name
+
+    safe_name(args.name, "--name")  # it names files on both sides: no path characters
     args.state_dir = args.state_dir.expanduser()
     teacher_dir = args.teacher_dir or args.state_dir / "teacher"
     summary = validate_data(args.data)
@@ -201,6 +237,9 @@ def main_run(args: argparse.Namespace) -> int:
     for line in teacher_warnings(teacher_dir):
         log.warning(line)
     cmd = supernode_command(args, teacher_dir)
+    if getattr(args, "coordinator_key", None) is None:
+        log.warning("no --coordinator-key: requests signed by any coordinator key are answered "
+                    "(pin the coordinator's audit.pub with `site-node keys pin`)")
     if args.insecure:
         log.warning("--insecure: traffic to the coordinator is NOT encrypted")
     if args.dry_run:
@@ -215,5 +254,10 @@ def main_run(args: argparse.Namespace) -> int:
     log.info("starting %s", shlex.join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(cmd[0], cmd, supernode_env(args.state_dir.resolve()))
+    env = supernode_env(args.state_dir.resolve())
+    if not getattr(args, "no_warm", False):  # warm ClientApp fork server, the SuperNode's child
+        from site_node import warm
+
+        warm.spawn(args.state_dir, env)
+    os.execve(cmd[0], cmd, env)
     return 1  # pragma: no cover (execv does not return)

@@ -24,6 +24,8 @@ def add_status_args(p: argparse.ArgumentParser) -> None:
                    help="teacher run folder (default: the last start's, else STATE_DIR/teacher)")
     p.add_argument("--data", type=Path, help="dataset folder (default: the last start's)")
     p.add_argument("--last", type=int, default=5, help="how many starts to list")
+    p.add_argument("--policy", type=Path,
+                   help="egress policy of this site (its query budget caps; default built-in)")
 
 
 def read_events(state_dir: Path) -> list[dict[str, Any]]:
@@ -64,17 +66,19 @@ def teacher_lines(teacher_dir: Path) -> list[str]:
     from site_node.teacher_versions import serving_dir
 
     teacher_dir = serving_dir(teacher_dir)
-    card_path = teacher_dir / "teacher.json"
-    if not card_path.is_file():
+    from common.data.teacher_card import TeacherCard
+
+    card = TeacherCard.read(teacher_dir, missing_ok=True)
+    if card is None:
         return [f"teacher: none yet in {teacher_dir} (trained on the coordinator's train message)"]
-    card = json.loads(card_path.read_text())
-    test = card.get("test") or {}  # null: no held-out cases (small_site = "train_on_all")
-    lines = [f"teacher: {card.get('architecture', '?')} ({card.get('params', 0):,} params) "
-             f"in {teacher_dir}",
-             f"  val Dice {_num(card.get('val_dice')):.4f} "
-             f"(best epoch {card.get('best_epoch', '?')}), test Dice "
+    given = card.model_fields_set  # keys the file has ('?' for the others, as before)
+    test = card.test or {}  # None: no held-out cases (small_site = "train_on_all")
+    lines = [f"teacher: {card.architecture if 'architecture' in given else '?'} "
+             f"({card.params if card.params is not None else 0:,} params) in {teacher_dir}",
+             f"  val Dice {_num(card.val_dice):.4f} "
+             f"(best epoch {card.best_epoch if 'best_epoch' in given else '?'}), test Dice "
              f"{_num(test.get('dice_mean')):.4f} on {int(test.get('n', 0))} cases"]
-    return lines + [f"  trained {card.get('created', '?')}"]
+    return lines + [f"  trained {card.created if 'created' in given else '?'}"]
 
 
 def run_lines(events: list[dict[str, Any]], last: int) -> list[str]:
@@ -112,8 +116,11 @@ def audit_lines(log: Path) -> list[str]:
 
 
 def status_lines(state_dir: Path, teacher_dir: Path | None, data: Path | None,
-                 last: int = 5) -> list[str]:
+                 last: int = 5, policy: Path | None = None) -> list[str]:
     """Every line of ``site-node status``."""
+    from site_node.budget import budget_lines
+    from site_node.policy import load_policy
+
     events = read_events(state_dir)
     latest = events[-1] if events else {}
     if teacher_dir is None:
@@ -121,11 +128,13 @@ def status_lines(state_dir: Path, teacher_dir: Path | None, data: Path | None,
     if data is None and isinstance(latest.get("data"), dict):
         data = Path(latest["data"]["path"])
     return [f"state: {state_dir}", *data_lines(data), *teacher_lines(teacher_dir),
-            *run_lines(events, last), *audit_lines(state_dir / "audit" / "egress.jsonl")]
+            *run_lines(events, last), *audit_lines(state_dir / "audit" / "egress.jsonl"),
+            *budget_lines(state_dir, load_policy(policy))]
 
 
 def main_status(args: argparse.Namespace) -> int:
     """Print the status report; always 0 (problems are reported in the text)."""
     state = args.state_dir.expanduser()
-    print("\n".join(status_lines(state, args.teacher_dir, args.data, args.last)))
+    print("\n".join(status_lines(state, args.teacher_dir, args.data, args.last,
+                                  getattr(args, "policy", None))))
     return 0

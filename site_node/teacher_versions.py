@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.config import ConfigError
+from common.data.teacher_card import TeacherCard
 
 if TYPE_CHECKING:
     from common.protocol import TrainConfig
@@ -51,7 +52,7 @@ def version_dir(teacher_dir: Path, name: str) -> Path:
 
 def is_complete(folder: Path) -> bool:
     """A finished teacher: ``best.pt`` and its ``teacher.json`` card."""
-    return (folder / "best.pt").is_file() and (folder / "teacher.json").is_file()
+    return (folder / "best.pt").is_file() and TeacherCard.exists(folder)
 
 
 def serving_name(teacher_dir: Path) -> str:

@@ -32,6 +32,7 @@ from common.data.split import (
     split_cases,
     train_only_split,
 )
+from common.data.teacher_card import TeacherCard, TeacherInput
 from common.evaluate import evaluate_volumes, mean_dice, save_case_overlays
 from common.io import atomic_write_json
 from common.kd.losses import SegLoss
@@ -221,24 +222,24 @@ def run_training(data_dir: Path, cfg: TeacherTrainConfig, out: Path, resume: boo
     scores, preds = evaluate_volumes(model, data.test, next(model.parameters()).device)
     save_case_overlays(data.test, preds, out / "overlays")
     test = summarise(scores) if scores else None
-    card: dict[str, Any] = {
-        "architecture": cfg.model,
-        "params": count_params(model),
-        "input": {"in_channels": 1, "num_classes": 2,
-                  "size": data.plan.size if data.plan else cfg.size},
-        "plan": data.plan.model_dump(mode="json") if data.plan else None,
+    card = TeacherCard(
+        architecture=cfg.model,
+        params=count_params(model),
+        input=TeacherInput(in_channels=1, num_classes=2,
+                           size=data.plan.size if data.plan else cfg.size),
+        plan=data.plan,
         **_selection(data, early, cfg),
-        "test": test,
-        "data_fingerprint": data_fingerprint(data.info, data.split),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_json(out / "teacher.json", card)
+        test=test,
+        data_fingerprint=data_fingerprint(data.info, data.split),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    card.write(out)
     atomic_write_json(out / "test_scores.json", {k: vars(v) for k, v in scores.items()})
     if test is None:
         log.warning("no held-out cases: the teacher has no test score (see teacher.json)")
     else:
         log.info("test 3D Dice %.4f on %d held-out cases", test["dice_mean"], len(scores))
-    return card
+    return card.as_json()
 
 
 def _selection(data: SiteData, early: EarlyStopping, cfg: TeacherTrainConfig) -> dict[str, Any]:

@@ -118,3 +118,25 @@ def fedavg_site_context(sites: dict, teachers: dict, tmp: Path, name: str, allow
             "site-name": name, "state-dir": str(tmp / name / "state"),
             "policy-path": str(tmp / name / "policy.yaml")}
     return Context(run_id=1, node_id=1, node_config=conf, state=RecordDict(), run_config={})
+
+
+class PushPullGrid:
+    """``push_messages``/``pull_messages`` of a Flower Grid on top of a test grid's synchronous
+    ``send_and_receive`` (each reply tagged with the id its request was given)."""
+
+    def push_messages(self, msgs: Any) -> list[str]:
+        msgs = list(msgs)
+        replies = list(self.send_and_receive(msgs))  # type: ignore[attr-defined]
+        assert len(replies) == len(msgs), "one reply per message, in order"
+        store = self.__dict__.setdefault("_ready", {})
+        ids = []
+        for m, r in zip(msgs, replies, strict=True):
+            mid = f"m{len(store) + len(ids)}-{id(m)}"
+            ids.append(mid)
+            r.metadata.__dict__["_reply_to_message_id"] = mid
+            store[mid] = r
+        return ids
+
+    def pull_messages(self, ids: Any) -> list[Any]:
+        store = self.__dict__.setdefault("_ready", {})
+        return [store.pop(i) for i in list(ids) if i in store]

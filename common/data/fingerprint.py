@@ -19,8 +19,8 @@ import numpy as np
 
 from common.config import StrictModel
 from common.data.errors import data_error
-from common.data.geometry import axcodes, check_geometry
-from common.data.labels import resolve_target, select_target
+from common.data.geometry import axcodes, check_geometry, check_pair_headers
+from common.data.labels import ALL, foreground, resolve_target, select_target, value_name
 from common.data.layout import CaseRef, DatasetInfo
 from common.data.nifti import read_nifti
 from common.data.plan import Plan, plan_from_fingerprint
@@ -91,8 +91,11 @@ class _Acc:
         self.target = 0
         self.rng = np.random.default_rng(0)
 
-    def add(self, ref: CaseRef, targets: list[int] | None) -> None:
-        """Read, check and summarise one case."""
+    def add(self, ref: CaseRef, targets: list[int] | None, union: bool,
+            declared: list[int] | None) -> None:
+        """Check both headers, then read, check and summarise one case."""
+        if ref.label is not None:
+            check_pair_headers(ref.image, ref.label)
         image = read_nifti(ref.image, first_channel=True)
         vol, spacing = image.canonical_zyx()
         self.shapes.append(tuple(int(s) for s in vol.shape))
@@ -103,22 +106,33 @@ class _Acc:
             return
         label = read_nifti(ref.label, allow_empty=True)
         check_geometry(image, label)
-        self.target += int(select_target(label.data, targets, ref.label).sum())
+        self.target += int(select_target(label.data, targets, ref.label, union=union,
+                                         declared=declared).sum())
         values, counts = np.unique(label.data, return_counts=True)
         self.labels.update({str(int(v)): int(c) for v, c in zip(values, counts, strict=True)})
         self.fg.append(_sample(image.data[label.data != 0], _SAMPLE_FG, self.rng))
+
+
+def _found_name(name: str | None, label_voxels: Counter[str]) -> str | None:
+    """Without a declared name, the target is named after the values found (``label 2``)."""
+    if name is not None:
+        return name
+    found = sorted(int(v) for v in label_voxels if int(v) != 0)
+    return "/".join(value_name(v) for v in found) or None
 
 
 def compute_fingerprint(info: DatasetInfo, label: str | None = None,
                         case_ids: list[str] | None = None) -> Fingerprint:
     """Fingerprint of ``info``'s cases (all, or ``case_ids``) with the target from ``label``."""
     targets, name = resolve_target(info.labels, label, info.name)
+    union = targets is None and name == ALL
+    declared = sorted(foreground(info.labels)) or None
     refs = [c for c in info.cases if case_ids is None or c.case_id in set(case_ids)]
     if not refs:
         raise data_error(info.name, "no cases to fingerprint")
     acc = _Acc()
     for ref in refs:
-        acc.add(ref, targets)
+        acc.add(ref, targets, union, declared)
     shapes, spacings = np.array(acc.shapes), np.array(acc.spacings)
     intensity = _stats(acc.all)
     assert intensity is not None  # every case has voxels
@@ -129,7 +143,8 @@ def compute_fingerprint(info: DatasetInfo, label: str | None = None,
         spacing_min=spacings.min(0).tolist(), spacing_max=spacings.max(0).tolist(),
         orientations=dict(acc.orient), intensity=intensity, foreground=_stats(acc.fg),
         labels_declared=dict(info.labels), label_voxels=dict(sorted(acc.labels.items())),
-        target_labels=targets, target_name=name, target_voxels=acc.target,
+        target_labels=targets, target_name=_found_name(name, acc.labels),
+        target_voxels=acc.target,
     )
 
 

@@ -9,11 +9,13 @@ differs, e.g. ``img.nii.gz: geometry differs from label lab.nii.gz: orientation 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 
 from common.data.errors import DataError, data_error
-from common.data.nifti import NiftiFile
+from common.data.nifti import NiftiFile, read_header
 
 SPACING_TOL_MM = 1e-3
 DIRECTION_TOL = 1e-3
@@ -63,4 +65,12 @@ def check_geometry(image: NiftiFile, label: NiftiFile) -> None:
                          f"geometry differs from label {label.path}: {'; '.join(diffs)}")
 
 
-__all__ = ["DataError", "axcodes", "check_geometry", "geometry_differences"]
+def check_pair_headers(image: Path | str, label: Path | str) -> None:
+    """:func:`check_geometry` on the two files' headers only: a label (or prediction) whose
+    header disagrees with its image's, e.g. a small gzip claiming 1200 x 1200 x 600 voxels, is
+    refused before any voxel of either file is read."""
+    check_geometry(read_header(image, first_channel=True), read_header(label))
+
+
+__all__ = ["DataError", "axcodes", "check_geometry", "check_pair_headers",
+           "geometry_differences"]

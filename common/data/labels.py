@@ -1,14 +1,25 @@
-"""Target label selection from ``dataset.json`` labels.
+"""Target label selection: which label values make up the organ, and refusals when unclear.
 
-The target is a set of foreground label values (their union is the organ):
+The target is a set of foreground label values; the organ is their union. Rules (every layout):
 
-* chosen by ``choice`` (config field ``label`` / CLI ``--label``): a declared name (``"spleen"``,
-  case-insensitive), a value (``"1"``), a comma list (``"PZ,TZ"``, ``"1,2"``) or ``"all"``
-  (every non-zero value);
-* by default the single declared foreground label; a ``dataset.json`` declaring several
-  foreground labels without a choice is refused (one line listing them);
-* a mask file whose only non-zero value is 255 (0/255 masks, e.g. declared ``1`` but stored
-  as ``255``) uses it as the target: binary masks keep working.
+* ``choice`` (config field ``label`` / CLI ``--label``): a declared name (``"spleen"``,
+  case-insensitive), a value (``"1"``), a comma list of names or values (``"PZ,TZ"``,
+  ``"1,2"``), or ``"all"``: every non-zero value (with a ``dataset.json``: every declared
+  foreground value).
+* No choice: the single declared foreground label; a ``dataset.json`` declaring several
+  foreground labels without a choice is refused (one line listing them).
+* No ``dataset.json`` (a ``CaseNN`` folder): nothing is declared, so names come from the values
+  found (``"label 2"``). Without a choice each label file must hold ONE non-zero value (a
+  binary mask); a file with several (zonal PZ=1 / TZ=2, multi-organ) is refused, naming the
+  values, until ``--label`` picks some or ``all``.
+* A value present in a label file but not declared in ``dataset.json`` is refused, never
+  silently taken as background (``declared`` in :func:`select_target`).
+* A file whose only non-zero value is 255 (0/255 masks, declared ``1`` but stored as ``255``)
+  uses it as the target: binary masks keep working.
+
+Encoding (:class:`~common.data.plan.Plan` ``labels`` / ``label_name``): a list of values is their
+union; ``None`` with the name :data:`ALL` is every non-zero value; ``None`` with any other name
+is the one non-zero value of a binary file.
 """
 
 from __future__ import annotations
@@ -19,8 +30,10 @@ import numpy as np
 
 from common.data.errors import data_error
 
+ALL = "all"
 
-def _foreground(declared: dict[str, str]) -> dict[int, str]:
+
+def foreground(declared: dict[str, str]) -> dict[int, str]:
     """Declared non-background labels, value -> name."""
     out = {}
     for value, name in declared.items():
@@ -33,55 +46,73 @@ def _foreground(declared: dict[str, str]) -> dict[int, str]:
     return out
 
 
+def value_name(value: int) -> str:
+    """Name of an undeclared label value (a folder without ``dataset.json``)."""
+    return f"label {value}"
+
+
 def _one(token: str, fg: dict[int, str], source: Path | str) -> int:
     """One token (name or value) -> label value."""
     by_name = {n.lower(): v for v, n in fg.items()}
     if token.lower() in by_name:
         return by_name[token.lower()]
-    if token.lstrip("-").isdigit() and (not fg or int(token) in fg):
+    if token.isdigit() and int(token) > 0 and (not fg or int(token) in fg):
         return int(token)
     known = ", ".join(f"{n}={v}" for v, n in sorted(fg.items())) or "none declared"
-    raise data_error(source, f"unknown label {token!r} (declared: {known})")
+    raise data_error(source, f"unknown label {token!r} (declared: {known}); use a "
+                             "declared name or value, a comma list of them, or 'all'")
 
 
 def resolve_target(declared: dict[str, str], choice: str | None,
                    source: Path | str) -> tuple[list[int] | None, str | None]:
-    """``(values, name)`` of the target; ``values`` None means every non-zero value."""
-    fg = _foreground(declared)
-    if choice is not None and choice.strip().lower() == "all":
-        return None, "all"
+    """``(values, name)`` of the target (see the module doc for the encoding)."""
+    fg = foreground(declared)
+    if choice is not None and choice.strip().lower() == ALL:
+        return (sorted(fg) or None), ALL
     if choice is not None:
         values = sorted({_one(t.strip(), fg, source) for t in choice.split(",") if t.strip()})
-        return values, "+".join(fg.get(v, str(v)) for v in values)
+        if not values:
+            raise data_error(source, f"empty label choice {choice!r}")
+        return values, "+".join(fg.get(v, value_name(v)) for v in values)
     if len(fg) > 1:
         listing = ", ".join(f"{n}={v}" for v, n in sorted(fg.items()))
         raise data_error(source, f"declares {len(fg)} foreground labels ({listing}): choose the "
-                                 "target with --label NAME|VALUE (or label = ... in the config)")
+                                 "target with --label NAME|VALUE[,...] or --label all (or "
+                                 "label = ... in the config)")
     if len(fg) == 1:
         (value, name), = fg.items()
         return [value], name
     return None, None
 
 
-def select_target(label: np.ndarray, values: list[int] | None, path: Path | str) -> np.ndarray:
-    """Binary uint8 {0, 1} mask of the target values in ``label`` (same shape).
+def select_target(label: np.ndarray, values: list[int] | None, path: Path | str,
+                  union: bool = False, declared: list[int] | None = None) -> np.ndarray:
+    """Binary uint8 {0, 1} mask of the target in ``label`` (same shape).
 
-    ``values`` None: every non-zero value, refused when the file holds several non-zero values
-    (a multi-label file needs a choice). A file whose only non-zero value is 255 (not among
-    ``values``) is a 0/255 binary mask and its non-zero voxels are the target.
+    ``values``: the target values (their union). ``None``: every non-zero value when ``union``
+    (``--label all``), else the one non-zero value of a binary file (a file holding several is
+    refused). ``declared``: the foreground values ``dataset.json`` declares; a value outside
+    them is refused (None: nothing declared, no check). A file whose only non-zero value is 255
+    is a 0/255 binary mask and its non-zero voxels are the target.
     """
     arr = np.asarray(label)
     if arr.size and float(arr.min()) < 0:
         raise data_error(path, f"label values must be class indices >= 0, found {arr.min():g}")
     present = [int(v) for v in np.unique(arr) if v != 0]
-    if values is None:
-        if len(present) > 1:
-            raise data_error(path, f"multi-label file (values {present}): choose the target "
-                                   "with --label NAME|VALUE")
+    if present == [255] and 255 not in (values or []) and 255 not in (declared or []):
         return (arr != 0).astype(np.uint8)
-    if present == [255] and 255 not in values:
+    if declared:
+        extra = [v for v in present if v not in declared]
+        if extra:
+            raise data_error(path, f"label values {extra} are not declared in dataset.json "
+                                   f"(declared: {sorted(declared)}); declare them or fix the "
+                                   "file (an undeclared value is never taken as background)")
+    if values is None:
+        if len(present) > 1 and not union:
+            raise data_error(path, f"multi-label file (values {present}): choose the target "
+                                   "with --label VALUE[,VALUE...] or --label all")
         return (arr != 0).astype(np.uint8)
     return np.isin(arr, values).astype(np.uint8)
 
 
-__all__ = ["resolve_target", "select_target"]
+__all__ = ["ALL", "foreground", "resolve_target", "select_target", "value_name"]

@@ -7,7 +7,9 @@ Supported layouts:
   nnU-Net v2 style (no list) where images are ``x_0000.nii.gz`` and labels ``x.nii.gz``.
   Modality from ``"modality"`` or ``"channel_names"`` (channel ``"0"``); default MRI.
 * Multi-site prostate: one folder of ``CaseNN.nii.gz`` + ``CaseNN_segmentation.nii.gz``
-  (``_Segmentation`` accepted). Modality MRI.
+  (``_Segmentation`` accepted). Modality MRI. No label names are declared: the target is
+  named after the label values found, and a file with several values needs ``--label``
+  (:mod:`common.data.labels`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def discover_dataset(root: Path | str) -> DatasetInfo:
         return _checked(root, _discover_msd(root))
     if any(_CASE_RE.match(p.name) for p in root.iterdir()):
         return _checked(root, _discover_prostate_sites(root))
+    from common.data.dicom import DICOM_HINT, has_dicom
+
+    if has_dicom(root):
+        raise data_error(root, f"matches no known layout: {DICOM_HINT}")
     raise data_error(
         root,
         "matches no known layout (need dataset.json + imagesTr/ + labelsTr/, "
@@ -193,7 +199,9 @@ def _discover_prostate_sites(root: Path) -> DatasetInfo:
         if case_id not in labels:
             raise data_error(image, f"image has no label (expected {case_id}_segmentation.nii.gz)")
         cases.append(CaseRef(case_id, image, labels[case_id]))
-    return DatasetInfo(root.name, "MRI", {"0": "background", "1": "prostate"}, cases)
+    # Nothing is declared: the target is named after the values found in the label files and a
+    # file with several values needs --label (common.data.labels); never called an organ here.
+    return DatasetInfo(root.name, "MRI", {"0": "background"}, cases)
 
 
 def _ext(name: str) -> str:

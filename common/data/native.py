@@ -3,9 +3,12 @@
 Forward (:func:`prepare_image`): read the file, reorient to canonical RAS ``(z, y, x)``,
 normalise (:class:`~common.data.plan.Plan`), resample each axial slice in-plane to the plan's
 spacing (bilinear; aspect ratio kept; depth and slice spacing unchanged), then centre crop /
-pad to ``(size, size)`` (padding with the volume's minimum). Inverse (:func:`to_native`): undo
-the crop / pad (cropped-away pixels become background), resample the *probabilities* back to
-the original in-plane size (bilinear), argmax, and return to the file's own orientation.
+pad to ``(size, size)`` (padding with the volume's minimum) for training. A field wider than
+the canvas is also kept whole (:attr:`PreparedCase.whole_image`: padded to at least the
+canvas, never cropped) for sliding-window inference (:mod:`common.data.window`). Inverse
+(:func:`to_native`, from either grid): undo the crop / pad (cropped-away pixels become
+background), resample the *probabilities* back to the original in-plane size (bilinear),
+argmax, and return to the file's own orientation.
 A resample whose factor is exactly 1 is skipped, so at the native spacing the round trip is
 exact.
 """
@@ -36,7 +39,9 @@ class PreparedCase:
     ``image``: (D, S, S) float32. ``native_shape``: the file's 3D data shape (X, Y, Z);
     ``canonical_shape``: (D, H, W) in RAS; ``resampled_hw``: (H2, W2) after resampling;
     ``offset``: (oy, ox) where the resampled slice starts inside the S x S grid (negative:
-    cropped). ``affine`` / ``header``: the input file's, for writing masks.
+    cropped). ``affine`` / ``header``: the input file's, for writing masks. ``whole``: the
+    uncropped field (:attr:`whole_image`; None when it fits the canvas) placed at
+    ``whole_offset`` (>= 0).
     """
 
     path: Path
@@ -51,6 +56,15 @@ class PreparedCase:
     canonical_spacing: Spacing
     resampled_hw: tuple[int, int]
     offset: tuple[int, int]
+    whole: np.ndarray | None = None
+    whole_offset: tuple[int, int] = (0, 0)
+
+    @property
+    def whole_image(self) -> np.ndarray:
+        """(D, GH, GW) float32, GH = max(S, H2), GW = max(S, W2): the whole resampled field of
+        view, padded to at least the canvas, never cropped (sliding-window inference,
+        :mod:`common.data.window`); ``image`` itself when the field fits the canvas."""
+        return self.image if self.whole is None else self.whole
 
     @property
     def extent(self) -> tuple[int, int, int, int]:
@@ -129,11 +143,14 @@ def whole_extents(n: int, hw: tuple[int, int]) -> np.ndarray:
     return np.tile(np.asarray([0, hw[0], 0, hw[1]], np.int32), (n, 1))
 
 
-def place(src: np.ndarray, size: int, offset: tuple[int, int], fill: float) -> np.ndarray:
-    """(..., H2, W2) -> (..., size, size): centre crop / pad by ``offset`` (pad = ``fill``)."""
-    out = np.full((*src.shape[:-2], size, size), fill, dtype=src.dtype)
-    (sy, dy), (sx, dx) = (_window(src.shape[-2], size, offset[0]),
-                          _window(src.shape[-1], size, offset[1]))
+def place(src: np.ndarray, size: int | tuple[int, int], offset: tuple[int, int], fill: float
+          ) -> np.ndarray:
+    """(..., H2, W2) -> (..., size, size) (or ``size`` = (GH, GW)): centre crop / pad by
+    ``offset`` (pad = ``fill``)."""
+    gh, gw = (size, size) if isinstance(size, int) else size
+    out = np.full((*src.shape[:-2], gh, gw), fill, dtype=src.dtype)
+    (sy, dy), (sx, dx) = (_window(src.shape[-2], gh, offset[0]),
+                          _window(src.shape[-1], gw, offset[1]))
     out[..., dy, dx] = src[..., sy, sx]
     return out
 
@@ -162,10 +179,17 @@ def prepare_loaded(f: NiftiFile, plan: Plan) -> PreparedCase:
     hw2 = _target_hw((h, w), (spacing[1], spacing[2]), plan)
     offset = ((plan.size - hw2[0]) // 2, (plan.size - hw2[1]) // 2)
     norm = normalise(vol, plan)
-    image = place(resize_stack(norm, hw2, linear=True), plan.size, offset, float(norm.min()))
-    return PreparedCase(f.path, image.astype(np.float32), plan, f.affine, f.header, f.ornt,
+    resampled = resize_stack(norm, hw2, linear=True)
+    fill = float(norm.min())
+    image = place(resampled, plan.size, offset, fill).astype(np.float32)
+    whole, whole_offset = None, offset
+    if max(hw2[0], hw2[1]) > plan.size:  # wider than the canvas: keep the whole field too
+        grid = (max(plan.size, hw2[0]), max(plan.size, hw2[1]))
+        whole_offset = ((grid[0] - hw2[0]) // 2, (grid[1] - hw2[1]) // 2)
+        whole = place(resampled, grid, whole_offset, fill).astype(np.float32)
+    return PreparedCase(f.path, image, plan, f.affine, f.header, f.ornt,
                         (int(f.data.shape[0]), int(f.data.shape[1]), int(f.data.shape[2])),
-                        f.zooms, (d, h, w), spacing, hw2, offset)
+                        f.zooms, (d, h, w), spacing, hw2, offset, whole, whole_offset)
 
 
 def prepare_label(native_mask: np.ndarray, case: PreparedCase) -> np.ndarray:
@@ -177,38 +201,62 @@ def prepare_label(native_mask: np.ndarray, case: PreparedCase) -> np.ndarray:
                  case.offset, 0)
 
 
-def load_native_label(path: Path | str, image: NiftiFile, labels: list[int] | None
-                      ) -> np.ndarray:
-    """Read a label, check its geometry against ``image`` and select the target: the untouched
+def prepare_label_whole(native_mask: np.ndarray, case: PreparedCase) -> np.ndarray:
+    """Like :func:`prepare_label` on the whole field: (D, GH, GW) uint8, as ``whole_image``."""
+    if case.whole is None:
+        return prepare_label(native_mask, case)
+    can = to_canonical_zyx(np.asarray(native_mask, np.uint8), case.ornt)
+    return place(resize_stack(can, case.resampled_hw, linear=False), case.whole.shape[1:],
+                 case.whole_offset, 0)
+
+
+def load_native_label(path: Path | str, image: NiftiFile, labels: list[int] | None,
+                      union: bool = False, declared: list[int] | None = None) -> np.ndarray:
+    """Check the label's header against ``image``, then read it and select the target
+    (:func:`common.data.labels.select_target` with ``union`` / ``declared``): the untouched
     (X, Y, Z) label in the file's orientation as uint8 {0, 1}. A 4D label is refused."""
     from common.data.geometry import check_geometry
+    from common.data.nifti import read_header
 
+    check_geometry(image, read_header(path))  # before any voxel of the label is read
     lab = read_nifti(path, allow_empty=True)
     check_geometry(image, lab)
-    return select_target(lab.data, labels, path)
+    return select_target(lab.data, labels, path, union=union, declared=declared)
 
 
 def to_native(probs: np.ndarray, case: PreparedCase) -> np.ndarray:
     """Map class probabilities on the prepared grid back to the file's native grid.
 
     Args:
-        probs: (D, K, S, S) float probabilities (softmax) on the prepared grid.
+        probs: (D, K, S, S) float probabilities (softmax) on the canvas, or (D, K, GH, GW) on
+            the whole field of view (:attr:`PreparedCase.whole_image`).
     Returns:
         (X, Y, Z) uint8 class map (argmax) with exactly the input file's data shape and
         orientation.
     """
     p = np.asarray(probs, dtype=np.float32)
     d, h, w = case.canonical_shape
-    if p.ndim != 4 or p.shape[0] != d or p.shape[2:] != (case.plan.size, case.plan.size):
+    whole = case.whole_image.shape[1:]
+    if p.ndim != 4 or p.shape[0] != d or p.shape[2:] not in (whole, (case.plan.size,) * 2):
         raise data_error(case.path, f"probabilities of shape {p.shape} do not fit the prepared "
-                                    f"grid ({d}, K, {case.plan.size}, {case.plan.size})")
+                                    f"grid ({d}, K, {case.plan.size}, {case.plan.size}) or "
+                                    f"the whole field ({d}, K, {whole[0]}, {whole[1]})")
+    offset = case.whole_offset if p.shape[2:] == whole else case.offset
     k = p.shape[1]
     background = np.zeros((k, 1, 1), np.float32)
     background[0] = 1.0
-    full = unplace(p, case.resampled_hw, case.offset, background)
+    full = unplace(p, case.resampled_hw, offset, background)
     back = resize_stack(full.reshape(d * k, *case.resampled_hw), (h, w), linear=True)
     labels = back.reshape(d, k, h, w).argmax(axis=1).astype(np.uint8)
     return from_canonical_zyx(labels, case.ornt)
+
+
+def canvas_view(labels: np.ndarray, case: PreparedCase) -> np.ndarray:
+    """(D, GH, GW) labels on the whole field -> (D, S, S) on the canvas (as ``case.image``)."""
+    if labels.shape[1:] == (case.plan.size, case.plan.size):
+        return labels
+    field = unplace(labels, case.resampled_hw, case.whole_offset, 0)
+    return place(field, case.plan.size, case.offset, 0)
 
 
 def save_native_mask(mask: np.ndarray, case: PreparedCase, out: Path | str) -> Path:
@@ -226,5 +274,6 @@ def save_native_mask(mask: np.ndarray, case: PreparedCase, out: Path | str) -> P
     return out
 
 
-__all__ = ["PreparedCase", "canvas_extent", "extent_mask", "load_native_label", "normalise",
-           "prepare_image", "prepare_label", "save_native_mask", "to_native", "whole_extents"]
+__all__ = ["PreparedCase", "canvas_extent", "canvas_view", "extent_mask", "load_native_label",
+           "normalise", "prepare_image", "prepare_label", "prepare_label_whole",
+           "save_native_mask", "to_native", "whole_extents"]

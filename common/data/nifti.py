@@ -99,6 +99,32 @@ def read_nifti(path: Path | str, allow_empty: bool = False,
     return NiftiFile(path, data, affine, img.header, (zooms[0], zooms[1], zooms[2]))
 
 
+def read_header(path: Path | str, first_channel: bool = False) -> NiftiFile:
+    """The header of a NIfTI file as a :class:`NiftiFile` whose ``data`` is a zero-byte
+    read-only stand-in of the claimed (X, Y, Z) shape (``np.broadcast_to``): geometry can be
+    compared before any voxel is read. Same size checks as :func:`read_nifti`; a 4D image gives
+    its first three axes when ``first_channel`` or when it has one frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise data_error(path, "file not found")
+    try:
+        img: Any = nib.load(str(path))
+        check_claimed_size(path, img.header)
+        shape = tuple(int(n) for n in img.header.get_data_shape())
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise data_error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    if len(shape) == 4 and (shape[3] == 1 or first_channel):
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise data_error(path, f"expected a 3D volume, got shape {shape}")
+    stand_in = np.broadcast_to(np.float32(0), shape)
+    return NiftiFile(path, stand_in, affine, img.header, (zooms[0], zooms[1], zooms[2]))
+
+
 # Cheap checks before anything is allocated. Deflate cannot compress better than ~1032:1, so a
 # .nii.gz whose header claims more than MAX_GZIP_RATIO x its own size is lying (or truncated).
 MAX_GZIP_RATIO = 1100

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.errors import data_error
-from common.data.labels import resolve_target
+from common.data.geometry import check_pair_headers
+from common.data.labels import ALL, foreground, resolve_target
 from common.data.layout import CaseRef, DatasetInfo
 from common.data.native import PreparedCase, load_native_label, prepare_label, prepare_loaded
 from common.data.nifti import read_nifti
@@ -47,22 +48,37 @@ class Volume:
         return self.case.extent
 
 
-def load_volume(ref: CaseRef, modality: str, size: int, *, plan: Plan | None = None) -> Volume:
+def load_volume(ref: CaseRef, modality: str, size: int, *, plan: Plan | None = None,
+                declared: list[int] | None = None) -> Volume:
     """Load, geometry-check, select the target label, normalise and resample one case.
 
     ``plan`` (default: :func:`common.data.plan.default_plan` of ``modality`` / ``size``) decides
-    spacing, size, normalisation and target labels; when given, ``size`` is ignored. Raises
-    DataError when the label is missing, its geometry differs from the image's (one line
-    naming both files), or it is multi-valued without a target choice.
+    spacing, size, normalisation and target labels (:mod:`common.data.labels`); when given,
+    ``size`` is ignored. ``declared``: the dataset's declared foreground values (others are
+    refused). Both files' headers are compared before any voxel is read. Raises DataError
+    when the label is missing, its geometry differs from the image's (one line naming both
+    files), it holds undeclared values, or it is multi-valued without a target choice.
     """
     if ref.label is None:
         raise data_error(ref.image, "case has no label")
     plan = plan or default_plan(modality, size)
+    check_pair_headers(ref.image, ref.label)
     image = read_nifti(ref.image, first_channel=True)
-    native_label = load_native_label(ref.label, image, plan.labels)
+    native_label = load_native_label(ref.label, image, plan.labels, union=is_union(plan),
+                                     declared=declared)
     case = prepare_loaded(image, plan)
     label = prepare_label(native_label, case)
     return Volume(ref.case_id, case.image, label, case.spacing, case, native_label)
+
+
+def is_union(plan: Plan) -> bool:
+    """Whether ``plan`` targets every non-zero value (``--label all`` on undeclared data)."""
+    return plan.labels is None and plan.label_name == ALL
+
+
+def declared_values(info: DatasetInfo) -> list[int] | None:
+    """The foreground values ``info`` declares (None when it declares none: no check)."""
+    return sorted(foreground(info.labels)) or None
 
 
 def load_volumes(info: DatasetInfo, case_ids: list[str] | None, size: int, *,
@@ -81,7 +97,9 @@ def load_volumes(info: DatasetInfo, case_ids: list[str] | None, size: int, *,
     if plan is None:
         values, name = resolve_target(info.labels, label, info.name)
         plan = default_plan(info.modality, size, values).model_copy(update={"label_name": name})
-    return [load_volume(refs[c], info.modality, size, plan=plan) for c in ids]
+    declared = declared_values(info)
+    return [load_volume(refs[c], info.modality, size, plan=plan, declared=declared)
+            for c in ids]
 
 
 class SliceDataset(Dataset[dict[str, Any]]):

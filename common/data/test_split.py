@@ -12,27 +12,20 @@ and the scores themselves are taken on each case's original grid (:mod:`common.e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from common.data.errors import data_error
 from common.data.layout import discover_dataset
 from common.data.plan import Plan
 from common.data.slices import Volume, load_volumes
 from common.data.split import load_split
+from common.data.teacher_card import TeacherCard
 
 
 def site_plan(teacher_dir: Path) -> Plan | None:
-    """The plan recorded in ``teacher_dir/teacher.json`` (None for teachers trained before
-    plans existed, or when there is no card)."""
-    card = teacher_dir / "teacher.json"
-    if not card.is_file():
-        return None
-    try:
-        plan = json.loads(card.read_text()).get("plan")
-        return Plan.model_validate(plan) if plan else None
-    except ValueError as exc:
-        raise data_error(card, f"unreadable preprocessing plan ({exc})".splitlines()[0]) from None
+    """The plan recorded in the teacher card of ``teacher_dir`` (None for teachers trained
+    before plans existed, or when there is no card); a bad card is a one-line DataError."""
+    card = TeacherCard.read(teacher_dir, missing_ok=True)
+    return card.plan if card is not None else None
 
 
 def load_test_split(data: Path, teacher_dir: Path, size: int,

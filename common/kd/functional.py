@@ -26,6 +26,8 @@ __all__ = [
     "compute_attention",
     "fuse_probs",
     "hard_dice_loss_per_sample",
+    "hard_labels",
+    "one_hot_labels",
     "region_contrast",
     "resize_attention",
     "soft_dice_loss_per_sample",
@@ -109,6 +111,31 @@ def region_contrast(feat: Tensor, mask: Tensor, valid: Tensor | None = None) -> 
     return F.cosine_similarity(p0, p1, dim=1, eps=EPS)
 
 
+# --------------------------------------------------------------------------- hard labels
+def hard_labels(scores: Tensor, dim: int = 1) -> Tensor:
+    """Index of the largest score along ``dim``: ``(B, K, H, W)`` -> ``(B, H, W)`` int64.
+
+    Identical to ``scores.argmax(dim)``, ties (the first maximal index) and NaN (a NaN counts
+    as the maximum) included, but fast on CPU: torch's ``argmax`` over a non-last axis costs
+    ~15x ``max(dim).indices`` (16 ms against 1.2 ms for ``(1, 2, 384, 384)``, 1 thread). With
+    ``K == 2`` it is one comparison ``s1 > s0`` (~0.1 ms; ties give 0), otherwise
+    ``max(dim).indices``. Scores may be logits or probabilities (softmax keeps the order).
+    """
+    if scores.shape[dim] != 2:
+        return scores.max(dim=dim).indices
+    s0, s1 = scores.select(dim, 0), scores.select(dim, 1)
+    nan1 = s1.isnan()
+    if bool(nan1.any()):  # argmax takes a NaN as the maximum, the first one on a tie
+        return ((s1 > s0) | (nan1 & ~s0.isnan())).long()
+    return (s1 > s0).long()
+
+
+def one_hot_labels(probs: Tensor) -> Tensor:
+    """One-hot hard prediction (:func:`hard_labels`, i.e. the argmax): ``(B, K, H, W)`` ->
+    ``(B, K, H, W)`` of 0/1 in ``probs``' dtype."""
+    return F.one_hot(hard_labels(probs), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+
+
 # --------------------------------------------------------------------------- Dice
 def soft_dice_loss_per_sample(probs: Tensor, mask: Tensor, smooth: float = 1.0,
                               cls: int = 1) -> Tensor:
@@ -132,8 +159,7 @@ def hard_dice_loss_per_sample(probs: Tensor, mask: Tensor, smooth: float = 1.0,
     an empty mask the smoothing gives ``1 - 1/(FP + 1)`` for ``FP`` false-positive pixels, so an
     empty prediction scores 0 (the empty-empty = 1 Dice rule) and errors are graded by count.
     """
-    hard = F.one_hot(probs.argmax(dim=1), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
-    return soft_dice_loss_per_sample(hard, mask, smooth, cls)
+    return soft_dice_loss_per_sample(one_hot_labels(probs), mask, smooth, cls)
 
 
 # --------------------------------------------------------------------------- probabilities

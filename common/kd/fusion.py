@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from common.kd.functional import hard_dice_loss_per_sample, soft_dice_loss_per_sample
+from common.kd.functional import one_hot_labels, soft_dice_loss_per_sample
 from common.registry import Registry
 
 Weighting = Callable[[Tensor, Tensor | None], Tensor]
@@ -92,11 +92,13 @@ def dice_losses(teacher_probs: Tensor, mask: Tensor | None,
         return losses
     is_empty = (mask == 1).flatten(1).sum(dim=1) == 0  # (B,)
     if empty == "equal":
-        alt = torch.zeros_like(losses)
-    else:
-        alt = torch.stack([_dice(p, mask, classes, hard_dice_loss_per_sample)
-                           for p in teacher_probs], dim=1)
-    return torch.where(is_empty[:, None], alt, losses)
+        return torch.where(is_empty[:, None], torch.zeros_like(losses), losses)
+    rows = is_empty.nonzero().flatten()  # hard Dice only where a slice needs it
+    if rows.numel() == 0:
+        return losses
+    alt = torch.stack([_dice(one_hot_labels(p), mask[rows], classes, soft_dice_loss_per_sample)
+                       for p in teacher_probs[:, rows]], dim=1)
+    return losses.index_put((rows,), alt.to(losses.dtype))
 
 
 def _dice(probs: Tensor, mask: Tensor, classes: DiceClasses,

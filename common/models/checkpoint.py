@@ -28,6 +28,8 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Se
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
         model = build_model(ckpt["model_name"], **ckpt["model_kwargs"])
         model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a usable fedmtkd checkpoint ({exc})") from exc
+    except Exception as exc:  # a corrupt pickle raises UnpicklingError, ValueError, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a usable fedmtkd checkpoint "
+                              f"({type(exc).__name__}: {first})") from None
     return model.eval(), ckpt

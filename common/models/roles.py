@@ -6,8 +6,8 @@ from typing import Literal
 
 Role = Literal["student", "teacher"]
 
-#: In-project students of the paper's Table 2.
-STUDENTS: tuple[str, ...] = ("enet", "espnet", "mobilenetv2")
+#: In-project students of the paper's Table 2, and torchvision's LR-ASPP MobileNetV3-Large.
+STUDENTS: tuple[str, ...] = ("enet", "espnet", "mobilenetv2", "lraspp_mobilenet_v3_large")
 #: Third-party teachers of the paper's Table 2.
 TEACHERS: tuple[str, ...] = (
     "deeplabv3plus_r50",

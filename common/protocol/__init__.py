@@ -16,8 +16,9 @@ outputs``          (N,1,S,S), masks uint8 (N,S,S)              QueryEcho, arrays
                                                                (N,S/2,S/2), at_deep fp16
                                                                (N,S/8,S/8), rc_early/rc_deep
                                                                float32 (N,)
-``evaluate``       config: EvalConfig, student: state_dict     site: SiteInfo, metrics:
-                                                               EvalReply
+``evaluate``       config: EvalConfig, layout: Layout (names,  site: SiteInfo, metrics:
+                   dtypes, shapes), student: the state_dict    EvalReply, cases (optional):
+                   packed, one flat array per dtype            ``caseNNN.dice|voe|hd95``
 =================  ==========================================  ==============================
 
 Every reply may also carry ``receipt`` (ConfigRecord of strings): the site's signed receipt of
@@ -36,6 +37,7 @@ The package: :mod:`.messages` (message types, record keys, the pydantic payload 
 """
 
 from common.protocol.codec import (
+    Layout,
     decode_eval,
     decode_eval_reply,
     decode_query,
@@ -48,11 +50,19 @@ from common.protocol.codec import (
     encode_teacher_reply,
     encode_train,
     encode_train_reply,
+    eval_scores,
+    pack_state,
+    pack_weights,
+    unpack_state,
+    unpack_weights,
+    without_layout,
 )
 from common.protocol.messages import (
+    CASE_METRICS,
     FEATURE_KEYS,
     MAX_REASON_LEN,
     NORM_CODES,
+    CaseScore,
     EvalConfig,
     EvalReply,
     Key,
@@ -82,7 +92,9 @@ __all__ = [
     "SiteInfo",
     "TrainConfig", "TrainReply", "check_records", "decode_arrays", "decode_eval",
     "decode_eval_reply", "decode_model", "decode_query", "decode_teacher_reply", "decode_train",
-    "decode_train_reply", "encode_eval", "encode_eval_reply", "encode_query",
+    "decode_train_reply", "encode_eval", "encode_eval_reply", "encode_query", "eval_scores",
+    "CASE_METRICS", "CaseScore", "Layout", "pack_state", "pack_weights", "unpack_state",
+    "unpack_weights", "without_layout",
     "encode_teacher_reply", "encode_train", "encode_train_reply", "query_schema",
     "reply_schema", "slice_hash",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -16,6 +16,12 @@ from common.config import MAX_NAME_LEN, RunId, RunName, SafeName, StrictModel, f
 if TYPE_CHECKING:
     from common.compress import CompressionConfig
     from common.data.plan import Plan
+
+
+#: Wire bounds of a ``query.teacher_outputs`` request, no looser than the largest side and slice
+#: count any site policy may allow (``site_node.policy.EgressPolicy`` caps its own values here).
+MAX_QUERY_SIDE = 512
+MAX_QUERY_SLICES = 1024
 
 
 class ProtocolError(ValueError):
@@ -48,6 +54,8 @@ class Key(StrEnum):
     RECEIPT = "receipt"
     UNDEFINED = "undefined"
     HEAD = "head"
+    LAYOUT = "layout"  # evaluate request: names, dtypes and shapes of the packed student
+    CASES = "cases"  # evaluate reply: per-test-case scores (``caseNNN.<metric>``)
 
 
 FEATURE_KEYS = (Key.AT_EARLY, Key.AT_DEEP, Key.RC_EARLY, Key.RC_DEEP)  # teacher outputs but logits
@@ -194,12 +202,12 @@ class QueryConfig(StrictModel):
     run_id: RunId
     chunk: int = Field(ge=0)
     n_chunks: int = Field(ge=1, le=1_000_000)
-    size: int = Field(ge=16, le=1024)
+    size: int = Field(ge=16, le=MAX_QUERY_SIDE)
     at_form: Literal["zagoruyko", "paper"] = "zagoruyko"
     p: int = Field(default=2, ge=1, le=8)
     batch_size: int = Field(default=16, ge=1, le=4096)
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)  # the student's KD temperature
-    slice_hashes: list[str] = Field(max_length=100_000)
+    slice_hashes: list[str] = Field(max_length=MAX_QUERY_SLICES)
     plan_json: str = Field(default="", max_length=4096)
     """The query grid (issue 17): the student's :class:`common.data.plan.Plan` as JSON. The
     slices are the proxy prepared with it: canonical ``(z, y, x)`` slices resampled in-plane
@@ -290,9 +298,31 @@ class EvalConfig(StrictModel):
         return Plan.model_validate_json(self.plan_json) if self.plan_json else None
 
 
+CASE_KEY = r"^case[0-9]{3,5}$"  # pseudonymous test case key: index in the test split's order
+CASE_METRICS = ("dice", "voe", "hd95")
+
+
+class CaseScore(StrictModel):
+    """One test case's 3D scores; null when undefined (HD95: empty prediction or truth)."""
+
+    dice: float | None = Field(default=None, ge=0.0, le=1.0)
+    voe: float | None = Field(default=None, ge=0.0, le=1.0)
+    hd95: float | None = Field(default=None, ge=0.0, le=1e6)
+
+
 class EvalReply(MetricsReply):
     """``evaluate`` reply: 3D metric summaries over the site's private test cases; an undefined
-    summary is null with a reason (:class:`MetricsReply`)."""
+    summary is null with a reason (:class:`MetricsReply`). ``cases`` (optional, not part of
+    :meth:`metrics`): each test case's scores keyed ``case000``, ``case001``, ... in the test
+    split's order (never file names), for paired statistics; sent in the ``cases`` record."""
+
+    cases: dict[Annotated[str, Field(pattern=CASE_KEY)], CaseScore] = Field(
+        default_factory=dict, max_length=10_000, exclude=True)
+
+    def case_scores(self) -> dict[str, dict[str, float]]:
+        """``{case key: {"dice", "voe", "hd95"}}`` (an undefined score is NaN)."""
+        return {k: {m: math.nan if v is None else v for m, v in c.model_dump().items()}
+                for k, c in self.cases.items()}
 
     dice_mean: float | None = None
     dice_std: float | None = None

@@ -1,4 +1,4 @@
-"""Peer baselines of issue 15 beside the MT-KD student rows: ``local_only``, ``pooled`` and
+"""Peer baselines beside the MT-KD student rows: ``local_only``, ``pooled`` and
 ``fedavg`` (Flower's own ``FedAvg`` strategy), each trained and scored like the student rows,
 plus what every row costs the sites (:mod:`.costs`). :func:`.rows.baseline_rows` is the hook
 ``coordinator distill --local`` passes to :func:`coordinator.distill.experiment.run_experiment`.

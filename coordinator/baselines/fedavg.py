@@ -111,11 +111,17 @@ class SiteClient:
         :func:`common.fedavg_local.local_update` (what a site's handler runs)."""
         from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-        spec, aug = spec_of(cast("ConfigRecord", msg.content["config"]))
-        state = cast("ArrayRecord", msg.content["arrays"]).to_torch_state_dict()
+        from common.protocol import pack_weights, unpack_weights
+
+        conf = cast("ConfigRecord", msg.content["config"])
+        spec, aug = spec_of(conf)
+        state, layout = unpack_weights(dict(conf), cast("ArrayRecord", msg.content["arrays"]),
+                                       "fedavg")
         new, loss = local_update(state, self.data.images, self.data.masks, spec, aug, device,
                                  self.data.extents)
-        content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(
+        arrays = (ArrayRecord(new) if layout is None  # as a site answers (site_node.fedavg)
+                  else pack_weights({k: new[k] for k in layout.names})[1])
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(
             {"num-examples": len(self.data), "train-loss": loss})})
         with task_identity(node_id):
             return Message(content, reply_to=msg)
@@ -155,14 +161,19 @@ def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.
     """``spec.rounds`` rounds of Flower's FedAvg (``strategy``, default :func:`build_strategy`)
     over the sites ``names`` (node id -> site), from the global weights ``init``; every request
     (as the exchange sent it) and every non-error reply payload is logged. Returns the final
-    global ``state_dict``."""
-    from flwr.app import ArrayRecord, ConfigRecord
+    global ``state_dict``. The weights travel packed (one flat array per dtype, the layout in
+    the config's ``layout-*`` fields: ``common.protocol.pack_weights``): Flower ships a record
+    of hundreds of tensors as ~2 objects each, and its average is element-wise, so averaging
+    the packed arrays is averaging the tensors."""
+    from flwr.app import ConfigRecord
+
+    from common.protocol import pack_weights, unpack_weights
 
     strategy = strategy or build_strategy(spec, len(names))
     grid = grid or LocalGrid(sorted(names))
-    arrays = ArrayRecord(init)
+    layout, arrays = pack_weights(init)
     for rnd in range(1, spec.rounds + 1):
-        conf = ConfigRecord(dict(config))  # type: ignore[arg-type]
+        conf = ConfigRecord({**config, **layout})  # type: ignore[arg-type]
         with task_identity(SERVER_NODE):
             msgs = _retyped(list(strategy.configure_train(rnd, arrays, conf, grid)))
         replies = exchange(msgs)  # may add records to a request (the coordinator's log head)
@@ -175,4 +186,4 @@ def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.
         with task_identity(SERVER_NODE):
             new, _ = strategy.aggregate_train(rnd, replies)
         arrays = new if new is not None else arrays
-    return arrays.to_torch_state_dict()
+    return unpack_weights(layout, cast("ArrayRecord", arrays), "fedavg")[0]

@@ -1,6 +1,6 @@
 """On-disk cache of teacher outputs, keyed by site and proxy hash, so reruns never re-query.
 
-Format (issue 14), one folder per site and proxy: ``root/<site>-<proxy digest[:16]>/`` with
+Format, one folder per site and proxy: ``root/<site>-<proxy digest[:16]>/`` with
 ``logits.npy (N,K,S,S)``, ``at_early.npy (N,h0,w0)``, ``at_deep.npy (N,h1,w1)`` in **fp16**,
 ``rc_early.npy`` / ``rc_deep.npy (N,)`` in fp32 and a ``meta.json`` sidecar (format version,
 ``N`` and every shape). Why plain ``.npy`` read through ``numpy.memmap``:

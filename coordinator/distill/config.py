@@ -69,7 +69,7 @@ class KDConfig(StrictModel):
     # augmentation brings in are left out of every pixel term (Seg, KL, AT, student RC), so the
     # loss does not depend on how much empty canvas surrounds the slice (a 256 px canvas round
     # 96 px of anatomy is 86 % padding). "augment_kd": only augmentation padding, out of KL /
-    # AT / RC only (the behaviour up to stop 21: reproduces its results). "none": no masking.
+    # AT / RC only (the earlier behaviour: reproduces its results). "none": no masking.
     padding: Literal["exclude", "augment_kd", "none"] = "exclude"
     # "emkd": early 1/2 + end-of-encoder maps; "decoder": end of encoder + decoder (paper text;
     # local runs only for now: the federated query protocol carries the EMKD maps)
@@ -145,7 +145,7 @@ class WeightingSpec(StrictModel):
 
 
 class FedAvgSpec(StrictModel):
-    """The FedAvg baseline row (issue 15): Flower's ``FedAvg`` strategy over the same student,
+    """The FedAvg baseline row: Flower's ``FedAvg`` strategy over the same student,
     ``rounds`` rounds of ``local_epochs`` epochs on each site's private training split."""
 
     rounds: int = Field(default=5, ge=1, le=10_000)
@@ -154,7 +154,7 @@ class FedAvgSpec(StrictModel):
 
 
 class RunsConfig(StrictModel):
-    """Which rows of the paper's Tables 3-5 to produce, plus the peer baselines of issue 15
+    """Which rows of the paper's Tables 3-5 to produce, plus the peer baselines
     (``local_only``, ``pooled``, ``fedavg``; :mod:`coordinator.baselines`)."""
 
     baseline: bool = True
@@ -182,7 +182,9 @@ class ExperimentConfig(StrictModel):
     sites: list[SiteSpec] = Field(max_length=1000)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     repeats: int = Field(default=1, ge=1, le=100)  # seeds seed .. seed+repeats-1; rows = mean
-    min_sites: int = Field(default=1, ge=1, le=1000)
+    min_sites: int | None = Field(default=None, ge=1, le=1000, description=(
+        "fewest sites a run goes on with (None: every site of the config; a federated run "
+        "with fewer fails and names the missing sites)"))
     teacher_proxy_dice_floor: float | None = Field(default=None, gt=0.0, le=1.0, description=(
         "refuse to train students when a teacher's Dice on the labelled proxy slices is below "
         "this fraction of its own validation Dice (None: only warn, below 0.8 of it)"))

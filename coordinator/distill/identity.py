@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from common.data.teacher_card import CARD_NAME
 from common.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def file_digest(path: Path) -> str:
 
 def teacher_digest(teacher_dir: Path) -> str:
     """Digest of a site's teacher: its ``best.pt``, else its ``teacher.json``, else ``missing``."""
-    for name in ("best.pt", "teacher.json"):
+    for name in ("best.pt", CARD_NAME):
         if (teacher_dir / name).is_file():
             return f"{name}:{file_digest(teacher_dir / name)}"
     return "missing"

@@ -1,4 +1,4 @@
-"""Memory guard (issue 14): estimate a distillation run's coordinator memory before it starts and
+"""Memory guard: estimate a distillation run's coordinator memory before it starts and
 refuse, with the knob to turn, when the estimate exceeds the available RAM or a configured cap,
 instead of being killed by the OOM killer half way.
 

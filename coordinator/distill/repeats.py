@@ -11,7 +11,6 @@ per-seed values and each seed's per-case scores (``seed_cases``, for the paired 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 from common.io import atomic_write_json
@@ -52,20 +51,14 @@ def mean_row(rows: list[dict], seeds: list[int], checkpoint_dir: Path) -> dict:
             "checkpoint_dir": str(checkpoint_dir)}
 
 
-Score = Callable[[dict, int, Path], dict]  # (row, seed, run folder) -> row with "sites"
-
-
 def train_repeats(run: StudentRun, data: DistillData, cfg: ExperimentConfig,
-                  folder: Path, score: Score | None = None) -> dict:
-    """Train ``run`` once per seed (each resumable) and return its (mean) result row.
-
-    ``score`` replaces each seed's row after training (the federated path has the sites score
-    the student instead of the local test sets)."""
+                  folder: Path) -> dict:
+    """Train ``run`` once per seed (each resumable, scored by ``data.scorer``) and return its
+    (mean) result row."""
     plan = seed_folders(folder, cfg)
     rows = []
     for seed, sub in plan:
-        row = train_student(run, data, cfg.model_copy(update={"seed": seed}), sub)
-        rows.append(score(row, seed, sub) if score else row)
+        rows.append(train_student(run, data, cfg.model_copy(update={"seed": seed}), sub))
     if len(rows) == 1:
         return rows[0]
     row = mean_row(rows, [seed for seed, _ in plan], plan[0][1])

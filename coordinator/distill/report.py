@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.stats import ALPHA, PairedComparison, align_scores, compare_paired
 from coordinator.distill.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from coordinator.distill.sites import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,40 @@ def _seeds_note(cfg: ExperimentConfig) -> str:
             "(per-site columns too); mean Dice ± sample sd.")
 
 
-def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: float) -> None:
+def status_note(status: RunStatus | None, not_run: list[str]) -> str:
+    """The report's opening lines: how the teachers were reached, the sites that are missing
+    (a run that went on with fewer sites than the config's), and the rows not run."""
+    if status is None:
+        return ""
+    how = ("federated: Flower messages to each site's SuperNode; teachers and test data stayed "
+           "at the sites" if status.transport == "federated" else
+           "--local: the site folders were read in-process")
+    lines = [f"Transport: {how}."]
+    if status.missing:
+        lines.append(f"**Missing sites ({len(status.missing)} of {len(status.sites)}): "
+                     + "; ".join(f"{n} ({status.sites[n].detail or status.sites[n].state})"
+                                 for n in status.missing) + ".** Their columns are absent.")
+    lines += [f"Not run: {why}." for why in not_run]
+    return "\n".join(f"> {line}" for line in lines) + "\n\n"
+
+
+def no_test_cases(rows: list[dict]) -> bool:
+    """Whether no student row has a defined Dice at any site (no held-out case anywhere, e.g.
+    every site trained its teacher on all its cases: ``small_site = "train_on_all"``)."""
+    students = [r for r in rows if not str(r["run"]).startswith("teacher_")]
+    return bool(students) and all(
+        not any(isinstance(m.get("dice_mean"), float) and m["dice_mean"] == m["dice_mean"]
+                for m in r["sites"].values()) for r in students)
+
+
+NO_TEST_NOTE = ("**No held-out test case at any site** (e.g. every site trained its teacher on "
+                "all its cases: `small_site = \"train_on_all\"`): the site columns below are "
+                "n/a and this table ranks nothing. Score the student on labelled scans it never "
+                "saw (`coordinator predict` + `coordinator evaluate`).")
+
+
+def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: float,
+                  status: RunStatus | None = None, not_run: list[str] | None = None) -> None:
     """Write ``results.csv``, ``results.md`` and ``results.png`` into ``out``."""
     header, body = table_rows(rows)
     with (out / "results.csv").open("w", newline="") as fh:
@@ -65,7 +102,11 @@ def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: f
     intro = (f"# {cfg.name}: student `{cfg.student.model}`, {cfg.student.size}px, "
              f"{cfg.student.epochs} epochs, KD alpha={cfg.kd.alpha} beta={cfg.kd.beta} "
              f"T={cfg.kd.temperature}\n\n3D metrics on each site's held-out test volumes "
-             f"(VOE = 1 - Jaccard). Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n")
+             f"(VOE = 1 - Jaccard). Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n"
+             + status_note(status, not_run or []))
+    if no_test_cases(rows):
+        log.warning("no held-out test case at any site: the results table has no scores")
+        intro += f"> {NO_TEST_NOTE}\n\n"
     comps = compare_students(rows, cfg)
     write_comparisons_csv(comps, out / "comparisons.csv")
     (out / "results.md").write_text(intro + to_markdown(header, body)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,11 @@ from coordinator.distill.dataset import DistillDataset, batch_targets
 from coordinator.distill.identity import claim_run_folder, run_fingerprint
 from coordinator.distill.proxy import ProxySet
 
+if TYPE_CHECKING:
+    from coordinator.distill.sites import Scorer
+
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class StudentRun:
@@ -55,6 +61,8 @@ class DistillData:
     site_names: list[str]
     site_tests: dict[str, list[Volume]]
     teacher_ids: list[str] | None = None  # per site: teacher digest (None: digest of logits)
+    #: how a trained student is scored at the sites (None: on ``site_tests`` in-process)
+    scorer: Scorer | None = None
 
 
 def run_targets(run: StudentRun, data: DistillData) -> Targets | None:
@@ -173,14 +181,18 @@ def _epoch(tr: Trainer[SegModel], loader: DataLoader, step: _Step, cfg: Experime
 def _site_scores(model: SegModel, data: DistillData, dev: torch.device, out: Path
                  ) -> tuple[dict, dict]:
     """Per-site 3D Dice/VOE/HD95 summaries on the sites' held-out volumes, plus overlays;
-    and the per-case scores ``{site: {case: {dice, voe, hd95}}}`` (paired comparisons)."""
+    and the per-case scores ``{site: {case: {dice, voe, hd95}}}`` (paired comparisons), keyed
+    ``case000``, ``case001``... in the test split's order, as a federated site reports them
+    (never the file names)."""
     from common.evaluate_folder import case_scores_json
 
     res, cases = {}, {}
     for site, vols in data.site_tests.items():
         scores, preds = evaluate_volumes(model, vols, dev)
         save_case_overlays(vols, preds, out / "overlays" / site, max_cases=2)
-        res[site], cases[site] = summarise(scores), case_scores_json(scores)
+        per_case = case_scores_json(scores).values()
+        res[site] = summarise(scores)
+        cases[site] = {f"case{i:03d}": v for i, v in enumerate(per_case)}
     return res, cases
 
 
@@ -196,14 +208,26 @@ def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out
     dev = select_device(cfg.student.device)
     names = [data.site_names[j] for j in run.teachers]
     model, t_train = _fit(run, data, cfg, out)
-    sites, cases = _site_scores(model, data, dev, out)
+    name = f"{run.name}_seed{cfg.seed}" if cfg.repeats > 1 else run.name
+    if data.scorer is not None:
+        sites, cases = data.scorer(name, model.eval(), out)
+    else:
+        sites, cases = _site_scores(model, data, dev, out)
     result = {"run": run.name, "teachers": names,
               "weighting": run.weighting.label if run.weighting else None,
               "sites": sites, "train_seconds": t_train, "seed": cfg.seed, "cases": cases,
               "identity": identity,
-              "mean_dice": sum(s["dice_mean"] for s in sites.values()) / max(len(sites), 1)}
+              "mean_dice": mean_dice(sites)}
     atomic_write_json(done, result)
     return result
+
+
+def mean_dice(sites: dict[str, dict]) -> float:
+    """Mean of the sites' defined ``dice_mean`` (NaN when none is: e.g. no test case, or a site
+    whose evaluate failed)."""
+    vals = [float(v["dice_mean"]) for v in sites.values()
+            if v.get("dice_mean") is not None and v["dice_mean"] == v["dice_mean"]]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 _KW = {"in_channels": 1, "num_classes": 2}
@@ -222,18 +246,24 @@ def _fit(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
     step, loader = _Step(run, cfg, dev, weights), _loader(t, data, cfg)
     tr = _trainer(model, loader, cfg, dev, out)
     fields = ["epoch", "total", "seg", "mid", "kl", "seconds"]
-    log = CsvLog(out / "metrics.csv", fields + [f"w{j}" for j in range(len(run.teachers))])
-    clock = [0.0]
+    csv_log = CsvLog(out / "metrics.csv",
+                     fields + [f"w{j}" for j in range(len(run.teachers))])
+    clock, epochs = [0.0, 0.0], cfg.student.epochs
 
     def one_epoch(epoch: int) -> tuple[dict[str, Any], bool]:
         t0 = time.perf_counter()
         row = _epoch(tr, loader, step, cfg, f"{run.name} ep{epoch}")
         clock[0] += time.perf_counter() - t0
+        clock[1] += 1
+        eta = clock[0] / clock[1] * (epochs - epoch - 1)
+        log.info("[distill] %s seed %d: epoch %d/%d, loss %.4f, %.1f s/epoch, ETA %.0f s",
+                 run.name, cfg.seed, epoch + 1, epochs, row.get("total", float("nan")),
+                 clock[0] / clock[1], eta)
         return {**{k: f"{v:.5f}" for k, v in row.items()},
                 "seconds": f"{time.perf_counter() - t0:.2f}"}, False
 
-    fit_epochs(tr, cfg.student.epochs, one_epoch, log)
-    plot_curves(log.read(), ["total", "seg"], out / "curves.png", f"student {run.name}")
+    fit_epochs(tr, cfg.student.epochs, one_epoch, csv_log)
+    plot_curves(csv_log.read(), ["total", "seg"], out / "curves.png", f"student {run.name}")
     return model, clock[0]
 
 

@@ -1,4 +1,4 @@
-"""No silent mismatch (issue 17): each teacher's plan is logged and its outputs are scored.
+"""No silent mismatch: each teacher's plan is logged and its outputs are scored.
 
 Before any student is trained, every teacher is scored on the labelled proxy slices with the very
 outputs the coordinator received (Dice of the argmax of that teacher's own logits against the
@@ -22,7 +22,8 @@ from coordinator.distill.cache import Targets
 
 log = logging.getLogger(__name__)
 WARN_RATIO = 0.8
-__all__ = ["WARN_RATIO", "TeacherMismatchError", "check_teachers", "plan_line", "proxy_dice"]
+__all__ = ["WARN_RATIO", "TeacherMismatchError", "check_teachers", "peer_outliers", "plan_line",
+           "proxy_dice"]
 
 
 class TeacherMismatchError(RuntimeError):
@@ -81,4 +82,27 @@ def check_teachers(names: Sequence[str], targets: Targets, masks: np.ndarray,
             log.info(msg)
     if bad:
         raise TeacherMismatchError("; ".join(bad) + " (teacher_proxy_dice_floor)")
+    for line in peer_outliers(scores, val_dice):
+        log.warning("%s", line)
     return scores
+
+
+def peer_outliers(scores: Mapping[str, float], val_dice: Mapping[str, float | None]
+                  ) -> list[str]:
+    """One warning per teacher without a validation Dice whose proxy Dice is below
+    :data:`WARN_RATIO` x the median of the other teachers' (it still gets a fusion weight: the
+    adaptive rules then decide how much)."""
+    out = []
+    for name, score in scores.items():
+        val = val_dice.get(name)
+        if val is not None and math.isfinite(val) and val > 0:
+            continue
+        others = [v for n, v in scores.items() if n != name]
+        if not others:
+            continue
+        ref = float(np.median(others))
+        if score < WARN_RATIO * ref:
+            out.append(f"teacher {name}: proxy Dice {score:.3f}, far below the other teachers' "
+                       f"median {ref:.3f}, and no validation Dice of its own (no held-out case "
+                       "at its site): check that site's teacher")
+    return out

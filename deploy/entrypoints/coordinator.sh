@@ -22,7 +22,9 @@
 #   EXPERIMENT_OUT      where the ServerApp writes (run config `out`)
 #   PROXY_DIR           public proxy set (written with `coordinator make-proxy` when empty)
 #   PROXY_CASES         proxy cases to generate
-#   RESULTS_DIR         results are copied here (bind mount ./results); EXPERIMENT_OUT: no copy
+#   RESULTS_DIR         results are copied here (bind mount ./results) by export_results.py:
+#                       no private key, files 0644 / folders 0755 (the host user reads them);
+#                       RESULTS_DIR = EXPERIMENT_OUT: no copy. Exit status: the run's.
 #   COORDINATOR_WORKDIR flwr config (flwr_home/), run_config.toml, flwr-run.log
 #   ROUND_TIMEOUT       seconds per round and for the sites to connect
 #   RUN_TIMEOUT         seconds for the whole run (then `flwr stop`, exit 124)
@@ -97,12 +99,8 @@ register_sites() {  # in parallel: each `flwr` start costs seconds
   for pid in "${pids[@]}"; do wait "$pid"; done
 }
 
-copy_results() {
-  mkdir -p "$RESULTS_DIR"
-  local item
-  for item in "$EXPERIMENT_OUT"/*; do
-    [ "$(basename "$item")" = teacher_cache ] || cp -r "$item" "$RESULTS_DIR/"
-  done
+copy_results() {  # no private key (audit/coordinator.key stays), readable by the host user
+  python "$here/../export_results.py" "$EXPERIMENT_OUT" "$RESULTS_DIR"
 }
 
 cleanup() {
@@ -136,7 +134,14 @@ if [ "$TLS" = on ]; then
 fi
 mkdir -p "$(dirname "$alive")"
 touch "$alive"  # healthy: the sites may connect
-wait "$run"
+status=0
+wait "$run" || status=$?
 run=
-if [ ! "$RESULTS_DIR" -ef "$EXPERIMENT_OUT" ]; then copy_results; fi
+if [ ! "$RESULTS_DIR" -ef "$EXPERIMENT_OUT" ] && [ -d "$EXPERIMENT_OUT" ]; then
+  copy_results  # also after a failed run: what it wrote helps to find out why
+fi
+if [ "$status" -ne 0 ]; then
+  echo "coordinator: the run FAILED (exit $status); what it wrote is in $RESULTS_DIR" >&2
+  exit "$status"
+fi
 echo "coordinator: results in $RESULTS_DIR"

@@ -6,7 +6,8 @@
 # Environment (all set in docker-compose.yml and by `coordinator simulate`):
 #   TLS                  "on": TLS + node auth (CA_CERT, SITE_KEY); "off": plaintext (tests only)
 #   SITE_NAME            site name, as registered with the coordinator (site-a)
-#   SITE_DATA            dataset folder (MSD/nnU-Net or CaseNN layout), e.g. /local
+#   SITE_DATA            dataset folder (MSD/nnU-Net or CaseNN layout), e.g. /local/data; only
+#                        read (phantoms are written there once): never above SITE_RUN/SITE_STATE
 #   SITE_RUN             teacher run folder (best.pt, teacher.json), e.g. /local/run
 #   SITE_STATE           run history and signed egress log (runs.jsonl, audit/), e.g. /local/state
 #   SITE_PHANTOM         "if-missing": write a phantom set when SITE_DATA has no data; "never"
@@ -25,6 +26,10 @@
 #   SUPERNODE_PORT       its port (one per site when sites share a machine)
 #   CA_CERT              CA certificate
 #   SITE_KEY             node-auth key (OpenSSH ECDSA P-384, site-keys.sh: SITE_KEYS/node.key)
+# Optional:
+#   SITE_POLL_INTERVAL   seconds between the SuperNode's polls when idle (empty: Flower's 3 s)
+#   SITE_COORDINATOR_KEY the coordinator's audit public key, pinned (empty: not pinned, any
+#                        signer accepted, with a warning)
 set -euo pipefail
 : "${TLS:?}" "${SITE_NAME:?}" "${SITE_DATA:?}" "${SITE_RUN:?}" "${SITE_STATE:?}"
 : "${SITE_PHANTOM:?}" "${SITE_TRAIN_ON_START:?}" "${SITE_COMPRESSION:?}" "${SITE_AUDIT_KEY:?}"
@@ -62,8 +67,11 @@ case "$SITE_WEIGHT_RELEASE" in
   off) release=() ;;
   *) echo "site $SITE_NAME: SITE_WEIGHT_RELEASE must be 'on' or 'off'" >&2; exit 2 ;;
 esac
+extra=()
+[ -n "${SITE_POLL_INTERVAL:-}" ] && extra+=(--poll-interval "$SITE_POLL_INTERVAL")
+[ -n "${SITE_COORDINATOR_KEY:-}" ] && extra+=(--coordinator-key "$SITE_COORDINATOR_KEY")
 echo "site $SITE_NAME: starting the SuperNode ($SUPERLINK_ADDRESS)"
 exec site-node run --name "$SITE_NAME" --data "$SITE_DATA" --teacher-dir "$SITE_RUN" \
   --state-dir "$SITE_STATE" --coordinator "$SUPERLINK_ADDRESS" "${security[@]}" "${release[@]}" \
   --audit-key "$SITE_AUDIT_KEY" --compression "$SITE_COMPRESSION" \
-  --host "$SUPERNODE_BIND_HOST" --port "$SUPERNODE_PORT" "$@"
+  --host "$SUPERNODE_BIND_HOST" --port "$SUPERNODE_PORT" "${extra[@]}" "$@"

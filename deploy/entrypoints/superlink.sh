@@ -8,7 +8,7 @@
 #   SUPERLINK_PORT    Fleet/Control/Runtime HTTP port (8000)
 #   CA_CERT           CA certificate        SERVER_CERT / SERVER_KEY   SuperLink cert and key
 #   SUPEREXEC_SECRET  shared secret file of the SuperLink and the coordinator's SuperExec
-#   SUPERLINK_DB      state database file (on the `superlink-state` volume), or
+#   SUPERLINK_DB      state database file (on a volume), or
 #                     :flwr-in-memory: (no file; what `coordinator simulate` uses)
 set -euo pipefail
 : "${TLS:?}" "${SUPERLINK_BIND_HOST:?}" "${SUPERLINK_PORT:?}" "${CA_CERT:?}" "${SERVER_CERT:?}"

@@ -33,7 +33,7 @@ def test_linear_flops_and_training_mode_restored() -> None:
 
 
 def test_roles_tuples() -> None:
-    assert STUDENTS == ("enet", "espnet", "mobilenetv2")
+    assert STUDENTS == ("enet", "espnet", "mobilenetv2", "lraspp_mobilenet_v3_large")
     assert "fcn_resnet101" in TEACHERS and not set(STUDENTS) & set(TEACHERS)
 
 

@@ -105,7 +105,7 @@ def _write_msd(root: Path, label_shape: tuple[int, int, int] = (5, 12, 10)) -> N
     meta = {
         "name": "Spleen",
         "modality": {"0": "CT"},
-        "labels": {"0": "background", "1": "spleen"},
+        "labels": {"0": "background", "1": "spleen", "2": "vessel"},
         "training": [
             {"image": f"./imagesTr/spl_{i}.nii.gz", "label": f"./labelsTr/spl_{i}.nii.gz"}
             for i in range(3)
@@ -118,7 +118,7 @@ def test_discover_msd_layout(tmp_path: Path) -> None:
     _write_msd(tmp_path)
     info = discover_dataset(tmp_path)
     assert info.name == "Spleen" and info.modality == "CT"
-    assert info.labels == {"0": "background", "1": "spleen"}
+    assert info.labels == {"0": "background", "1": "spleen", "2": "vessel"}
     assert [c.case_id for c in info.cases] == ["spl_0", "spl_1", "spl_2"]
     assert info.cases[0].label == tmp_path / "labelsTr" / "spl_0.nii.gz"
 
@@ -222,7 +222,7 @@ def test_split_save_load(tmp_path: Path) -> None:
 def test_slice_dataset(tmp_path: Path) -> None:
     _write_msd(tmp_path)
     info = discover_dataset(tmp_path)
-    vols = load_volumes(info, ["spl_2", "spl_0"], 16)
+    vols = load_volumes(info, ["spl_2", "spl_0"], 16, label="spleen")
     assert [v.case_id for v in vols] == ["spl_2", "spl_0"]
     v = vols[0]
     assert v.image.shape == (5, 16, 16) and v.image.dtype == np.float32
@@ -241,3 +241,44 @@ def test_slice_dataset(tmp_path: Path) -> None:
     assert len(SliceDataset(vols, skip_empty_fraction=0.5)) == 8
     with pytest.raises(DataError, match="unknown case"):
         load_volumes(info, ["nope"], 16)
+
+
+def _huge_claim(path: Path) -> Path:
+    """A ~1 MB .nii.gz whose header claims 1200 x 1200 x 600 uint8 voxels (864 MB): small
+    enough on disk to pass the compression-ratio check, cheap only if no voxel is read."""
+    import os
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((1200, 1200, 600))
+    header.set_data_dtype(np.uint8)
+    header.set_zooms((0.7, 0.7, 2.0))
+    header.set_sform(np.diag([0.7, 0.7, 2.0, 1.0]), code=1)
+    header.set_qform(np.diag([0.7, 0.7, 2.0, 1.0]), code=1)
+    raw = header.binaryblock + b"\0" * 4 + os.urandom(1_000_000)
+    path.write_bytes(gzip.compress(raw, compresslevel=1))
+    return path
+
+
+def test_both_headers_are_checked_before_any_voxel_is_read(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from common.data.layout import CaseRef
+
+    image = tmp_path / "img.nii.gz"
+    save_nifti(image, _vol(), (2.0, 0.7, 0.7))
+    label = _huge_claim(tmp_path / "lab.nii.gz")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"geometry differs from label .*shape \(10, 12, 5\) "
+                                             r"vs \(1200, 1200, 600\)"):
+            load_volume(CaseRef("c", image, label), "MRI", 16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20  # reading the claimed label would allocate >= 864 MB
+    from common.evaluate_folder import CasePair, score_pair
+
+    with pytest.raises(DataError, match=r"vs \(1200, 1200, 600\)"):
+        score_pair(CasePair("c", image, label), [1])

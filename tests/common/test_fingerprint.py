@@ -110,7 +110,8 @@ def test_site_node_check_writes_the_fingerprint_and_refuses_what_training_refuse
 
     root = write_dataset(tmp_path / "d", LPS_05, "multi", n=3)
     out = tmp_path / "fp.json"
-    assert main(["check", "--data", str(root), "--out", str(out), "--label", "spleen"]) == 0
+    assert main(["check", "--data", str(root), "--out", str(out), "--label", "spleen",
+                 "--time-steps", "0"]) == 0  # no timed training steps (test_check_sizing.py)
     printed = capsys.readouterr().out
     assert "3 cases, modality MRI" in printed and "orientations: LPS 3" in printed
     assert json.loads(out.read_text())["target_voxels"] == 3 * 54_663

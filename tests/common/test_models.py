@@ -17,6 +17,7 @@ REFERENCE_PARAMS: dict[str, tuple[int, float]] = {
     "enet": (353_761, 0.10),
     "espnet": (183_725, 0.10),
     "mobilenetv2": (2_228_996, 0.10),
+    "lraspp_mobilenet_v3_large": (3_218_020, 0.02),  # torchvision's 3.2M, 1 in, 2 out
     "deeplabv3plus_r50": (26_700_000, 0.02),
     "fpn_resnext101_32x8d": (89_300_000, 0.02),
     "fcn_resnet101": (51_900_000, 0.02),
@@ -89,3 +90,38 @@ def test_in_channels_and_classes_are_honoured() -> None:
         model = build_model(name, in_channels=3, num_classes=4).eval()
         with torch.no_grad():
             assert model(x).shape == (1, 4, 64, 64), name
+
+
+def test_lraspp_is_torchvisions_network_with_emkd_taps() -> None:
+    """The explicit ``seg_forward`` gives torchvision's own output; the taps are the first
+    inverted residual (1/2), the 1/8 low branch and the 960-map end of encoder (1/16)."""
+    torch.manual_seed(0)
+    model = build_model("lraspp_mobilenet_v3_large", in_channels=1, num_classes=2).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out = model.seg_forward(x)
+        torch.testing.assert_close(out.logits, model.net(x)["out"], rtol=0, atol=0)
+    assert [tuple(f.shape) for f in out.features] == [(2, 16, 32, 32), (2, 40, 8, 8),
+                                                      (2, 960, 4, 4)]
+    assert out.decoder is not None and tuple(out.decoder.shape) == (2, 128, 8, 8)
+    assert model.net.backbone["0"][0].in_channels == 1
+    # torchvision's 0.01 left the running statistics at their initial values after a short run
+    moms = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert moms == {0.1}
+
+
+def test_lraspp_trains_under_the_kd_loss() -> None:
+    """Its 1/16 deep map meets the teachers' 1/8 attention maps (resized) in the KD loss."""
+    from common.kd.losses import KDLoss
+    from common.kd.targets import TeacherTargets
+
+    torch.manual_seed(0)
+    model = build_model("lraspp_mobilenet_v3_large").train()
+    x, y = torch.randn(2, 1, 64, 64), (torch.rand(2, 64, 64) > 0.7).long()
+    t = TeacherTargets(logits=torch.randn(1, 2, 2, 64, 64), at_early=torch.rand(1, 2, 32, 32),
+                       at_deep=torch.rand(1, 2, 8, 8), rc_early=torch.rand(1, 2),
+                       rc_deep=torch.rand(1, 2))
+    loss = KDLoss()(model.seg_forward(x), y, t)
+    assert float(loss["mid"].detach()) > 0 and float(loss["kl"].detach()) > 0
+    loss["total"].backward()
+    assert model.net.backbone["1"].block[0][0].weight.grad.abs().sum() > 0  # early tap trained

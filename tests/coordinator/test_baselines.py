@@ -1,4 +1,4 @@
-"""Peer baselines (issue 15): FedAvg through Flower's strategy, payload byte counts, and the
+"""Peer baselines: FedAvg through Flower's strategy, payload byte counts, and the
 ``local_only`` / ``pooled`` / ``fedavg`` rows with cost columns in a tiny ``--local`` run."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from coordinator.distill.config import (
     WeightingSpec,
 )
 from coordinator.distill.proxy import ProxySet
-from tests._helpers import fedavg_site_context
+from tests._helpers import PushPullGrid, fedavg_site_context
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SITES = ("site_a", "site_b", "site_c")
@@ -67,6 +67,14 @@ def _init() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _tensors(arrays: Any, request: Any) -> dict[str, torch.Tensor]:
+    """Packed weights (``common.protocol.pack_weights``) as a state_dict, with the layout of
+    ``request``'s config record."""
+    from common.protocol import unpack_weights
+
+    return unpack_weights(dict(request.content["config"]), arrays, "test")[0]
+
+
 class Recording:
     """Wraps Flower's real FedAvg and records every call (the replies it aggregated)."""
 
@@ -102,12 +110,14 @@ def test_fedavg_runs_through_flowers_strategy(tmp_path: Path) -> None:
     assert [int(m.content["metrics"]["num-examples"]) for m in replies] == [4, 8]
     # the result is the strategy's aggregate: the 4:8 weighted mean of the two replies
     key = next(k for k, v in final.items() if v.dtype == torch.float32 and v.numel() > 10)
-    a, b = (m.content["arrays"][key].numpy() for m in replies)
+    req0 = stub.configured[0][1][0]  # the weights travel packed: one array per dtype
+    assert sorted(req0.content["arrays"].keys()) == ["float32", "int64"]
+    a, b = (_tensors(m.content["arrays"], req0)[key].numpy() for m in replies)
     np.testing.assert_allclose(final[key].numpy(), (4 * a + 8 * b) / 12, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(agg[key].numpy(), final[key].numpy())
+    np.testing.assert_allclose(_tensors(agg, req0)[key].numpy(), final[key].numpy())
     # each round's request carries the previous global weights
-    req = stub.configured[1][1][0].content["arrays"][key].numpy()
-    np.testing.assert_allclose(req, stub.aggregated[0][2][key].numpy())
+    req = _tensors(stub.configured[1][1][0].content["arrays"], req0)[key].numpy()
+    np.testing.assert_allclose(req, _tensors(stub.aggregated[0][2], req0)[key].numpy())
 
 
 def test_a_stub_strategy_decides_the_weights(tmp_path: Path) -> None:
@@ -169,11 +179,12 @@ def _cfg(sites: dict, teachers: dict, out: Path) -> ExperimentConfig:
 
 def test_local_run_has_baseline_rows_and_cost_columns(tiny_sites: dict, tiny_teachers: dict,
                                                       tmp_path: Path) -> None:
-    from coordinator.baselines.rows import baseline_rows
     from coordinator.distill.experiment import run_experiment
+    from coordinator.local_sites import LocalSites
 
     out = tmp_path / "exp"
-    rows = run_experiment(_cfg(tiny_sites, tiny_teachers, out), baseline_rows)
+    cfg = _cfg(tiny_sites, tiny_teachers, out)
+    rows = run_experiment(cfg, LocalSites(cfg))
     names = [r["run"] for r in rows]
     assert names[3:] == ["student_only", "multi_equal", "local_only_site_a", "local_only_site_b",
                          "local_only_site_c", "local_only", "pooled", "fedavg"]
@@ -205,7 +216,7 @@ def test_local_run_has_baseline_rows_and_cost_columns(tiny_sites: dict, tiny_tea
     assert (out / "results_tradeoff.png").stat().st_size > 1000
 
 
-class SiteGrid:
+class SiteGrid(PushPullGrid):
     """A Flower Grid stand-in that delivers each message to the REAL site ClientApp (egress
     mod included) of its node; a refused message comes back as an error reply."""
 
@@ -252,7 +263,8 @@ def test_fedavg_over_a_grid_only_averages_sites_that_allow_it(
     by_node = {int(r.metadata.src_node_id): r for r in replies}  # FedAvg samples in any order
     assert not by_node[1].has_error() and by_node[2].has_error()
     key = next(k for k, v in final.items() if v.dtype == torch.float32 and v.numel() > 10)
-    np.testing.assert_allclose(final[key].numpy(), by_node[1].content["arrays"][key].numpy())
+    np.testing.assert_allclose(final[key].numpy(), _tensors(by_node[1].content["arrays"],
+                                                            stub.configured[0][1][0])[key].numpy())
     assert sorted((e.site, e.direction) for e in log.entries) == [
         ("site_a", "received"), ("site_a", "sent"), ("site_b", "received")]
     audit = {s: [json.loads(x)["decision"] for x in (tmp_path / s / "state" / "audit" /

@@ -1,4 +1,4 @@
-"""The fp16 memmap teacher cache (issue 14): exact round trip, legacy migration, per-item reads
+"""The fp16 memmap teacher cache: exact round trip, legacy migration, per-item reads
 and a student trained from it identical to the in-memory path (losses, weights, resume)."""
 
 from __future__ import annotations

@@ -36,10 +36,12 @@ def _cfg(sites: dict, teachers: dict, out: Path, **student: object) -> Experimen
 def test_local_experiment_writes_tables_and_reuses_cache(
     tiny_sites: dict, tiny_teachers: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from coordinator import local_sites
     from coordinator.distill import experiment
+    from coordinator.local_sites import LocalSites
 
     cfg = _cfg(tiny_sites, tiny_teachers, tmp_path / "exp")
-    rows = experiment.run_experiment(cfg)
+    rows = experiment.run_experiment(cfg, LocalSites(cfg))
     names = [r["run"] for r in rows]
     assert names == ["teacher_site_a", "teacher_site_b", "teacher_site_c",
                      "student_only", "multi_inverse_dice_loss"]
@@ -58,8 +60,8 @@ def test_local_experiment_writes_tables_and_reuses_cache(
     log = (tmp_path / "exp" / "runs" / "multi_inverse_dice_loss" / "metrics.csv").read_text()
     assert "w2" in log.splitlines()[0]
     # second run: every teacher output comes from the cache, every student from result.json
-    monkeypatch.setattr(experiment, "bridged_teacher_outputs", _refuse)
-    again = experiment.run_experiment(cfg)
+    monkeypatch.setattr(local_sites, "bridged_teacher_outputs", _refuse)
+    again = experiment.run_experiment(cfg, LocalSites(cfg))
     assert [r["mean_dice"] for r in again] == [r["mean_dice"] for r in rows]
 
 
@@ -70,9 +72,9 @@ def _refuse(*_a: object, **_k: object) -> None:
 def test_student_resumes_from_last_checkpoint(tiny_sites: dict, tiny_teachers: dict,
                                               tmp_path: Path) -> None:
     from coordinator.distill.cache import TeacherCache
-    from coordinator.distill.experiment import load_site_test, local_targets
     from coordinator.distill.proxy import load_proxy
     from coordinator.distill.student import DistillData, StudentRun, train_student
+    from coordinator.local_sites import load_site_test, local_targets
 
     cfg = _cfg(tiny_sites, tiny_teachers, tmp_path / "exp", epochs=1)
     proxy = load_proxy(cfg.proxy, 32)

@@ -48,7 +48,9 @@ def test_repeated_experiment_writes_seed_folders_and_sd_column(
         student=StudentTrainConfig(model="espnet", size=32, epochs=1, device="cpu"),
         runs=RunsConfig(baseline=False, single_teacher=False,
                         weightings=[WeightingSpec(name="inverse_dice_loss")]))
-    rows = experiment.run_experiment(cfg)
+    from coordinator.local_sites import LocalSites
+
+    rows = experiment.run_experiment(cfg, LocalSites(cfg))
     multi = rows[-1]
     runs = tmp_path / "exp" / "runs" / "multi_inverse_dice_loss"
     seeds = [json.loads((runs / f"seed{s}" / "result.json").read_text())["mean_dice"]
@@ -65,7 +67,8 @@ def test_repeated_experiment_writes_seed_folders_and_sd_column(
         table = list(csv.reader(fh))
     assert table[0][-3:] == ["mean Dice", "mean Dice sd", "seeds"]
     assert table[1][-2:] == ["-", "1"] and table[-1][-1] == "2"  # teacher row, repeated row
-    assert [r["run"] for r in result_rows(tmp_path / "exp")] == ["multi_inverse_dice_loss"]
+    assert [r["run"] for r in result_rows(tmp_path / "exp")] == [
+        "teacher_site_a", "teacher_site_b", "multi_inverse_dice_loss"]  # results.json
     assert not (tmp_path / "exp" / "export").exists()  # the engine does not export ...
     export_best_multi(cfg.out, rows, cfg)  # ... its caller does (distill --local, ServerApp)
     assert (tmp_path / "exp" / "export" / "student.onnx").exists()
@@ -73,40 +76,50 @@ def test_repeated_experiment_writes_seed_folders_and_sd_column(
 
 def test_federated_repeats_score_every_seed_at_the_sites(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ServerApp path trains one student per seed and has the sites score each of them."""
+    """The one pipeline over the Grid trains one student per seed and has the sites score
+    each of them (``GridSites.scorer``: the student's weights and plan in every evaluate)."""
+    from types import SimpleNamespace
+
     import torch
 
-    from coordinator import server_app
-    from coordinator.distill import repeats
+    from coordinator import fed_sites
+    from coordinator.distill import repeats, student
     from coordinator.distill.config import ExperimentConfig, WeightingSpec
-    from coordinator.distill.student import StudentRun
+    from coordinator.distill.student import DistillData, StudentRun
 
     trained: list[int] = []
 
-    def fake_train(run, data, cfg, folder):  # type: ignore[no-untyped-def]
-        folder.mkdir(parents=True)
-        torch.save({"model": {"w": torch.tensor([float(cfg.seed)])}}, folder / "last.pt")
+    def fake_fit(run, data, cfg, out):  # type: ignore[no-untyped-def]
         trained.append(cfg.seed)
-        return {"run": run.name, "teachers": ["a"], "weighting": "x", "train_seconds": 1.0}
+        model = torch.nn.Linear(1, 1)
+        with torch.no_grad():
+            model.weight.fill_(float(cfg.seed))
+        return model, 1.0
 
     def fake_eval(grid, roster, name, state, cfg, s, run_id, plan):  # type: ignore[no-untyped-def]
         assert plan == "student-plan"  # the student's plan goes with every evaluate request
-        dice = 0.5 + 0.1 * float(state["w"][0])  # seed 3: 0.8, seed 4: 0.9
-        return {"site_a": {"dice_mean": dice, "voe_mean": 1 - dice, "hd95_mean": 2.0,
-                           "eval_name": name}}
+        dice = 0.5 + 0.1 * float(state["weight"].flatten()[0])  # seed 3: 0.8, seed 4: 0.9
+        return ({"site_a": {"dice_mean": dice, "voe_mean": 1 - dice, "hd95_mean": 2.0}},
+                {"site_a": {"case000": {"dice": dice, "voe": 1 - dice, "hd95": 2.0}}})
 
-    monkeypatch.setattr(repeats, "train_student", fake_train)
-    monkeypatch.setattr(server_app, "eval_round", fake_eval)
+    monkeypatch.setattr(student, "_fit", fake_fit)
+    monkeypatch.setattr(student, "run_fingerprint", lambda *a: "fp")
+    monkeypatch.setattr(student, "claim_run_folder", lambda out, fp, ep: fp)
+    monkeypatch.setattr(fed_sites, "eval_round", fake_eval)
     site = {"name": "site_a", "data": "d", "teacher_dir": "t"}
     cfg = ExperimentConfig.model_validate({"name": "t", "out": str(tmp_path), "proxy": "p",
                                            "sites": [site], "seed": 3, "repeats": 2})
+    settings = SimpleNamespace(chunk_size=8, query_window=1, timeout=1.0, trail=None)
+    sites = fed_sites.GridSites(None, settings, "r", cfg)  # type: ignore[arg-type]
+    proxy = SimpleNamespace(plan="student-plan")
+    data = DistillData(proxy, None, ["site_a"], {},  # type: ignore[arg-type]
+                       scorer=sites.scorer(cfg, proxy))  # type: ignore[arg-type]
     run = StudentRun("multi_x", [0], WeightingSpec(name="equal"))
-    from types import SimpleNamespace
-
-    data = SimpleNamespace(proxy=SimpleNamespace(plan="student-plan"))
-    row = server_app.train_and_score(None, None, run, data, cfg, None, "r")  # type: ignore[arg-type]
+    row = repeats.train_repeats(run, data, cfg, tmp_path / "runs" / "multi_x")
     assert trained == [3, 4]
     assert row["seed_mean_dice"] == pytest.approx([0.8, 0.9])
     assert row["mean_dice"] == pytest.approx(0.85)
+    assert row["seed_cases"]["4"]["site_a"]["case000"]["dice"] == pytest.approx(0.9)
+    assert sites.status.sites["site_a"].state == "scored"
     summary = json.loads((tmp_path / "runs" / "multi_x" / "summary.json").read_text())
     assert summary["checkpoint_dir"].endswith("seed3")

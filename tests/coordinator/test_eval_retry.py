@@ -1,4 +1,4 @@
-"""Issue 13, item 3: one failed evaluate does not drop a site (the evaluate retry rule).
+"""One failed evaluate does not drop a site (the evaluate retry rule).
 
 Before: ``eval_round`` dropped a site from the roster on its first failed evaluate (e.g. the
 error reply that followed an HD95 = NaN refusal), so it scored no later student."""
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from common.protocol import EvalReply, encode_eval_reply
-from coordinator import server_app
+from coordinator import fed_sites
+from coordinator.distill.student import mean_dice
 from coordinator.fed_query import Reply, Roster
-from coordinator.server_app import EVAL_ATTEMPTS, eval_round, mean_dice
+from coordinator.fed_sites import EVAL_ATTEMPTS, eval_round
 
 GOOD = {"dice_mean": 0.8, "dice_std": 0.1, "voe_mean": 0.3, "voe_std": 0.1, "hd95_mean": 4.0,
         "hd95_std": 1.0, "hd95_undefined": 0.0, "n": 2.0}
@@ -40,14 +41,15 @@ def _script(monkeypatch: pytest.MonkeyPatch, answers: list[dict[int, str]]) -> l
                 out.append(Reply(node, encode_eval_reply(f"site_{node}", rep)))
         return out
 
-    monkeypatch.setattr(server_app, "_exchange", exchange)
+    monkeypatch.setattr(fed_sites, "exchange", exchange)
     return asked
 
 
 def _eval(roster: Roster, run: str) -> dict[str, dict]:
     cfg = SimpleNamespace(student=SimpleNamespace(model="enet", size=32))
     s = SimpleNamespace(timeout=1.0, trail=None)
-    return eval_round(None, roster, run, {"w": torch.zeros(2)}, cfg, s, "1")  # type: ignore[arg-type]
+    sites, _ = eval_round(None, roster, run, {"w": torch.zeros(2)}, cfg, s, "1")  # type: ignore[arg-type]
+    return sites
 
 
 def test_a_failed_evaluate_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:

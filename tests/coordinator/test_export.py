@@ -141,3 +141,26 @@ def test_bytes_exchanged_come_from_the_coordinator_log(tmp_path: Path) -> None:
     got = exchanged_bytes(tmp_path)
     assert got == {"total": 4 * 64 * 4 + 4 * 128 * 2,
                    "by_type": {"query.teacher_outputs": {"out": 1024, "in": 1024}}}
+
+
+def test_export_lraspp_student_every_runtime(tmp_path: Path) -> None:
+    """torchvision's LR-ASPP exports to pt2, ONNX fp32 and int8 (calibrated) like the
+    in-project students; the fp32 graphs reproduce the eager logits."""
+    import numpy as np
+
+    from coordinator.distill.proxy import ProxySet
+    from coordinator.export import export_student
+
+    torch.manual_seed(0)
+    model = build_model("lraspp_mobilenet_v3_large", in_channels=1, num_classes=2).eval()
+    rng = np.random.default_rng(0)
+    ids = [f"r:{i}" for i in range(8)]
+    proxy = ProxySet(rng.normal(size=(8, 1, 64, 64)).astype(np.float32),
+                     np.zeros((8, 64, 64), np.uint8), ids, ids)
+    paths = export_student(model, tmp_path, 64, {}, proxy=proxy)
+    card = json.loads(paths["card"].read_text())
+    assert set(card["runtimes"]) == {"pt2", "onnx", "onnx-int8"}
+    for runtime in ("pt2", "onnx"):
+        assert card["runtimes"][runtime]["max_abs_diff"] < 1e-4
+    assert card["runtimes"]["onnx-int8"]["precision"] == "int8"
+    assert card["params"] == 3_218_020

@@ -1,4 +1,4 @@
-"""The federated ServerApp flat in memory (issue 14): query replies go into the fp16 memmap
+"""The federated ServerApp flat in memory: query replies go into the fp16 memmap
 teacher cache as they arrive (atomic per site, no half cache for a dropped site), the students
 read the same lazy :class:`CachedTargets` as ``--local``, and the memory guard runs first."""
 

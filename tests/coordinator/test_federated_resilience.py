@@ -4,7 +4,9 @@ The end-to-end test runs ``coordinator simulate --insecure``: the compose topolo
 container entrypoints, whose coordinator drives the run with ``coordinator distill --superlink
 ...`` (the path hospital deployments use), and SIGKILLs site_c's SuperNode as soon as the
 coordinator has its train reply: site_c must be dropped during the query round and the run
-finish with 2 teachers.
+finish with 2 teachers (the experiment opts into 2 sites). Without that opt-in a site that cannot
+start fails ``coordinator simulate`` naming it; ports taken between the plan and the start are
+replaced by fresh ones.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _kill_when(log: Path, needle: str, proc: subprocess.Popen, stop: threading.E
 @pytest.mark.slow
 def test_a_killed_site_is_dropped_and_the_run_completes(
         tiny_sites: dict, tiny_teachers: dict, tmp_path: Path) -> None:
-    from coordinator.topology.simulate import Processes, SiteNode, simulate
+    from coordinator.topology.simulate import Processes, SiteNode, simulate_outcome
 
     config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
     work = tmp_path / "work"
@@ -120,18 +122,26 @@ def test_a_killed_site_is_dropped_and_the_run_completes(
             procs.named["site-site_c"], stop, killed)).start()
 
     try:
-        rc = simulate([SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES], config, work,
-                      {"timeout": 240.0, "min-sites": 2, "chunk-size": 48}, timeout=480.0,
-                      insecure=True, on_start=watch)
+        outcome = simulate_outcome([SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES],
+                                   config, work, {"timeout": 240.0, "min-sites": 2,
+                                                  "chunk-size": 48}, timeout=480.0,
+                                   insecure=True, on_start=watch)
     finally:
         stop.set()
     log = (work / "logs" / "coordinator.log").read_text(errors="replace")
     assert killed, "site_c never reported its teacher: " + log[-3000:]
-    assert rc == 0, log[-3000:]
+    assert outcome.rc == 0 and outcome.failure == "", log[-3000:]
     assert "federated results:" in log  # printed by `coordinator distill`
-    res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
-    assert res["sites"] == ["site_a", "site_b"] and len(res["dropped"]) == 1
+    status = json.loads((tmp_path / "exp" / "run_status.json").read_text())
+    assert status["ok"] and status["required"] == 2
+    assert {n: r["state"] for n, r in status["sites"].items()} == {
+        "site_a": "scored", "site_b": "scored", "site_c": "dropped"}
     assert "dropping site_c" in log
+    a, b, c = outcome.summary  # every expected site: what the run and its process say
+    assert a.startswith("site_a: scored") and "process running" in a
+    assert b.startswith("site_b: scored")
+    assert c.startswith("site_c: dropped (") and c.endswith("exited with -9 before the run ended")
+    res = json.loads((tmp_path / "exp" / "results.json").read_text())
     (row,) = res["rows"]
     assert row["teachers"] == ["site_a", "site_b"] and set(row["sites"]) == {"site_a", "site_b"}
     assert len(list((tmp_path / "exp" / "teacher_cache").glob("site_*/meta.json"))) == 2
@@ -172,3 +182,70 @@ def test_sigterm_stops_the_flwr_run_it_started(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.slow
+def test_a_site_that_cannot_start_fails_the_run_naming_it(
+        tiny_sites: dict, tiny_teachers: dict, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """site_c's data folder is missing: its entrypoint exits 2 at start; ``coordinator
+    simulate`` stops everything and exits 1 with one line naming site_c and its log, and the
+    summary lists every site."""
+    config = federated_toml({**tiny_sites, "site_c": tmp_path / "no_data"}, tiny_teachers,
+                            tmp_path)
+    work = tmp_path / "work"
+    argv = ["simulate", "--sites", "3", "--config", str(config), "--workdir", str(work),
+            "--insecure", "--timeout", "120", "--round-timeout", "60"]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    site_log = work / "logs" / "site-site_c.log"
+    assert err.strip().splitlines()[-1] == (f"coordinator simulate: site site_c exited with 2 "
+                                            f"before the run ended; see {site_log}")
+    assert "no dataset in" in site_log.read_text()
+    summary = out[out.index("sites:\n"):].splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in summary] == list(SITES)
+    assert summary[2].endswith("exited with 2 before the run ended")
+    assert "process running" in summary[0] or "process starting" in summary[0]
+
+
+@pytest.mark.slow
+def test_ports_taken_before_the_start_are_replaced(tiny_sites: dict, tiny_teachers: dict,
+                                                   tmp_path: Path) -> None:
+    """The plan gives the SuperLink and site_c ports this test already listens on (what a
+    race with another process looks like): both are started again on fresh ports, and both
+    SuperNodes (site_a, site_c) connect."""
+    import socket
+
+    from coordinator.topology.env import base_env
+    from coordinator.topology.simulate import SiteNode, make_plan, site_watch
+    from coordinator.topology.supervisor import Processes, allocate_ports, start_topology
+
+    config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
+    taken = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    link_port, c_port = (s.getsockname()[1] for s in taken)
+    nodes = [SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in ("site_a", "site_c")]
+    plan = make_plan(nodes, config, tmp_path, {}, 60.0, insecure=True,
+                     ports=lambda n: (link_port, *allocate_ports(n - 2), c_port))
+    procs = Processes(tmp_path / "logs", base_env(), tmp_path)
+    link_log = tmp_path / "logs" / "superlink.log"
+    try:
+        plan = start_topology(procs, plan)
+        watch = site_watch(procs, plan, 2)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and (
+                not watch.all_healthy()
+                or link_log.read_text(errors="replace").count("Activated node_id") < 2):
+            assert watch.step() is None
+            time.sleep(0.5)
+    finally:
+        procs.stop_all()
+        for s in taken:
+            s.close()
+    logs = tmp_path / "logs"
+    assert link_log.read_text(errors="replace").count("Activated node_id") == 2
+    assert plan.superlink_port != link_port and plan.dial_port == plan.superlink_port
+    assert "address already in use" in (logs / "superlink.1.log").read_text()
+    site_a, site_c = watch.sites
+    assert (site_c.name, site_c.restarts) == ("site_c", 1) and site_c.port != c_port
+    assert "address already in use" in (logs / "site-site_c.1.log").read_text()
+    assert site_a.restarts == 0 and not (logs / "site-site_a.1.log").exists()

@@ -1,4 +1,4 @@
-"""The coordinator's memory guard (issue 14): formula, limits and the refusal."""
+"""The coordinator's memory guard: formula, limits and the refusal."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 14, item 3: pipelined, parallel query rounds (:mod:`coordinator.query_pipeline`).
+"""pipelined, parallel query rounds (:mod:`coordinator.query_pipeline`).
 
 A fake Grid with a simulated clock: each node answers its queued messages one at a time (as a
 SuperNode does), ``service[node]`` seconds each (None: never). Times are hand-computable."""

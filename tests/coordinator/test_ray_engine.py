@@ -1,4 +1,4 @@
-"""Issue 14, item 4: ``coordinator simulate --engine ray`` (Flower's Simulation Engine).
+"""``coordinator simulate --engine ray`` (Flower's Simulation Engine).
 
 Not marked slow: the 12-site run takes 30-45 s on an idle 2-core machine (96 s when five
 agents shared it).
@@ -127,9 +127,12 @@ def test_twelve_virtual_sites_on_ray_keep_data_private_and_logs_verifiable(
                       capture=tmp_path / "capture")
     log = (work / "logs" / "coordinator.log").read_text(errors="replace")
     assert rc == 0, log[-4000:]
-    res = json.loads((tmp_path / "exp" / "federated_results.json").read_text())
-    assert res["sites"] == sorted(sites) and res["dropped"] == []
-    (row,) = res["rows"]
+    from coordinator.distill.sites import RunStatus
+
+    status = RunStatus.read(tmp_path / "exp")
+    assert status is not None and status.ok and status.missing == []
+    assert list(status.sites) == sorted(sites)
+    (row,) = json.loads((tmp_path / "exp" / "results.json").read_text())["rows"]
     assert row["teachers"] == sorted(sites) and set(row["sites"]) == set(sites)
     assert "query round: 2 chunk(s) x 12 site(s), window 1" in log  # 96 slices / 48
 

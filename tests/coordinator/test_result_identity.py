@@ -1,4 +1,4 @@
-"""Issue 13, item 8: a student run is reused only for the same teachers, proxy, config, code.
+"""a student run is reused only for the same teachers, proxy, config, code.
 
 On the old tree (HEAD) ``train_student`` returned any ``result.json`` in the run folder: after a
 2-teacher run, the 3-teacher rerun under the same name reported the 2-teacher student.

@@ -1,4 +1,4 @@
-"""No silent mismatch (issue 17): plan facts on the wire, plan-aware queries, proxy Dice check."""
+"""No silent mismatch: plan facts on the wire, plan-aware queries, proxy Dice check."""
 
 from __future__ import annotations
 

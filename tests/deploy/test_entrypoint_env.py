@@ -160,6 +160,9 @@ def test_site_entrypoint_runs_site_node_with_the_audit_key(tiny_sites: dict,
     keys, drop = tmp_path / "w" / "sites" / "s1" / "keys", tmp_path / "w" / "pubkeys" / "s1"
     assert sorted(p.name for p in drop.iterdir()) == ["audit.pub", "node.pub"]
     assert stat.S_IMODE((keys / "node.key").stat().st_mode) == 0o600
+    from common.records import load_or_create_key
+
+    load_or_create_key(plan.out / "audit" / "coordinator.key")  # simulate makes it first
     out = _run([str(ENTRYPOINTS / "entrypoint.sh"), "site", "--dry-run"],
                {**env["site-s1"], "PATH": path})
     assert out.returncode == 0, out.stdout + out.stderr
@@ -173,3 +176,5 @@ def test_site_entrypoint_runs_site_node_with_the_audit_key(tiny_sites: dict,
     assert f'audit-key="{keys / "audit.key"}"' in conf
     assert 'compression="int8_probs"' in conf and 'site-name="s1"' in conf
     assert f'state-dir="{tmp_path / "w" / "sites" / "s1"}"' in conf
+    assert f'coordinator-key="{plan.coordinator_pub}"' in conf  # the coordinator key, pinned
+    assert cmd[cmd.index("--poll-interval") + 1] == "0.2"

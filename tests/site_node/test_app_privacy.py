@@ -32,8 +32,8 @@ def _entries(gate: EgressGate) -> list[dict]:
     return read_jsonl(gate.log.path)
 
 
-def _query(n: int = N) -> tuple[QueryConfig, object]:
-    images = np.random.default_rng(0).random((n, 1, S, S), dtype=np.float32)
+def _query(n: int = N, seed: int = 0) -> tuple[QueryConfig, object]:
+    images = np.random.default_rng(seed).random((n, 1, S, S), dtype=np.float32)
     cfg = QueryConfig(run_id="r1", chunk=0, n_chunks=1, size=S,
                       slice_hashes=[slice_hash(im) for im in images])
     return cfg, encode_query(images, np.zeros((n, S, S), np.uint8), cfg)
@@ -112,6 +112,7 @@ def test_small_or_over_budget_queries_are_refused_before_compute(tmp_path: Path)
         gate.respond(RequestInfo("query.teacher_outputs", "r1", "c", 4, S), request, compute)
     cfg, request = _query()
     gate.respond(RequestInfo("query.teacher_outputs", "r1", "c", N, S), request, compute)
+    cfg, request = _query(N, seed=1)  # another request (the same one again is a replay)
     with pytest.raises(EgressRefused, match="max_queries_per_run"):
         gate.respond(RequestInfo("query.teacher_outputs", "r1", "c", N, S), request, compute)
     assert len(calls) == 1

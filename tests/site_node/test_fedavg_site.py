@@ -93,7 +93,9 @@ def test_a_site_refuses_fedavg_unless_its_policy_allows_it(
     from site_node.app import app
 
     denied = _site(tiny_sites, tiny_teachers, tmp_path / "deny", allow=False)
-    with pytest.raises(PermissionError, match="releases no model weights"):
+    from site_node.egress import EgressRefused
+
+    with pytest.raises(EgressRefused, match="releases no model weights"):  # before training
         app(_request(), _context(denied))
     ins, out = _entries(denied)
     assert (ins["msg_type"], ins["decision"]) == (WEIGHT_RELEASE_TYPE, "received")

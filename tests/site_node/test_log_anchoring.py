@@ -122,7 +122,7 @@ def test_forged_or_rolled_back_coordinator_head_is_refused(
 
     for head, why in ((forged, "signature invalid"),
                       (sign_head(trail.log.key, 2, read_jsonl(trail.log.path)[1]["entry_hash"]),
-                       "rolled back: head seq 2 after seq 4")):
+                       "head seq 2 not after seq 4")):
         request[Key.HEAD] = ConfigRecord(head)
         with pytest.raises(EgressRefused, match=why):
             gate.respond(RequestInfo("train", "r1", "node 1"), request, compute)

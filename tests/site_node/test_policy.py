@@ -9,10 +9,10 @@ import pytest
 
 from common.config import load_config
 from common.protocol import NUM_CLASSES, MsgType, reply_schema
+from site_node.budget import QueryBudget
 from site_node.policy import (
     ArrayRule,
     EgressPolicy,
-    QueryBudget,
     ReplyRule,
     check_reply,
     default_policy,

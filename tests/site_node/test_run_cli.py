@@ -117,9 +117,12 @@ def test_start_records_an_event_then_execs(tiny_sites: dict, tmp_path: Path,
 
     seen: list[list[str]] = []
     monkeypatch.setattr(run.os, "execve", lambda exe, argv, env: seen.append(argv) or 0)
+    warm: list[Path] = []
+    monkeypatch.setattr("site_node.warm.spawn", lambda state, env: warm.append(state))
     argv = [a for a in _base(tiny_sites["site_a"], tmp_path) if a != "--dry-run"]
     assert main([*argv, "--insecure"]) == 1  # only reached because execv was stubbed
     assert Path(seen[0][0]).name == "flower-supernode"
+    assert warm == [tmp_path / "state"]  # the warm ClientApp server starts beside it
     (event,) = read_jsonl(tmp_path / "state" / "runs.jsonl")
     assert event["site"] == "site_a" and event["tls"] is False and event["data"]["cases"] == 12
 
