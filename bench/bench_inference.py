@@ -1,4 +1,4 @@
-"""CPU (and CUDA) inference speed of every student and teacher in every shipped runtime (#16).
+"""CPU (and CUDA) inference speed of every student and teacher in every shipped runtime.
 
 Latency (median, p95 over ``--reps`` runs after warm-up) and throughput (images/s) at each
 ``--batches`` x ``--sizes`` x ``--threads``, with the effective GFLOP/s (the fp32 model's FLOPs,
@@ -255,7 +255,7 @@ def _teacher_dice(demo: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- summary
 def headline(rows: list[dict[str, Any]], acc: dict[str, Any] | None, student: str,
              size: int = 384, threads: int = 2) -> dict[str, Any] | None:
-    """The #16 targets: the default student (fastest runtime costing <= 0.005 Dice and
+    """The speed targets: the default student (fastest runtime costing <= 0.005 Dice and
     agreeing >= 99.5 %) vs DeepLabV3+ R50 eager fp32, ``size`` px, batch 1, ``threads``."""
     def pick(model: str, runtime: str) -> dict[str, Any] | None:
         return next((r for r in rows if r["model"] == model and r["runtime"] == runtime

@@ -1,6 +1,6 @@
 """Old (resized-grid) versus new (native-resolution) scores of the same models, in one run.
 
-Before issue #11 every Dice/VOE/HD95 was taken on the network's S x S grid against a resized
+The old path took every Dice/VOE/HD95 on the network's S x S grid against a resized
 ground truth. Now scores are taken on each case's original grid against the untouched label.
 This bench scores the same predictions both ways, plus a *perfect* prediction on the network
 grid mapped back (what the old path reported as Dice 1.0).

@@ -1,4 +1,4 @@
-"""Benchmark: student Dice when one site returns corrupted logits (issue #5, student level).
+"""Benchmark: student Dice when one site returns corrupted logits (student level).
 
 On the demo scenario (``configs/demo_prostate.toml``: three phantom prostate sites, cached
 teacher outputs, ENet student, the config's epochs) it trains, per weighting rule
@@ -33,9 +33,9 @@ from common.io import strict_json_dumps
 from coordinator.distill.cache import TeacherCache, materialise
 from coordinator.distill.config import ExperimentConfig, WeightingSpec
 from coordinator.distill.corrupt import CORRUPTIONS, Corruption, corrupt_teacher
-from coordinator.local_sites import load_site_test, local_targets
 from coordinator.distill.proxy import load_proxy
 from coordinator.distill.student import DistillData, StudentRun, train_student
+from coordinator.local_sites import load_site_test, local_targets
 
 WEIGHTINGS = ("inverse_dice_loss", "equal")
 

@@ -1,4 +1,4 @@
-"""Student grid variants (issue #17): does a larger student canvas cost Dice?
+"""Student grid variants: does a larger student canvas cost Dice?
 
 A variant is ``<size>px_<spacing rule>_<padding rule>`` (``[student] size``, ``[student]
 spacing_rule``, ``[kd] padding``). For each variant and seed the base experiment is rewritten

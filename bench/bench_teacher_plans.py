@@ -1,7 +1,7 @@
-"""Teachers queried at the student's grid, with and without serving in their own plan (#17).
+"""Teachers queried at the student's grid, with and without serving in their own plan.
 
 For each student size, every site's teacher answers the proxy slices twice: *unbridged* (the
-slices go to the teacher on the student's grid, as before issue #17) and *bridged* (the site
+slices go to the teacher on the student's grid, the earlier behaviour) and *bridged* (the site
 resamples them to its teacher's plan and maps the outputs back,
 :func:`common.kd.plan_bridge.bridged_teacher_outputs`). Each answer is scored against the proxy
 labels on the student's grid (pooled Dice of the teacher's own argmax), next to the teacher's

@@ -1,4 +1,4 @@
-"""Markdown speed/accuracy table from ``bench/bench_inference.py``'s JSON (#16).
+"""Markdown speed/accuracy table from ``bench/bench_inference.py``'s JSON.
 
     python -m bench.inference_table bench/results/inference.json > table.md
 """
@@ -65,7 +65,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def targets(result: dict[str, Any]) -> str:
-    """The #16 targets at 384 px, batch 1, for each thread count measured."""
+    """The speed targets at 384 px, batch 1, for each thread count measured."""
     acc = result.get("accuracy")
     student = acc["student"] if acc else "enet"
     out = []

@@ -1,4 +1,4 @@
-"""Log anchoring: each side of an exchange keeps the other's signed log heads (issue 13).
+"""Log anchoring: each side of an exchange keeps the other's signed log heads.
 
 A hash chain shows edits, insertions and reorderings, but not a cut-off tail. So every
 coordinator request carries the coordinator log's signed head, which the site records in its

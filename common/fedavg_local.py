@@ -1,4 +1,4 @@
-"""One FedAvg client update (issue 15 baseline): the same code at a site and in ``--local``.
+"""One FedAvg client update (baseline): the same code at a site and in ``--local``.
 
 A site node (``site_node.fedavg``, message ``query.fedavg_train``) and the coordinator's
 in-process FedAvg loop (``coordinator.baselines.fedavg``) both call :func:`local_update`, so the

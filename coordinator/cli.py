@@ -21,6 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+DESCRIPTION = """\
+The coordinator's side of a federated distillation: build the public proxy set, ask the sites'
+teachers for their outputs on it, train and compare the students, export the chosen one, and
+verify the signed exchange logs.
+
+Run "coordinator COMMAND --help" for a command's flags. -v / -q set the log level.
+Exit status: 0 success, 1 a problem found (e.g. a failed audit) or an internal error,
+2 bad input (one line naming the file or value), 130 interrupted."""
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -97,7 +105,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=int, required=True, help="first N sites of the config")
     p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
     p.add_argument("--workdir", type=Path, required=True, help="logs, Flower state, FLWR_HOME")
-    p.add_argument("--min-sites", dest="min_sites", type=int, default=0)
+    p.add_argument("--min-sites", dest="min_sites", type=int, default=0,
+                   help="fewest live sites to go on with; 0 = the config's min_sites")
     p.add_argument("--round-timeout", dest="round_timeout", type=float,
                    help="seconds per round (default: the Flower app's pyproject.toml)")
     p.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
@@ -125,22 +134,23 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``coordinator`` argument parser."""
+    from common.cli_help import CliParser
     from common.logs import add_verbosity_everywhere
     from common.predict_cli import add_predict_commands
     from coordinator.federated_cli import add_export_parser, add_federated_args
 
-    parser = argparse.ArgumentParser(prog="coordinator", description=__doc__)
+    parser = CliParser(prog="coordinator", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="params and FLOPs per model (paper Table 2)")
-    p.add_argument("--size", type=int, default=384)
-    p.add_argument("--names", help="comma-separated model names (default: all)")
+    p.add_argument("--size", type=int, default=384, help="input side in pixels for the FLOPs")
+    p.add_argument("--names", help="comma-separated model names (all when not given)")
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("make-proxy", help="write a synthetic proxy set mixing all site styles")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--cases", type=int, default=9)
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--depth", type=int, default=24)
-    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--out", type=Path, required=True, help="folder to write the proxy set to")
+    p.add_argument("--cases", type=int, default=9, help="number of proxy volumes")
+    p.add_argument("--seed", type=int, default=1000, help="random seed")
+    p.add_argument("--depth", type=int, default=24, help="slices per volume")
+    p.add_argument("--size", type=int, default=96, help="in-plane side in pixels")
     p.set_defaults(func=_cmd_make_proxy)
     p = sub.add_parser("distill", help="train students by multi-teacher distillation")
     p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")

@@ -56,6 +56,8 @@ EVAL_ATTEMPTS = 2  # evaluate retry rule: one retry, and a failed evaluate never
 NOT_FEDERATED = {
     "teachers": "teacher rows: a teacher's weights never leave its site, so it cannot be "
                 "scored on the other sites' test cases",
+    "overlays": "overlays of the sites' test cases: patient images never leave a site; each "
+                "site draws them in its own state folder (`<state-dir>/overlays/<run>/`)",
     "local_only": "local_only: needs every site's training data at the coordinator "
                   "(run it with --local)",
     "pooled": "pooled: pools the sites' raw data (run it with --local; a reference only)",
@@ -132,7 +134,10 @@ def eval_round(grid: Grid, roster: Roster, run: str, state: dict[str, torch.Tens
         log.info("%s: no score for %s after %d attempts; the site stays in the roster "
                  "(evaluate retry rule)", roster.names[node], run, EVAL_ATTEMPTS)
         out[roster.names[node]] = {"error": failed.dropped[node]}
-    return out, {k: v for k, v in cases.items() if v}
+    order = {site.name: k for k, site in enumerate(cfg.sites)}  # the config's site order
+    rank = lambda kv: (order.get(kv[0], len(order)), kv[0])  # noqa: E731
+    return dict(sorted(out.items(), key=rank)), dict(sorted(
+        ((k, v) for k, v in cases.items() if v), key=rank))
 
 
 def _case_scores(rep: object) -> dict[str, dict]:
@@ -236,7 +241,7 @@ class GridSites:
 
     def not_run(self, cfg: ExperimentConfig) -> list[str]:
         """The configured rows a federation cannot produce, each with its reason."""
-        out = [NOT_FEDERATED["teachers"]]
+        out = [NOT_FEDERATED["teachers"], NOT_FEDERATED["overlays"]]
         if cfg.runs.local_only:
             out.append(NOT_FEDERATED["local_only"])
         if cfg.runs.pooled:

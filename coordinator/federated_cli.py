@@ -53,7 +53,7 @@ def add_federated_args(p: argparse.ArgumentParser) -> None:
     tls = g.add_mutually_exclusive_group()
     tls.add_argument("--certs", type=Path, default=Path("certs"),
                      help="the federation's CA certificate, or a folder with its ca.crt "
-                          "(TLS; default ./certs)")
+                          "(TLS)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
     g.add_argument("--min-sites", dest="min_sites", type=int,
                    help=f"fewest sites to go on with (0 = the config's min_sites) {APP_DEFAULT}")
@@ -103,8 +103,9 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
         return main_export(args)
 
-    p = sub.add_parser("export", help="TorchScript + ONNX + model card of the default "
-                                      "multi-teacher student of a finished experiment")
+    p = sub.add_parser("export", help="export the default multi-teacher student of a finished "
+                                      "experiment: torch.export .pt2, ONNX fp32 and int8 "
+                                      "(calibrated on the proxy set) and a model card")
     p.add_argument("--config", type=Path, required=True, help="TOML/YAML ExperimentConfig")
     p.add_argument("--out", type=Path, help="experiment folder (default: the config's out)")
     p.add_argument("--aoti", action="store_true", help="also compile an AOTInductor package "

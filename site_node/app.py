@@ -181,13 +181,20 @@ def case_scores(scores: dict[str, Any], keys: list[str]) -> dict[str, dict[str, 
     return out
 
 
+def overlay_dir(node: NodeSettings, run_name: str) -> Path:
+    """Where the site draws the overlays of a student it scored: ``<state-dir>/overlays/<run>``
+    (patient images: they never leave the site; the coordinator's report says so)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_name)[:100] or "run"
+    return node.resolved_state_dir() / "overlays" / safe
+
+
 def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any],
                     policy: EgressPolicy | None = None) -> EvalReply:
     """Score the student ``state`` on this site's private test split (3D Dice/VOE/HD95): the
     summaries, and each case's scores where the site's policy (``policy``, default the node's
     ``policy-path``) lets them leave (``replies.evaluate.case_metric_keys``)."""
     from common.data.test_split import load_test_split
-    from common.evaluate import evaluate_volumes
+    from common.evaluate import evaluate_volumes, save_case_overlays
     from common.metrics import summarise
     from common.models import build_model
     from common.training import select_device
@@ -201,7 +208,8 @@ def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any],
                             f"{cfg.model_name}: {first}") from None
     dev = select_device("auto")
     vols = load_test_split(node.data, serving_dir(node.teacher_dir), cfg.size, cfg.plan())
-    scores, _ = evaluate_volumes(model.to(dev), vols, dev)
+    scores, preds = evaluate_volumes(model.to(dev), vols, dev)
+    save_case_overlays(vols, preds, overlay_dir(node, cfg.run_name), max_cases=2)  # stay here
     rule = (policy or load_policy(node.policy_path)).replies.get("evaluate")
     keys = [k for k in CASE_METRICS if rule is not None and k in rule.case_metric_keys]
     cases = case_scores(scores, keys) if keys else {}

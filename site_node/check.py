@@ -31,7 +31,9 @@ DEFAULT_TIME_STEPS = 3
 def add_check_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``site-node check``."""
     p.add_argument("--data", type=Path, required=True, help="MSD/nnU-Net or multi-site folder")
-    p.add_argument("--out", type=Path, default=Path("fingerprint.json"))
+    p.add_argument("--out", type=Path, default=Path("."),
+                   help="folder to write fingerprint.json to (a path ending in .json is "
+                        "taken as the file itself)")
     p.add_argument("--label", help="target label: name, value, '1,2' or 'all' "
                                    "(default: the single declared foreground label)")
     p.add_argument("--model", help="teacher to size the run for (default: the train default)")
@@ -51,11 +53,12 @@ def main_check(args: argparse.Namespace) -> int:
     from common.data.layout import discover_dataset
     from common.data.split import MIN_SPLIT_CASES
 
-    refuse_inside(args.out, args.data)
+    out = fingerprint_path(args.out)
+    refuse_inside(out, args.data)
     info = discover_dataset(args.data)  # a DICOM folder: one line pointing to import-dicom
     fp = compute_fingerprint(info, label=args.label)
     print(format_fingerprint(fp))
-    print(f"wrote {save_fingerprint(fp, args.out)} (aggregate only; stays on this site)")
+    print(f"wrote {save_fingerprint(fp, out)} (aggregate only; stays on this site)")
     cfg = _train_config(args)
     plan = _plan(fp, cfg)
     print(format_plan(plan, fp))
@@ -65,6 +68,12 @@ def main_check(args: argparse.Namespace) -> int:
     n_train = _train_cases([c.case_id for c in info.cases], cfg)
     print(format_sizing(plan, fp, cfg, n_train, args.time_steps))
     return 0
+
+
+def fingerprint_path(out: Path) -> Path:
+    """``--out``: a folder gets ``fingerprint.json`` inside; a path ending in ``.json`` is the
+    file itself (the earlier form of the flag)."""
+    return out if out.suffix.lower() == ".json" else out / "fingerprint.json"
 
 
 def _train_config(args: argparse.Namespace) -> Any:

@@ -32,6 +32,16 @@ if TYPE_CHECKING:
     from site_node.train_config import TeacherTrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
+DESCRIPTION = """\
+The site's side of a federated distillation: prepare and check this site's data, train the local
+teacher, and serve it to the coordinator. Images and labels never leave the site; only the
+answers the egress policy allows do.
+
+Start serving: site-node run --data DIR --coordinator HOST:PORT --name SITE
+(also: site-node --data DIR --coordinator HOST:PORT --name SITE).
+Run "site-node COMMAND --help" for a command's flags. -v / -q set the log level.
+Exit status: 0 success, 1 a problem found (e.g. a failed audit) or an internal error,
+2 bad input (one line naming the file or value), 130 interrupted."""
 log = logging.getLogger(__name__)
 
 
@@ -144,11 +154,13 @@ def _add_audit_and_policy(sub: argparse._SubParsersAction) -> None:
 
 def _add_make_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-phantom", help="write a synthetic multi-site phantom dataset")
-    p.add_argument("--site-style", choices=["A", "B", "C"], required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--preset", choices=["prostate", "spleen"], default="prostate")
-    p.add_argument("--cases", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--site-style", choices=["A", "B", "C"], required=True,
+                   help="scanner style of this site (B has inverted contrast)")
+    p.add_argument("--out", type=Path, required=True, help="data folder to write")
+    p.add_argument("--preset", choices=["prostate", "spleen"], default="prostate",
+                   help="organ and modality of the phantom")
+    p.add_argument("--cases", type=int, default=12, help="number of volumes")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--depth", type=int, default=24, help="slices per volume")
     p.add_argument("--size", type=int, default=96, help="in-plane matrix size")
     p.set_defaults(func=_cmd_make_phantom)
@@ -161,10 +173,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="teacher architecture (see `coordinator models`)")
     p.add_argument("--config", type=Path, help="TOML/YAML TeacherTrainConfig")
     p.add_argument("--paper", action="store_true", help="paper preset: 384x384, 100 epochs")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--size", type=int, help="network input side (default: from the data plan)")
     p.add_argument("--label", help="target label: name, value, '1,2' or 'all'")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="override the config's batch size")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.set_defaults(func=_cmd_train)
@@ -204,12 +217,13 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
+    from common.cli_help import CliParser
     from common.logs import add_verbosity_everywhere
     from common.predict_cli import add_predict_commands
     from site_node.dicom_import import add_import_command
     from site_node.teacher_versions import serving_dir
 
-    parser = argparse.ArgumentParser(prog="site-node", description=__doc__)
+    parser = CliParser(prog="site-node", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_and_status(sub)
     _add_make_phantom(sub)

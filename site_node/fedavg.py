@@ -1,4 +1,4 @@
-"""FedAvg baseline at a site (issue 15): the ``query.fedavg_train`` message.
+"""FedAvg baseline at a site: the ``query.fedavg_train`` message.
 
 Flower allows message types ``train | evaluate | query.<name>`` only, and ``train`` is already
 the site's teacher training (whose reply never carries weights), so a FedAvg client update is

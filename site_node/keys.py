@@ -1,4 +1,4 @@
-"""``site-node keys``: the site's own key pairs, generated on the site (issue 13).
+"""``site-node keys``: the site's own key pairs, generated on the site.
 
 A site holds two private keys that never leave it; only their public halves go to the
 coordinator's operator, who registers them (``deploy/make_certs.py register``):

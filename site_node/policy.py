@@ -85,7 +85,7 @@ class MembershipPolicy(StrictModel):
 
 
 class WeightReleasePolicy(StrictModel):
-    """FedAvg baseline (issue 15, :mod:`site_node.fedavg`): a ``query.fedavg_train`` reply
+    """FedAvg baseline (:mod:`site_node.fedavg`): a ``query.fedavg_train`` reply
     releases model weights trained on this site's data. Refused unless ``allow``."""
 
     allow: bool = False

@@ -44,7 +44,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--certs", type=Path, default=Path("certs"),
                      help="the federation's CA certificate, or a folder with its ca.crt "
-                          "(TLS; default ./certs)")
+                          "(TLS)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (testing only)")
     p.add_argument("--key", type=Path,
                    help="SuperNode auth private key (ECDSA P-384, OpenSSH; made on this site "
@@ -73,10 +73,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="check everything, print the flower-supernode command, start nothing")
     p.add_argument("--poll-interval", dest="poll_interval", type=float,
                    help="seconds between the SuperNode's polls of the coordinator when idle "
-                        "(default: Flower's 3 s; e.g. 0.2 on a LAN; site_node/supernode.py)")
+                        "(default: Flower's 3 s; e.g. 0.2 on a LAN)")
     p.add_argument("--no-warm", dest="no_warm", action="store_true",
-                   help="start each ClientApp cold instead of forking it from a warm server "
-                        "(site_node/warm.py)")
+                   help="start each ClientApp cold instead of forking it from a warm server")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -143,7 +142,7 @@ def node_config(args: argparse.Namespace, teacher_dir: Path) -> str:
         return p.resolve() if p is not None else None
 
     policy = resolved(args.policy)
-    if getattr(args, "allow_weight_release", False):  # issue 15: FedAvg baseline runs only
+    if getattr(args, "allow_weight_release", False):  # FedAvg baseline runs only
         from site_node.fedavg import release_policy_file
 
         policy = release_policy_file(policy, args.state_dir.expanduser().resolve())

@@ -19,7 +19,8 @@ from site_node.run import DEFAULT_STATE_DIR, EVENTS
 
 def add_status_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``site-node status``."""
-    p.add_argument("--state-dir", dest="state_dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--state-dir", dest="state_dir", type=Path, default=DEFAULT_STATE_DIR,
+                   help="this node's run history and egress audit log")
     p.add_argument("--teacher-dir", dest="teacher_dir", type=Path,
                    help="teacher run folder (default: the last start's, else STATE_DIR/teacher)")
     p.add_argument("--data", type=Path, help="dataset folder (default: the last start's)")

@@ -105,7 +105,8 @@ def add_teacher_args(p: argparse.ArgumentParser) -> None:
     """``site-node teacher list|use [VERSION] --teacher-dir DIR``."""
     p.add_argument("action", choices=["list", "use"])
     p.add_argument("version", nargs="?", help="version to serve: 'base' or N (for 'use')")
-    p.add_argument("--teacher-dir", dest="teacher_dir", type=Path, required=True)
+    p.add_argument("--teacher-dir", dest="teacher_dir", type=Path, required=True,
+                   help="the teacher run folder (written by site-node train)")
 
 
 def main_teacher(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Fuzz suite (issue 13): generated inputs for the protocol decoders, the config loaders, the
+"""Fuzz suite: generated inputs for the protocol decoders, the config loaders, the
 NIfTI reader and the audit verifier. Every input must end in a result or in the project's own
 one-line error type (ProtocolError, ConfigError, DataError, AuditError): no other exception,
 no hang (each call runs under a 10 s alarm). Valid inputs must round-trip unchanged and a

@@ -47,7 +47,7 @@ class TeacherInput(BaseModel):
 
     in_channels: int = 1
     num_classes: int = 2
-    size: int = 64
+    size: int | None = 64  # None: written by a run without a plan or a configured size
 
 
 class TeacherCard(BaseModel):
@@ -76,14 +76,6 @@ class TeacherCard(BaseModel):
     data_fingerprint: dict[str, Any] | None = None
     created: str | None = None
     _source: Path | None = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _migrate(cls, data: Any) -> Any:
-        """The one rule for older files: no ``version`` means a pre-versioning card (0)."""
-        if isinstance(data, dict) and "version" not in data:
-            return {**data, "version": 0}
-        return data
 
     @model_validator(mode="after")
     def _not_newer(self) -> TeacherCard:
@@ -134,7 +126,7 @@ class TeacherCard(BaseModel):
         if not isinstance(data, dict):
             raise TeacherCardError(f"{path}: unreadable teacher card (not a JSON object)")
         try:
-            card = cls.model_validate(data)
+            card = cls.model_validate(_migrate(data))
         except ValidationError as exc:
             raise TeacherCardError(_one_line(path, exc)) from None
         card._source = path
@@ -169,9 +161,16 @@ class TeacherCard(BaseModel):
         (fit into the trained ``input.size``, the card's modality) with a warning."""
         if self.plan is not None:
             return self.plan
+        size = self.input.size if self.input.size is not None else 64
         log.warning("%s has no preprocessing plan; using the legacy default (%s, %d px)",
-                    self._source or CARD_NAME, self.modality, self.input.size)
-        return default_plan(self.modality, self.input.size)
+                    self._source or CARD_NAME, self.modality, size)
+        return default_plan(self.modality, size)
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """The one rule for older files: no ``version`` means a pre-versioning card (0), every
+    missing field at its default."""
+    return data if "version" in data else {**data, "version": 0}
 
 
 def _one_line(path: Path, exc: ValidationError) -> str:

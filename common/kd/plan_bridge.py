@@ -1,4 +1,4 @@
-"""Serve a teacher in its own preprocessing plan and answer on the query's grid (issue 17).
+"""Serve a teacher in its own preprocessing plan and answer on the query's grid.
 
 Both roles call :func:`bridged_teacher_outputs`: the site's ``query.teacher_outputs`` handler and
 the coordinator's ``--local`` path, so neither imports the other. The query slices come on the

@@ -1,7 +1,7 @@
 """A teacher for system benchmarks that stands in for a site's own accelerator.
 
 On one shared machine, twelve virtual sites cannot each have their own compute: their teacher
-forwards compete for the same cores, so "per-site compute held equal" (issue 14) cannot be
+forwards compete for the same cores, so "per-site compute held equal" cannot be
 measured with real teachers. ``emulated_accelerator`` is a :class:`TinyUNet` whose
 ``seg_forward`` also holds the site's emulated accelerator for ``seconds_per_slice`` x B
 seconds, sleeping under an exclusive ``flock`` on ``lock_path`` (one lock file per site), so

@@ -161,7 +161,7 @@ class MetricsReply(StrictModel):
 
 class TrainReply(MetricsReply):
     """``train`` reply metrics: the teacher's validation 3D Dice and its number of cases, and
-    its plan's aggregate facts (issue 17): in-plane spacing ``plan_spacing_y/x`` mm (0: the
+    its plan's aggregate facts: in-plane spacing ``plan_spacing_y/x`` mm (0: the
     legacy "fit" plan, no fixed spacing), side ``plan_size`` px and normalisation kind
     ``plan_norm`` (:data:`NORM_CODES`); all 0 for a teacher without a plan."""
 
@@ -209,7 +209,7 @@ class QueryConfig(StrictModel):
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)  # the student's KD temperature
     slice_hashes: list[str] = Field(max_length=MAX_QUERY_SLICES)
     plan_json: str = Field(default="", max_length=4096)
-    """The query grid (issue 17): the student's :class:`common.data.plan.Plan` as JSON. The
+    """The query grid: the student's :class:`common.data.plan.Plan` as JSON. The
     slices are the proxy prepared with it: canonical ``(z, y, x)`` slices resampled in-plane
     to ``spacing`` ``(sy, sx)`` mm, centre cropped / padded to ``size`` (= this config's
     ``size``), normalised as ``norm`` says (``mri``: per-volume percentile clip and z-score;

@@ -1,4 +1,4 @@
-"""Corrupt one site's teacher outputs, as a faulty or malicious site would send them (issue #5).
+"""Corrupt one site's teacher outputs, as a faulty or malicious site would send them.
 
 Used by the robustness test and ``bench/bench_robustness.py`` to simulate a bad site: the
 coordinator receives :class:`~common.kd.targets.TeacherTargets` of ``J`` sites stacked along

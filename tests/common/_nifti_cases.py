@@ -1,4 +1,4 @@
-"""Synthetic 'real-looking' NIfTI cases written with nibabel (issue 11 geometry tests).
+"""Synthetic 'real-looking' NIfTI cases written with nibabel (geometry tests).
 
 Non-square 448 x 360 slices, a few slices deep, uint16 intensities, LPS / RAS / permuted
 affines, 0.5 x 0.5 x 3 mm and 0.27 x 0.27 x 2.2 mm spacing, labels {0, 1}, {0, 255} or

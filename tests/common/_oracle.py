@@ -1,11 +1,11 @@
-"""A scale-aware "oracle" teacher and an analytic proxy for the plan-bridge tests (issue 17).
+"""A scale-aware "oracle" teacher and an analytic proxy for the plan-bridge tests.
 
 The phantom, in mm around the slice centre: a bright disc (the organ, radius ``R`` = 20 mm,
 label 1) and, on some slices, a bright ring 26-34 mm out (label 0). Intensity alone cannot tell
 them apart; the oracle knows, in *its own* pixels, how far from the centre the organ reaches
 (a window of radius ``1.1 R / t`` px for its plan's spacing ``t``), like a network that learned
 the anatomy at one spacing. Fed slices at another spacing, it truncates the organ or takes the
-ring: exactly the failure issue 17 is about.
+ring: exactly the failure that serving each teacher in its own plan avoids.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13, items 5-7: bad input is refused early, with one line naming the file.
+"""Bad input is refused early, with one line naming the file.
 
 Each test here failed on the old tree (HEAD): a lying NIfTI header was allocated (7 GB and a
 MemoryError), out-of-range config values loaded, malformed YAML / non-UTF-8 TOML raised a

@@ -1,4 +1,4 @@
-"""Robustness to a bad teacher (issue 5): the default weighting ignores a corrupted site.
+"""Robustness to a bad teacher: the default weighting ignores a corrupted site.
 
 Pure engine test (no Flower, deterministic): two decent teachers (noisy versions of the proxy
 masks) and one that returns random logits or inverted foreground (the corruptions of

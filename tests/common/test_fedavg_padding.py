@@ -1,4 +1,4 @@
-"""FedAvg's local update follows the student rows' padding rule (``[kd] padding``, #17)."""
+"""FedAvg's local update follows the student rows' padding rule (``[kd] padding``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dataset fingerprint, planning, label selection and `site-node check` (issue 11)."""
+"""Dataset fingerprint, planning, label selection and `site-node check`."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def test_dice_losses_over_all_classes_by_hand() -> None:
     w = build_weighting("inverse_dice_loss", empty="soft")(probs, mask)
     assert float(w[0, 1]) == pytest.approx(1 / (1 + torch.exp(torch.tensor(5.58525)).item()),
                                            rel=1e-3)
-    # default empty="hard_dice" (issue 18, changed on purpose): argmax A = no foreground ->
+    # default empty="hard_dice" (changed on purpose): argmax A = no foreground ->
     # fg 1 - 1/1 = 0, bg 1 - (2*4+1)/(4+4+1) = 0; B = foreground everywhere -> fg 1 - 1/(4+1)
     # = 0.8, bg 1 - 1/(0+4+1) = 0.8; L = (0, 0.8) -> w_B = 1 / (1 + e^8)
     hard = dice_losses(probs, mask, empty="hard_dice")
@@ -171,7 +171,7 @@ def _leaky(p_fg: float, b: int = 1, hw: int = 8) -> Tensor:
 
 
 def test_empty_slices_rank_errors_not_confidence() -> None:
-    """Issue 18: on a slice without foreground, two teachers with the same (perfect, empty) hard
+    """On a slice without foreground, two teachers with the same (perfect, empty) hard
     prediction but leaks of 1e-5 and 1e-4 used to get 0.85 / 0.15 (at 384 px); now they get
     1/2 each, and a teacher with 3 false-positive pixels gets less (hand computed below)."""
     n = 384 * 384

@@ -1,4 +1,4 @@
-"""Geometry checks on the full affine and canonical (RAS) loading (issue 11)."""
+"""Geometry checks on the full affine and canonical (RAS) loading."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def test_attention_maps_hand_computed() -> None:
 def test_at_loss_hand_computed_and_invariances() -> None:
     teacher = torch.full((1, 2, 2), 0.5)  # unit L2 norm
     a = [1 / math.sqrt(10), 2 / math.sqrt(10), 2 / math.sqrt(10), 1 / math.sqrt(10)]
-    # default reduce="sum" (issue 18; was the mean, i.e. this / 4): ||a_s - a_t||^2 = 2 - 2 cos
+    # default reduce="sum" (not the mean, i.e. this / 4): ||a_s - a_t||^2 = 2 - 2 cos
     expected = sum((v - 0.5) ** 2 for v in a)
     assert expected == pytest.approx(2 - 2 * sum(0.5 * v for v in a))
     at = AttentionTransfer()

@@ -1,4 +1,4 @@
-"""Issue 18: the KD terms at a scale that trains, padded pixels left out, the RC approximation.
+"""The KD terms at a scale that trains, padded pixels left out, the RC approximation.
 
 Random-initialised real students/teachers (ENet student, ESPNet teacher), blob slices, CPU.
 """

@@ -1,4 +1,4 @@
-"""Native-resolution evaluation: predictions mapped back to each file's own grid (issue 11)."""
+"""Native-resolution evaluation: predictions mapped back to each file's own grid."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each teacher is served in its own plan and answers on the query grid (issue 17)."""
+"""Each teacher is served in its own plan and answers on the query grid."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The plan's canvas padding is not anatomy (issue #17): it is known per slice, and with
+"""The plan's canvas padding is not anatomy: it is known per slice, and with
 ``kd.padding = "exclude"`` it changes neither the segmentation nor the KL term."""
 
 from __future__ import annotations

@@ -143,6 +143,7 @@ def test_bytes_exchanged_come_from_the_coordinator_log(tmp_path: Path) -> None:
                    "by_type": {"query.teacher_outputs": {"out": 1024, "in": 1024}}}
 
 
+@pytest.mark.slow  # ~8 s idle, ~40 s on the loaded 2-core machine (int8 calibration, timing)
 def test_export_lraspp_student_every_runtime(tmp_path: Path) -> None:
     """torchvision's LR-ASPP exports to pt2, ONNX fp32 and int8 (calibrated) like the
     in-project students; the fp32 graphs reproduce the eager logits."""

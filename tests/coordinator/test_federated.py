@@ -163,6 +163,8 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
         audit = read_jsonl(tmp_path / "work" / "sites" / name / "audit" / "egress.jsonl")
         fedavg = [e["decision"] for e in audit if e["msg_type"] == "query.fedavg_train"]
         assert fedavg == ["received", "sent"]
+        site_state = tmp_path / "work" / "sites" / name
+        assert list((site_state / "overlays").rglob("*.png"))  # drawn at the site, kept there
     assert "Not run: teacher rows" in (fed_out / "results.md").read_text()
 
     # the same config with `coordinator distill --local` (export included), into its own folder,

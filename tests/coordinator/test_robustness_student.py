@@ -1,4 +1,4 @@
-"""Robustness to a bad site at the *student* level (issue #5), and the corruption helpers.
+"""Robustness to a bad site at the *student* level, and the corruption helpers.
 
 Three sites send teacher logits; the third one's are corrupted as the coordinator would
 receive them (:mod:`coordinator.distill.corrupt`). Real students are trained by the engine

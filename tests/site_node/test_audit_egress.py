@@ -1,4 +1,4 @@
-"""Issue 13, item 4: every request is logged before anything else, including those refused
+"""Every request is logged before anything else, including those refused
 while decoding (a malformed request, a request that cannot be read, a request holding NaN).
 
 Before: the egress mod logged ``in`` and then let the handler's decoding error propagate with

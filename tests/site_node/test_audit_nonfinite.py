@@ -1,4 +1,4 @@
-"""Issue 13, item 3: one undefined metric (HD95 = NaN) no longer breaks the reply or the log.
+"""One undefined metric (HD95 = NaN) no longer breaks the reply or the log.
 
 Before: ``EvalReply`` carried NaN, the egress policy refused the reply ("non-finite value") and
 logging that refusal raised (the log is strict JSON), so the site answered with an error."""

@@ -53,7 +53,7 @@ def test_policy_show_prints_allowlist(capsys: pytest.CaptureFixture[str]) -> Non
     assert "reply to 'train':" in out and "arrays: NONE" in out
 
 
-# ----------------------------------------------------------------------------- issue 13, item 4
+# ----------------------------------------------------------------------------- audit CLI
 def _audit(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = site_main(["audit", *argv])
     return code, capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Every message starts a new ClientApp process under Flower's deployment engine (issue 14), so
+"""Every message starts a new ClientApp process under Flower's deployment engine, so
 the query path must not import what it does not run: smp, timm and torchvision take ~2 s of
 CPU per message on top of torch and are needed only to build smp/torchvision teachers."""
 

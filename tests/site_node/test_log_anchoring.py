@@ -1,4 +1,4 @@
-"""Issue 13, item 2: both logs are anchored. Through the real egress gate and coordinator trail,
+"""Both logs are anchored. Through the real egress gate and coordinator trail,
 each request carries the coordinator's signed head (the site records it) and each reply the
 site's (the coordinator records it); `site-node audit` / `coordinator audit` given the other
 side's log then catch a truncation of either one; forged or rolled-back heads are refused."""

@@ -1,4 +1,4 @@
-"""Membership guard (issue 13, item 10): the site's own slices sent back as "proxy" slices.
+"""Membership guard: the site's own slices sent back as "proxy" slices.
 
 Queries are built with the protocol's encoder as the coordinator would and delivered to the
 REAL ``site_node.app.app`` (egress mod included): the site's own prepared slices and the same

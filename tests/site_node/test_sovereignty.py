@@ -1,4 +1,4 @@
-"""The site decides about its own teacher (issue 13, item 1): forged ``train`` messages.
+"""The site decides about its own teacher: forged ``train`` messages.
 
 A coordinator's ``train`` request is built with the protocol's encoder exactly as the
 coordinator would, with overrides (model, epochs, size) and ``force_retrain``, and handed to
