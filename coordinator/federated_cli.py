@@ -5,8 +5,8 @@ The sites' SuperNodes (``site-node --data ... --coordinator HOST:PORT``) and the
 ``WORKDIR/flwr_home/config.toml`` (one federation, TLS via ``--certs`` unless ``--insecure``)
 and ``WORKDIR/run_config.toml`` (flags, then ``--run-config FILE`` values on top), then runs
 ``flwr run deploy/flwr_app <federation> --stream``, echoing its output and keeping it in
-``WORKDIR/flwr-run.log``. It succeeds only when the ServerApp wrote a fresh
-``federated_results.json``: ``flwr run`` exits 0 even when the ServerApp failed. The ServerApp
+``WORKDIR/flwr-run.log``. It succeeds only when the ServerApp wrote a fresh ``run_status.json``
+that says ok: ``flwr run`` exits 0 even when the ServerApp failed. The ServerApp
 runs where the SuperLink runs it (subprocess isolation) or where a ``flower-superexec`` attached
 to it runs (process isolation: the coordinator role of ``deploy/entrypoints/coordinator.sh``,
 which drives its run with this command); the experiment config and out folder must be
@@ -336,7 +336,8 @@ def run_outcome(out: Path, start: float, rc: int, logfile: Path) -> int:
     if rc != 0 and not (fresh and status is not None and not status.ok):
         return rc
     if not fresh or status is None:
-        print(f"{PROG}: error: the ServerApp wrote no {out / STATUS_FILE}; see {logfile}",
+        print(f"{PROG}: error: no fresh {out / STATUS_FILE} from the ServerApp (it failed to "
+              f"start, or the run was stopped before it could write it); see {logfile}",
               file=sys.stderr)
         return 3
     if not status.ok:

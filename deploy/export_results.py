@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SKIP_DIRS = frozenset({"teacher_cache"})  # the teachers' answers: large, never exported
+SKIP_FILES = frozenset({".lock"})  # the out folder's one-writer lock: meaningless on the host
 KEY_SUFFIXES = (".key",)
 KEY_MARKERS = (b"PRIVATE KEY-----",)  # PEM (PKCS8, EC, RSA) and OpenSSH private keys
 HEAD_BYTES = 4096
@@ -49,7 +50,7 @@ def _ignore(directory: str, names: list[str]) -> set[str]:
     """``shutil.copytree`` filter: the teacher cache and private keys stay behind."""
     base = Path(directory)
     return {n for n in names
-            if (n in SKIP_DIRS and (base / n).is_dir())
+            if (n in SKIP_DIRS and (base / n).is_dir()) or n in SKIP_FILES
             or ((base / n).is_file() and is_private_key(base / n))}
 
 

@@ -22,6 +22,9 @@ CLI_OUTPUT_MODULES = {
     "site_node/keys.py",  # the answers of `site-node keys init|show` (public paths, fingerprints)
     "coordinator/topology/ray_engine.py",  # the usage line of its `python -m` entry point
     "coordinator/cli.py", "coordinator/federated_cli.py", "coordinator/topology/simulate.py",
+    "site_node/check.py",  # the answer of `site-node check` (fingerprint, plan, sizing)
+    "site_node/dicom_import.py",  # the answer of `site-node import-dicom` (its report)
+    "site_node/warm.py",  # the stdlib-only flwr-clientapp shim: its stderr, no logging set up
 }
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|DEBUG|WARNING) ", re.MULTILINE)
 

@@ -46,7 +46,8 @@ def _script(monkeypatch: pytest.MonkeyPatch, answers: list[dict[int, str]]) -> l
 
 
 def _eval(roster: Roster, run: str) -> dict[str, dict]:
-    cfg = SimpleNamespace(student=SimpleNamespace(model="enet", size=32))
+    cfg = SimpleNamespace(student=SimpleNamespace(model="enet", size=32),
+                          sites=[SimpleNamespace(name=n) for n in ("site_2", "site_1")])
     s = SimpleNamespace(timeout=1.0, trail=None)
     sites, _ = eval_round(None, roster, run, {"w": torch.zeros(2)}, cfg, s, "1")  # type: ignore[arg-type]
     return sites
@@ -58,6 +59,7 @@ def test_a_failed_evaluate_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> N
     sites = _eval(roster, "multi")
     assert asked == [[1, 2], [1]]  # only the failed site is asked again
     assert sites["site_1"]["dice_mean"] == 0.8 and sites["site_2"]["dice_mean"] == 0.8
+    assert list(sites) == ["site_2", "site_1"]  # the config's order, not the nodes' ids
     assert roster.names == {1: "site_1", 2: "site_2"} and roster.dropped == {}
 
 
