@@ -197,9 +197,6 @@ def _simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: di
     if insecure:
         log.warning(INSECURE_WARNING)
     plan = make_plan(sites, config, workdir, run_config, timeout, insecure, fleet_port, ports)
-    from common.records import load_or_create_key
-
-    load_or_create_key(plan.out / "audit" / "coordinator.key")  # pinned by every site
     procs = Processes(workdir / "logs", base_env(), workdir)
     with ExitStack() as stack:
         stack.callback(procs.stop_all)

@@ -242,7 +242,11 @@ def start_topology(procs: Processes, plan: Plan,
     """init-certs and each site's site-keys (to completion), superlink (healthy, on a fresh
     port if its own was taken), coordinator (healthy: the sites' public keys registered), then
     every site, as docker-compose.yml orders them; the sites' health is watched by the caller
-    (:class:`coordinator.topology.watch.SiteWatch`). The plan as started."""
+    (:class:`coordinator.topology.watch.SiteWatch`). The coordinator's audit key is made first:
+    every site pins its public half (``SITE_COORDINATOR_KEY``). The plan as started."""
+    from common.records import load_or_create_key
+
+    load_or_create_key(plan.out / "audit" / "coordinator.key")
     for stage in ("init-certs", "site-keys", "superlink", "coordinator", "site"):
         if stage == "superlink":
             plan = start_superlink(procs, plan, redial)
