@@ -148,7 +148,15 @@ def coordinator_env(plan: Plan) -> dict[str, str]:
             "PROXY_DIR": str(plan.proxy), "PROXY_CASES": "9", "RESULTS_DIR": str(plan.out),
             "COORDINATOR_WORKDIR": str(plan.workdir / "coordinator"),
             "ROUND_TIMEOUT": str(plan.round_timeout), "RUN_TIMEOUT": str(plan.run_timeout),
-            "WAIT_TIMEOUT": "60", "RUN_CONFIG": str(plan.run_config or "")}
+            "WAIT_TIMEOUT": "60", "RUN_CONFIG": str(plan.run_config or ""),
+            "COORDINATOR_THREADS": coordinator_threads()}
+
+
+def coordinator_threads() -> str:
+    """Threads of the ServerApp, which trains the students while the sites wait: the caller's
+    ``OMP_NUM_THREADS`` when set (one thread everywhere reproduces ``--local`` at one thread to
+    the last bit), else every core."""
+    return os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
 
 
 def site_env(plan: Plan, site: SiteNode, port: int) -> dict[str, str]:

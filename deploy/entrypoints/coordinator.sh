@@ -3,7 +3,7 @@
 # attached to the SuperLink (which runs with --isolation process: the ServerApp runs here),
 # starts the run with `coordinator distill` (the researchers' command: it writes the flwr and
 # run config, runs `flwr run --stream` and succeeds only when the ServerApp wrote a fresh
-# federated_results.json), registers the sites' node-auth keys at the SuperLink meanwhile,
+# run_status.json that says ok), registers the sites' node-auth keys at the SuperLink meanwhile,
 # then marks itself healthy (the sites may connect), waits for the run and copies the results.
 # Environment (all set in docker-compose.yml and by `coordinator simulate`):
 #   TLS                 "on": TLS, sites registered (node auth); "off": plaintext (tests only)
@@ -32,12 +32,17 @@
 #   RUN_CONFIG          optional (default: none): TOML file of run-config values overriding the
 #                       above (e.g. `train = false`, `min-sites = 2`, `chunk-size = 48`)
 #   RUNTIME_DIR         optional (default /tmp): folder of fedmtkd-coordinator.alive
+#   COORDINATOR_THREADS optional (empty: torch's default): torch/OpenMP threads of the ServerApp,
+#                       which trains the students while the sites wait
 set -euo pipefail
 : "${TLS:?}" "${SUPERLINK_HOST:?}" "${SUPERLINK_PORT:?}" "${CA_CERT:?}" "${SUPEREXEC_SECRET:?}"
 : "${SITES:?}" "${SITE_PUBKEYS:?}" "${NODE_AUTH_KEYS_DIR:?}" "${AUDIT_KEYS_DIR:?}" "${APP_DIR:?}"
 : "${EXPERIMENT_CONFIG:?}" "${EXPERIMENT_OUT:?}" "${PROXY_DIR:?}" "${PROXY_CASES:?}"
 : "${RESULTS_DIR:?}" "${COORDINATOR_WORKDIR:?}" "${ROUND_TIMEOUT:?}" "${RUN_TIMEOUT:?}"
 : "${WAIT_TIMEOUT:?}"
+if [ -n "${COORDINATOR_THREADS:-}" ]; then
+  export OMP_NUM_THREADS="$COORDINATOR_THREADS" MKL_NUM_THREADS="$COORDINATOR_THREADS"
+fi
 alive="${RUNTIME_DIR:-/tmp}/fedmtkd-coordinator.alive"
 here=$(cd "$(dirname "$0")" && pwd)
 federation=fedmtkd-deployment  # coordinator.federated_cli.FEDERATION

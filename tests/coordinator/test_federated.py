@@ -123,7 +123,8 @@ def test_a_bad_site_is_dropped_and_fusion_goes_on() -> None:
 
 @pytest.mark.slow
 def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dict,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """``coordinator simulate`` (the compose topology: init-certs, SuperLink, coordinator, 3
     sites through the container entrypoints on 127.0.0.1, TLS and node auth on) and
     ``distill --local`` on the same config give the same per-case Dice and the same files.
@@ -138,6 +139,7 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
     config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
     config.write_text(config.read_text() + "\n[runs.fedavg]\nrounds = 1\n")
     nodes = [SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # every process, the ServerApp too: one thread
     rc = simulate(nodes, config, tmp_path / "work", {"timeout": 120.0}, timeout=240.0)
     log = (tmp_path / "work" / "logs" / "coordinator.log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
@@ -168,7 +170,8 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
     assert "Not run: teacher rows" in (fed_out / "results.md").read_text()
 
     # the same config with `coordinator distill --local` (export included), into its own folder,
-    # with one thread as each site process runs: the FedAvg updates then add up the same way
+    # with one thread as every federated process ran: floating-point sums then add up the same
+    # way (other thread counts differ in the last bits, which training can amplify)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
