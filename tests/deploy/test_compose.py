@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.deploy._load import ROOT, load_script
+from tests.deploy._load import ROOT, copy_compose_repo, edit_compose, load_script
 
 cc = load_script("check_compose")
 
@@ -16,19 +14,11 @@ cc = load_script("check_compose")
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A copy of what the compose file references."""
-    for rel in ("docker-compose.yml", "deploy/Dockerfile", "deploy/entrypoints"):
-        src, dst = ROOT / rel, tmp_path / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    return tmp_path
+    return copy_compose_repo(tmp_path)
 
 
 def _edit(repo: Path, fn) -> list[str]:
-    path = repo / "docker-compose.yml"
-    doc = yaml.safe_load(path.read_text())
-    fn(doc)
-    path.write_text(yaml.safe_dump(doc))
-    return cc.check_compose(path, repo)
+    return edit_compose(repo, fn)
 
 
 def test_real_file_has_no_problems() -> None:
