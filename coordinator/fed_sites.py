@@ -232,12 +232,8 @@ class GridSites:
 
         assert isinstance(data, DistillData)
 
-        def score(grid: Grid, roster: Roster, name: str, state: dict, cfg_: ExperimentConfig,
-                  s: QuerySettings, run_id: str, plan: Plan | None) -> tuple[dict, dict]:
-            return eval_round(grid, roster, name, state, cfg_, s, run_id, plan)
-
         return federated_baselines(self.grid, self.roster, data, cfg, self.s, self.run_id,
-                                   rows, score)
+                                   rows, eval_round)
 
     def not_run(self, cfg: ExperimentConfig) -> list[str]:
         """The configured rows a federation cannot produce, each with its reason."""

@@ -83,20 +83,30 @@ def read_nifti(path: Path | str, allow_empty: bool = False,
     Same checks as :func:`load_nifti` (missing / corrupt file, not 3D, NaN/Inf, all zeros).
     """
     path = Path(path)
-    if not path.is_file():
-        raise data_error(path, "file not found")
+    img, zooms, affine = _open_checked(path)  # the claimed size is checked before any voxel
     try:
-        img: Any = nib.load(str(path))
-        check_claimed_size(path, img.header)  # before the array is allocated
         data = np.asarray(img.dataobj, dtype=np.float32)
-        zooms = tuple(float(z) for z in img.header.get_zooms())
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except DataError:
-        raise
     except _READ_ERRORS as exc:
         raise data_error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     data = _check_array(path, data, allow_empty, first_channel)
     return NiftiFile(path, data, affine, img.header, (zooms[0], zooms[1], zooms[2]))
+
+
+def _open_checked(path: Path) -> tuple[Any, tuple[float, ...], np.ndarray]:
+    """``(nibabel image, zooms, affine)`` of ``path``, its header read and its claimed size
+    checked (:func:`check_claimed_size`) but no voxel read; a missing or unreadable file is a
+    one-line :class:`DataError`."""
+    if not path.is_file():
+        raise data_error(path, "file not found")
+    try:
+        img: Any = nib.load(str(path))
+        check_claimed_size(path, img.header)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+        return img, zooms, np.asarray(img.affine, dtype=np.float64)
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise data_error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
 
 
 def read_header(path: Path | str, first_channel: bool = False) -> NiftiFile:
@@ -105,18 +115,8 @@ def read_header(path: Path | str, first_channel: bool = False) -> NiftiFile:
     compared before any voxel is read. Same size checks as :func:`read_nifti`; a 4D image gives
     its first three axes when ``first_channel`` or when it has one frame."""
     path = Path(path)
-    if not path.is_file():
-        raise data_error(path, "file not found")
-    try:
-        img: Any = nib.load(str(path))
-        check_claimed_size(path, img.header)
-        shape = tuple(int(n) for n in img.header.get_data_shape())
-        zooms = tuple(float(z) for z in img.header.get_zooms())
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except DataError:
-        raise
-    except _READ_ERRORS as exc:
-        raise data_error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    img, zooms, affine = _open_checked(path)
+    shape = tuple(int(n) for n in img.header.get_data_shape())
     if len(shape) == 4 and (shape[3] == 1 or first_channel):
         shape = shape[:3]
     if len(shape) != 3:
