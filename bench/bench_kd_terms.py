@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from bench.kd_diagnostics import disc_batch, term_gradient_norms, weighted_terms
 from common.io import strict_json_dumps
-from common.kd.diagnostics import disc_batch, term_gradient_norms, weighted_terms
 from common.kd.losses import KDLoss
 from common.kd.targets import compute_teacher_targets
 from common.models import build_model

@@ -14,7 +14,8 @@ Results: ``bench/results/query_<engine>.json`` (one row per run, appended by key
 
 ``--emulate-s-per-slice S`` holds per-site compute equal as if every site had its own
 accelerator: each virtual site's teacher becomes ``emulated_accelerator``
-(:mod:`common.models.emulated`: the same tiny_unet plus S s per slice on a per-site lock, no CPU),
+(:mod:`bench.emulated_models`: the same tiny_unet plus S s per slice on a per-site lock, no CPU;
+registered in the site processes through :func:`bench.emulated_models.register_in_children`),
 so 12 sites' teacher time runs in parallel on a 2-core machine; the row then records
 ``ideal_s`` = one site's emulated compute (slices x S, served one chunk at a time) and
 ``query_round_s / ideal_s``. Results: ``bench/results/query_<engine>_emulated.json``.
@@ -171,7 +172,10 @@ def run_one(engine: str, mode: str, n: int, base: dict[str, Path], work: Path,
     emulate = opts.emulate_s_per_slice
     sites = make_sites(base, n, work / ("sites_emulated" if emulate else "sites"))
     if emulate:
+        from bench.emulated_models import register_in_children
+
         emulate_accelerators(sites, emulate)
+        register_in_children(work / "emulated_hook")  # the site processes register the model
     config = experiment_toml(root, "bench", base["proxy"], sites, student={"augment": NO_AUGMENT})
     nodes = [SiteNode(k, d, t) for k, (d, t) in sites.items()]
     window = 1 if engine == "ray" and mode == "pipelined" else WINDOW[mode]  # ray's default

@@ -22,6 +22,7 @@ import yaml
 from common.config import load_config
 from common.io import strict_json_dumps
 from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.results_file import read_rows
 from coordinator.distill.sites import RunStatus
 
 
@@ -55,7 +56,7 @@ def run_federated(cfg_path: Path, workdir: Path, n_sites: int) -> tuple[list[dic
     if rc != 0:
         raise SystemExit(f"federated run failed (rc={rc}); logs in {workdir / 'logs'}")
     out = experiment_out(cfg_path)
-    return list(json.loads((out / "results.json").read_text())["rows"]), wall
+    return read_rows(out), wall
 
 
 def per_case(rows: list[dict]) -> dict[str, list[float]]:

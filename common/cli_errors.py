@@ -28,7 +28,7 @@ GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is already a clear one-liner naming the file or site."""
-    from common.audit import AuditError
+    from common.audit.keys import AuditError
     from common.config import ConfigError
     from common.data.errors import DataError
     from common.models.checkpoint import CheckpointError

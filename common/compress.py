@@ -22,7 +22,7 @@ as log-probabilities) or on logits, drawn from OS entropy unless a generator is 
 ``(N,h,w)`` get per-element std ``sigma/sqrt(h*w)`` (the scale of a unit-L2 map, so the noise
 has expected L2 norm ``sigma`` per map) and region-contrast cosines ``(N,)`` get std ``sigma``
 (clipped to [-1, 1]).
-:func:`common.dp.dp_epsilon` accounts for it; see its docstring for what that bound does and
+:func:`common.audit.dp.dp_epsilon` accounts for it; see its docstring for what that bound does and
 does not mean.
 Only numpy is imported.
 """

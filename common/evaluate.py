@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from common.data.native import to_native
+from common.data.nifti import Reader
 from common.data.slices import Volume
 from common.data.window import window_probs
 from common.kd.functional import hard_labels
@@ -199,18 +200,21 @@ def save_radiological_overlay(image: np.ndarray, pred: np.ndarray, spacing: tupl
 
 
 def save_case_overlays(
-    volumes: list[Volume], preds: dict[str, np.ndarray], folder: Path, max_cases: int = 3
+    volumes: list[Volume], preds: dict[str, np.ndarray], folder: Path, max_cases: int = 3,
+    read: Reader | None = None,
 ) -> list[Path]:
     """One overlay per case for the first ``max_cases``: on the scan's own grid in
     radiological convention with a legend and the case's 3D Dice
     (:func:`save_radiological_overlay`; the image is re-read from its file) for volumes from
     disk, the Fig. 4 style prepared-grid overlay for in-memory ones (``preds`` as
-    :func:`evaluate_volumes` returns them)."""
+    :func:`evaluate_volumes` returns them). ``read``: how the image is re-read (default
+    :func:`~common.data.nifti.read_nifti`; a :class:`~common.data.nifti.ReadOnce` hands out the
+    file its run kept)."""
     paths = []
     for vol in volumes[:max_cases]:
         pred = preds[vol.case_id]
         if vol.case is not None and vol.native_label is not None:
-            paths.append(_native_overlay(vol, pred, folder))
+            paths.append(_native_overlay(vol, pred, folder, read))
             continue
         z = int(vol.label.reshape(vol.label.shape[0], -1).sum(1).argmax())
         path = folder / f"overlay_{vol.case_id}_z{z:03d}.png"
@@ -219,12 +223,12 @@ def save_case_overlays(
     return paths
 
 
-def _native_overlay(vol: Volume, pred: np.ndarray, folder: Path) -> Path:
+def _native_overlay(vol: Volume, pred: np.ndarray, folder: Path, read: Reader | None) -> Path:
     """Radiological overlay of a volume from disk (prediction and label in the file's order)."""
     from common.data.nifti import read_nifti, to_canonical_zyx
 
     assert vol.case is not None and vol.native_label is not None
-    image, spacing = read_nifti(vol.case.path, first_channel=True).canonical_zyx()
+    image, spacing = (read or read_nifti)(vol.case.path, first_channel=True).canonical_zyx()
     gt = to_canonical_zyx(vol.native_label, vol.case.ornt)
     z = int(gt.reshape(gt.shape[0], -1).sum(1).argmax())
     return save_radiological_overlay(image, to_canonical_zyx(pred, vol.case.ornt), spacing,

@@ -111,13 +111,13 @@ def evaluate_folder(pred_dir: Path | str, labels_dir: Path | str, label: str | N
                     ) -> dict[str, SegScores]:
     """Per-case scores of every prediction in ``pred_dir`` (``label``: the target as in
     training's ``--label``, NAME|VALUE[,...] or ``all``; :mod:`common.data.labels`)."""
-    from common.data.labels import ALL, foreground, resolve_target
+    from common.data.labels import declared_values, is_union, resolve_target
 
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
     pairs = pair_folders(pred_dir, labels_dir)
     declared, source = declared_labels(labels_dir)
     values, name = resolve_target(declared, label, source)
-    union, fg = values is None and name == ALL, sorted(foreground(declared)) or None
+    union, fg = is_union(values, name), declared_values(declared)
     return {p.case: score_pair(p, values, union, fg) for p in pairs}
 
 

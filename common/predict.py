@@ -166,13 +166,24 @@ def card_of(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _cpu_capability() -> str:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def pick_runtime(path: Path, files: dict[str, Path]) -> str:
     """``auto``: a named file's own runtime; for a folder the fastest usable runtime the model
     card measured (agreement with fp32 >= 99.5 %), else onnx > pt2 > eager > torchscript.
-    ONNX runtimes are skipped when onnxruntime is not installed."""
-    from common.runtimes import fastest
+    ONNX runtimes are skipped when onnxruntime is not installed, an AOTInductor package when
+    this CPU lacks the instructions it was compiled for (it falls back, never fails)."""
+    from common.runtimes import aoti_runs_here, aoti_target, fastest
 
     usable = [r for r in files if onnxruntime_available() or not r.startswith("onnx")]
+    if "aoti" in usable and not aoti_runs_here(aoti_target(files["aoti"])):
+        log.info("%s: skipping the AOTInductor package (compiled for %s; this CPU: %s)",
+                 path, aoti_target(files["aoti"]), _cpu_capability())
+        usable.remove("aoti")
     if path.is_file() and runtime_of(path) in usable:
         return runtime_of(path)
     rows = card_of(path).get("runtimes", {})

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from common.audit import generate_keypair, load_private_key
+from common.audit.keys import generate_keypair, load_private_key
 
 
 def record_contents(rd: Any, skip: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray],

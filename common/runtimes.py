@@ -195,6 +195,15 @@ def load_pt2(path: Path, extra_files: dict[str, str] | None = None) -> Any:
     return torch.export.load(str(path), extra_files=extra_files).module()
 
 
+def aoti_runs_here(target: str | None) -> bool:
+    """Whether this CPU has the instructions an AOTInductor package compiled for ``target``
+    needs (:data:`AOTI_TARGET_NEEDS`; unknown targets are assumed to run)."""
+    import torch
+
+    needs = AOTI_TARGET_NEEDS.get(target or "")
+    return not needs or torch.backends.cpu.get_cpu_capability() in needs
+
+
 def load_aoti(path: Path, target: str | None = None) -> Any:
     """An AOTInductor package (``student.aoti.pt2``) as a callable ``(N, 1, S, S) ->
     (N, K, S, S)``. ``target``: the ``-march`` it was compiled for (model card); a CPU without
@@ -202,8 +211,7 @@ def load_aoti(path: Path, target: str | None = None) -> Any:
     ``"native"`` packages run only on a CPU like the exporting one (not checked)."""
     import torch
 
-    needs = AOTI_TARGET_NEEDS.get(target or "")
-    if needs and torch.backends.cpu.get_cpu_capability() not in needs:
+    if not aoti_runs_here(target):
         raise RuntimeError(f"{path}: compiled for {target}, which this CPU "
                            f"({torch.backends.cpu.get_cpu_capability()}) cannot run; use "
                            "--runtime onnx or pt2")

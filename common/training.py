@@ -255,10 +255,12 @@ class OptimSpec:
 
 
 def make_optimiser(
-    model: torch.nn.Module, spec: OptimSpec
+    model: torch.nn.Module, spec: OptimSpec, extra: Sequence[torch.nn.Parameter] = ()
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.CyclicLR]:
-    """Adam (default betas, ``lr=max_lr``) and a per-step CyclicLR without momentum cycling."""
-    opt = torch.optim.Adam(model.parameters(), lr=spec.max_lr, weight_decay=spec.weight_decay)
+    """Adam (default betas, ``lr=max_lr``) and a per-step CyclicLR without momentum cycling;
+    ``extra`` parameters (e.g. a learned teacher weighting) join the model's, after them."""
+    params = [*model.parameters(), *extra]
+    opt = torch.optim.Adam(params, lr=spec.max_lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.CyclicLR(
         opt, base_lr=spec.base_lr, max_lr=spec.max_lr, step_size_up=spec.step_size_up,
         mode=spec.mode, cycle_momentum=False,  # type: ignore[arg-type]
@@ -310,17 +312,18 @@ class Trainer(Generic[M]):
     :func:`common.models.checkpoint.load_model`. ``loaders`` are the DataLoaders whose
     generator and augmentation streams must survive a resume; ``extra`` holds further state
     saved in ``last.pt`` (e.g. ``{"early": EarlyStopping}``); ``meta`` is written as is into
-    both checkpoints (e.g. the preprocessing ``plan``).
+    both checkpoints (e.g. the preprocessing ``plan``). ``params`` are further parameters the
+    optimiser trains with the model's (put their module in ``extra`` so a resume restores them).
     """
 
     def __init__(
         self, model: M, arch: tuple[str, dict[str, Any]], spec: OptimSpec,
         device: torch.device, folder: Path, amp: bool = True,
         loaders: Sequence[Any] = (), extra: dict[str, Stateful] | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None, params: Sequence[torch.nn.Parameter] = (),
     ) -> None:
         self.model, self.arch, self.device, self.amp = model, arch, device, amp
-        self.opt, self.sched = make_optimiser(model, spec)
+        self.opt, self.sched = make_optimiser(model, spec, params)
         self.amp_dtype = torch.bfloat16  # bf16 needs no loss scaling: the scaler stays off
         scale = amp and device.type == "cuda" and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=scale)

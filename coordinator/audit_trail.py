@@ -8,7 +8,7 @@ and whether it verified). With a keys folder (run config ``site-keys-dir``, hold
 scalars actually received and the public key of the site it claims to be; otherwise the
 reply is rejected (the site is dropped). Without one, receipts are stored unverified.
 
-Log anchoring (:mod:`common.audit_anchor`): every request carries this log's signed ``head``
+Log anchoring (:mod:`common.audit.anchor`): every request carries this log's signed ``head``
 (the site records it), and every accepted reply's site ``head`` (its signature, the site's key,
 the receipt's entry, never behind an earlier one) is recorded in the reply's ``in`` entry.
 ``peer_heads.json`` keeps the last head per site key. With a keys folder a reply without a
@@ -21,8 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.audit import AuditLog, clean_config, fingerprint, load_public_key, receipt_problem
-from common.audit_anchor import HeadStore, head_problem, log_head
+from common.audit.anchor import HeadStore, head_problem, log_head
+from common.audit.entries import clean_config, receipt_problem
+from common.audit.keys import fingerprint, load_public_key
+from common.audit.log import AuditLog
 from common.config import ConfigError, safe_name
 from common.io import strict_json_dumps
 from common.protocol import Key, LogHead
@@ -126,7 +128,7 @@ class CoordinatorTrail:
 def run_coordinator_audit(args: Any) -> int:
     """``coordinator audit``: like ``site-node audit``, but the egress statement (which is about
     a site's outgoing arrays) is replaced by the coordinator's receipt statistics."""
-    from common.audit_cli import run_audit
-    from common.audit_report import coordinator_report
+    from common.audit.cli import run_audit
+    from common.audit.report import coordinator_report
 
     return run_audit(args, coordinator_report)

@@ -43,11 +43,17 @@ def _cmd_make_proxy(args: argparse.Namespace) -> int:
     from common.config import validated_copy
     from common.data.phantom import PhantomSpec, make_proxy
 
+    styles = tuple(s.strip() for s in args.style.split(",") if s.strip())
     spec = validated_copy(PhantomSpec(), {"n_cases": args.cases, "seed": args.seed,
+                                          "preset": args.preset,
                                           "shape": (args.depth, args.size, args.size)},
                           "make-proxy")
-    out = make_proxy(args.out, n_cases=spec.n_cases, seed=spec.seed, shape=spec.shape)
-    log.info("wrote proxy phantom set (%d cases, all site styles) to %s", args.cases, out)
+    for style in styles or ("",):
+        validated_copy(spec, {"site_style": style}, "make-proxy --style")
+    out = make_proxy(args.out, preset=spec.preset, n_cases=spec.n_cases, seed=spec.seed,
+                     shape=spec.shape, styles=styles)
+    log.info("wrote proxy phantom set (%d cases, styles %s) to %s", args.cases,
+             ",".join(styles), out)
     return 0
 
 
@@ -124,7 +130,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_audit(sub: argparse._SubParsersAction) -> None:
-    from common.audit_cli import add_audit_args
+    from common.audit.cli import add_audit_args
     from coordinator.audit_trail import run_coordinator_audit
 
     p = sub.add_parser("audit", help="verify and summarise an exchange log (<out>/audit/...)")
@@ -147,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("make-proxy", help="write a synthetic proxy set mixing all site styles")
     p.add_argument("--out", type=Path, required=True, help="folder to write the proxy set to")
+    p.add_argument("--style", default="A,B,C", help="comma-separated phantom styles the cases "
+                   "cycle through (default A,B,C; PX / SX: a prostate / spleen proxy unlike "
+                   "every realistic site style)")
+    p.add_argument("--preset", choices=["prostate", "spleen"], default="prostate",
+                   help="organ and modality of the proxy set")
     p.add_argument("--cases", type=int, default=9, help="number of proxy volumes")
     p.add_argument("--seed", type=int, default=1000, help="random seed")
     p.add_argument("--depth", type=int, default=24, help="slices per volume")

@@ -267,7 +267,8 @@ def _site_metrics(row: dict) -> dict[str, dict[str, float]]:
 
 def exchanged_bytes(out: Path) -> dict[str, Any] | None:
     """Array bytes per message type and direction from ``<out>/audit/coordinator.jsonl``."""
-    from common.audit import AuditError, summarise_log
+    from common.audit.keys import AuditError
+    from common.audit.log import summarise_log
 
     path = out / "audit" / "coordinator.jsonl"
     if not path.is_file():
@@ -286,9 +287,10 @@ def result_rows(out: Path) -> list[dict]:
     else each run's ``runs/<run>/summary.json`` (mean over seeds) or ``result.json``."""
     import json
 
-    res = out / "results.json"
-    if res.is_file():
-        return list(json.loads(res.read_text())["rows"])
+    from coordinator.distill.results_file import FILE, read_rows
+
+    if (out / FILE).is_file():
+        return read_rows(out)
     rows = []
     for run in sorted(p for p in out.glob("runs/*") if p.is_dir()):
         for name in ("summary.json", "result.json"):  # summary.json: mean over seeds

@@ -1,4 +1,5 @@
-"""Peer baselines in the federated run: the FedAvg row over the Deployment Engine.
+"""Peer baselines in the federated run: the FedAvg, FedProx and FedBN rows over the Deployment
+Engine.
 
 :func:`federated_baselines` is what :meth:`coordinator.fed_sites.GridSites.peer_rows` calls after
 the MT-KD student rows. With ``[runs.fedavg]`` in the experiment config it runs ``rounds``
@@ -9,7 +10,11 @@ refuses (default policy) or fails comes back as an error reply: Flower's FedAvg 
 of the average, the run goes on, and the row reports it (``fedavg_refused``: site -> reason).
 The final global model is scored exactly like the students: the ``evaluate`` round
 (:func:`coordinator.fed_sites.eval_round`) on every live site's held-out test split, native
-resolution, once per seed (``repeats``).
+resolution, once per seed (``repeats``). ``[runs.fedprox]`` (Flower's ``FedProx``) and
+``[runs.fedbn]`` (Flower's ``FedAvg`` over all but the BatchNorm layers) make their rows the
+same way, each in ``runs/<row>``; a FedBN row is scored with each site's own BatchNorm (the
+``evaluate`` request names the run's seed, ``EvalConfig.local_bn``; a site that trained no
+round of it has no score for the row).
 
 Cost columns (``cost`` of each row, :func:`coordinator.baselines.costs.cost_summary`):
 FedAvg's are the serialized payloads of the very messages sent to and received from the sites
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from common.fedbn import without_bn
 from common.io import atomic_write_json
 from common.training import seed_everything
 from coordinator.baselines.costs import PayloadLog, cost_summary
@@ -37,9 +43,13 @@ from coordinator.baselines.fedavg import (
     FEDAVG_MSG_TYPE,
     Exchange,
     fedavg_config,
+    peer_label,
+    peer_left,
+    peer_specs,
     run_fedavg,
 )
-from coordinator.distill.config import ExperimentConfig
+from coordinator.baselines.fedbn_scores import fedbn_note
+from coordinator.distill.config import ExperimentConfig, FedAvgSpec, FedBNSpec
 from coordinator.distill.repeats import mean_row, seed_folders
 from coordinator.distill.student import DistillData, _model, mean_dice
 from coordinator.query_pipeline import send_receive
@@ -61,12 +71,12 @@ EvalRound = Callable[..., tuple[dict[str, dict], dict[str, dict]]]
 def federated_baselines(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
                         s: FedSettings, run_id: str, rows: list[dict], score: EvalRound
                         ) -> list[dict]:
-    """``rows`` with a ``cost`` on every student row, then the FedAvg row when the config has
-    ``[runs.fedavg]`` (none when no site released weights), scored by ``score`` (the
-    ServerApp's ``eval_round``); cost tables written to ``cfg.out``."""
+    """``rows`` with a ``cost`` on every student row, then the FedAvg, FedProx and FedBN rows
+    the config enables (``[runs.fedavg]`` ...; none when no site released weights), scored by
+    ``score`` (the ServerApp's ``eval_round``); cost tables written to ``cfg.out``."""
     out = [{**r, "cost": student_cost(r, cfg, data, s.chunk_size)} for r in rows]
-    if cfg.runs.fedavg is not None:
-        out += fedavg_rows(grid, roster, data, cfg, s, run_id, score)
+    for run, spec in peer_specs(cfg):
+        out += fedavg_rows(grid, roster, data, cfg, s, run_id, score, run, spec)
     return out
 
 
@@ -81,58 +91,66 @@ def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, chunk_size
 
 
 def fedavg_rows(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
-                s: FedSettings, run_id: str, score: EvalRound) -> list[dict]:
-    """The ``fedavg`` row (mean over seeds), or ``[]`` when no site ever released weights."""
-    spec = cfg.runs.fedavg
+                s: FedSettings, run_id: str, score: EvalRound, run: str = "fedavg",
+                spec: FedAvgSpec | None = None) -> list[dict]:
+    """The peer row ``run`` (``spec``, default ``[runs.fedavg]``; mean over seeds), or ``[]``
+    when no site ever released weights."""
+    spec = spec or cfg.runs.fedavg
     assert spec is not None
-    _log.info("run fedavg: Flower FedAvg, %d rounds x %d local epochs over %s (weights leave "
-              "the sites that allow it)", spec.rounds, spec.local_epochs,
-              sorted(roster.names.values()))
-    folder, t0 = cfg.out / "runs" / "fedavg", time.perf_counter()
+    _log.info("run %s: %s over %s (weights leave the sites that allow it)", run,
+              peer_label(spec), sorted(roster.names.values()))
+    folder, t0 = cfg.out / "runs" / run, time.perf_counter()
     plan = seed_folders(folder, cfg)
     done = []
     for seed, sub in plan:
-        res, refused = fedavg_seed(grid, roster, data, cfg, s, run_id, seed, sub, score)
+        res, refused = fedavg_seed(grid, roster, data, cfg, s, run_id, seed, sub, score, run,
+                                   spec)
         if res is None:
-            _log.info("fedavg: no site released weights (%s); no fedavg row", refused)
+            _log.info("%s: no site released weights (%s); no %s row", run, refused, run)
             return []
         done.append(res)
     row = done[0] if len(done) == 1 else mean_row(done, [sd for sd, _ in plan], folder)
-    row["weighting"] = f"Flower FedAvg {spec.rounds} rounds x {spec.local_epochs} ep"
+    row["weighting"] = peer_label(spec)
     row["fedavg_refused"] = done[0]["fedavg_refused"]
     row["wall_seconds"] = time.perf_counter() - t0
     plog = PayloadLog.read(plan[0][1] / "payloads.jsonl")  # one training run (first seed)
-    row["cost"] = cost_summary(plog, sorted(roster.names.values()), "model weights",
+    row["cost"] = cost_summary(plog, sorted(roster.names.values()), peer_left(spec),
                                float(row.get("train_seconds", 0.0)), WHERE)
     return [row]
 
 
 def fedavg_seed(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
-                s: FedSettings, run_id: str, seed: int, out: Path, score: EvalRound
+                s: FedSettings, run_id: str, seed: int, out: Path, score: EvalRound,
+                run: str = "fedavg", spec: FedAvgSpec | None = None
                 ) -> tuple[dict | None, dict[str, str]]:
-    """One FedAvg run with ``seed`` over the live sites, scored by the ``evaluate`` round;
-    writes ``payloads.jsonl`` and ``result.json``. ``(row, refused: site -> reason)``, the row
-    ``None`` when no site released weights (nothing to score)."""
-    assert cfg.runs.fedavg is not None
+    """One run of the peer ``run`` (``spec``) with ``seed`` over the live sites, scored by the
+    ``evaluate`` round (FedBN: each site with its own BatchNorm); writes ``payloads.jsonl`` and
+    ``result.json``. ``(row, refused: site -> reason)``, the row ``None`` when no site
+    released weights (nothing to score)."""
+    spec = spec or cfg.runs.fedavg
+    assert spec is not None
+    local_bn = isinstance(spec, FedBNSpec)
     seed_everything(seed)
     init = {k: v.detach().cpu() for k, v in _model(cfg, torch.device("cpu")).state_dict().items()}
     plan = data.proxy.plan
     plog, refused, t0 = PayloadLog(), dict[str, str](), time.perf_counter()
-    state = run_fedavg(trail_exchange(grid, roster, s, refused), dict(roster.names), init,
-                       cfg.runs.fedavg, fedavg_config(cfg, plan.model_dump_json() if plan
-                                                      else "", seed, run_id), plog)
+    state = run_fedavg(trail_exchange(grid, roster, s, refused), dict(roster.names),
+                       without_bn(init, cfg.student.model) if local_bn else init, spec,
+                       fedavg_config(cfg, plan.model_dump_json() if plan else "", seed, run_id,
+                                     spec), plog)
     out.mkdir(parents=True, exist_ok=True)
     plog.write(out / "payloads.jsonl")
     if not any(e.direction == "sent" for e in plog.entries):
         return None, refused
-    name = f"fedavg_seed{seed}" if cfg.repeats > 1 else "fedavg"
-    sites, cases = score(grid, roster, name, state, cfg, s, run_id, plan)
+    name = f"{run}_seed{seed}" if cfg.repeats > 1 else run
+    bn = {"local_bn": seed} if local_bn else {}
+    sites, cases = score(grid, roster, name, state, cfg, s, run_id, plan, **bn)
     row: dict[str, Any] = {
-        "run": "fedavg", "teachers": [], "weighting": None, "sites": sites, "seed": seed,
+        "run": run, "teachers": [], "weighting": None, "sites": sites, "seed": seed,
         "cases": cases,
         "mean_dice": mean_dice(sites), "train_seconds": time.perf_counter() - t0,
-        "fedavg_refused": refused, "checkpoint_dir": str(out)}
-    torch.save({"model": state}, out / "last.pt")
+        "fedavg_refused": refused, "checkpoint_dir": str(out), **fedbn_note(local_bn)}
+    torch.save({"model": state, **fedbn_note(local_bn)}, out / "last.pt")
     atomic_write_json(out / "result.json", row)
     return row, refused
 

@@ -2,11 +2,12 @@
 transport helpers of the ServerApp, the pipelined ``query.teacher_outputs`` round and the teacher
 cache that it fills.
 
-Flat in memory: every validated reply chunk is written at once into its site's fp16 memmap
-cache (:class:`coordinator.distill.cache.SiteWriter`, at the chunk's slice offset, in whatever
-order replies arrive); a site's folder is renamed into place only when all its chunks are in, and
-a site dropped mid-round leaves no cache (its temporary folder is removed). The students then
-read :class:`~coordinator.distill.cache.CachedTargets`, as ``distill --local`` does.
+Flat in memory: every validated reply chunk is written at once, as the wire carried it (fp16
+arrays stay fp16), into its site's memmap cache (:class:`coordinator.distill.cache.SiteWriter`,
+at the chunk's slice offset, in whatever order replies arrive); a site's folder is renamed
+into place only when all its chunks are in, and a site dropped mid-round leaves no cache (its
+temporary folder is removed). The students then read
+:class:`~coordinator.distill.cache.CachedTargets`, as ``distill --local`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -25,7 +27,7 @@ from common.protocol import (
     MsgType,
     ProtocolError,
     QueryConfig,
-    decode_teacher_reply,
+    decode_teacher_arrays,
     encode_query,
 )
 from coordinator.audit_trail import CoordinatorTrail
@@ -202,7 +204,8 @@ class _QueryRound:
                              slice_hashes=p.hashes[sl],
                              plan_json=p.plan.model_dump_json() if p.plan else "",
                              batch_size=cfg.student.teacher_batch_size,
-                             temperature=cfg.kd.temperature)
+                             temperature=cfg.kd.temperature,
+                             whole_field=cfg.kd.teacher_field == "whole")
             self.made[i] = encode_query(read_rows(p.images, sl.start, sl.stop),
                                         read_rows(p.masks, sl.start, sl.stop), qc)
             while len(self.made) > 2 * self.s.query_window + 2:
@@ -213,8 +216,8 @@ class _QueryRound:
         """Validate chunk ``i``'s replies of ``nodes``; drop the silent and the invalid."""
         n, size = self.parts_of[i].stop - self.parts_of[i].start, self.cfg.student.size
 
-        def dec(c: RecordDict, who: str) -> tuple[str, TeacherTargets]:
-            return decode_teacher_reply(c, n, size, who, chunk=i)
+        def dec(c: RecordDict, who: str) -> tuple[str, dict[str, np.ndarray]]:
+            return decode_teacher_arrays(c, n, size, who, chunk=i)
 
         names = self.roster.names
         for node, (site, t) in validate_replies(replies, nodes, dec, self.roster).items():
@@ -279,11 +282,12 @@ class AnswerStore:
         self.cache, self.keys, self.n = cache, keys, n
         self.writers: dict[str, SiteWriter] = {}
 
-    def add(self, site: str, start: int, t: TeacherTargets) -> None:
-        """Slices ``start:start+B`` of ``site``'s answers (``t``: J = 1, ``B`` slices)."""
+    def add(self, site: str, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Slices ``start:start+B`` of ``site``'s answers: its decoded reply arrays
+        ``{field: (B, ...)}`` (``common.protocol.decode_teacher_arrays``), written as they are."""
         if site not in self.writers:
             self.writers[site] = self.cache.writer(site, self.keys[site], self.n)
-        self.writers[site].put(start, t)
+        self.writers[site].put(start, arrays)
 
     def finish(self, live: Iterable[str]) -> dict[str, CachedTargets]:
         """Commit the ``live`` sites' caches (renamed into place), remove the others' (dropped
@@ -311,7 +315,8 @@ def fed_cache_key(proxy: ProxySet, cfg: ExperimentConfig, val_dice: float | None
     answer's form (served in the teacher's own plan) and what the site reported of its
     teacher (its validation Dice: a federated coordinator never sees the weights, so a retrained
     teacher is recognised by its reported score, not by a digest)."""
-    return cache_key(proxy.digest, f"federated|bridged|val={val_dice}", cfg.kd.at_form,
+    form = "bridged" if cfg.kd.teacher_field == "centre" else "bridged+whole"
+    return cache_key(proxy.digest, f"federated|{form}|val={val_dice}", cfg.kd.at_form,
                      cfg.kd.at_p)
 
 

@@ -5,7 +5,7 @@ experiment pipeline (:func:`coordinator.distill.experiment.run_experiment`) is a
 ``train`` (each site names itself and reports its teacher's validation Dice and plan),
 ``query.teacher_outputs`` (pipelined, :mod:`coordinator.fed_query`), ``evaluate`` (the student
 scored on each site's held-out test cases, per-case scores returned under pseudonymous keys),
-``query.fedavg_train`` (the FedAvg peer, :mod:`coordinator.fed_baselines`).
+``query.fedavg_train`` (the FedAvg, FedProx and FedBN peers, :mod:`coordinator.fed_baselines`).
 
 The expected roster is the config's sites. A site that never connects, answers under a name not
 in the config, or is dropped (timeout, error, invalid reply) is recorded in the run status; the
@@ -107,15 +107,19 @@ def train_round(grid: Grid, nodes: list[int], s: QuerySettings, run_id: str,
 
 def eval_round(grid: Grid, roster: Roster, run: str, state: dict[str, torch.Tensor],
                cfg: ExperimentConfig, s: QuerySettings, run_id: str,
-               plan: Plan | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+               plan: Plan | None = None, local_bn: int | None = None
+               ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Send the student (and its preprocessing ``plan``: the proxy set's) to every live site;
-    per-site metric summaries and per-site case scores, keyed by site name.
+    per-site metric summaries and per-site case scores, keyed by site name. ``local_bn``
+    (FedBN rows: the run's seed): ``state`` lacks the BatchNorm entries and each site scores
+    with the BatchNorm state it kept for ``run_id`` and that seed.
 
     Retry rule: a site whose evaluate fails (timeout, error reply, invalid reply) is asked
     again, up to :data:`EVAL_ATTEMPTS` in all; if every attempt fails, this student has no
     score from it (``{"error": why}``) but the site stays in ``roster`` and scores later runs."""
     ec = EvalConfig(run_id=run_id, run_name=run, model_name=cfg.student.model,
-                    size=cfg.student.size, plan_json=plan.model_dump_json() if plan else "")
+                    size=cfg.student.size, plan_json=plan.model_dump_json() if plan else "",
+                    local_bn=local_bn)
     rd = encode_eval(ec, state)
     todo, out, cases = list(roster.names), dict[str, dict](), dict[str, dict]()
     failed = Roster(dict(roster.names), verb="evaluate failed for")
@@ -226,7 +230,8 @@ class GridSites:
         return []
 
     def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[dict]) -> list[dict]:
-        """Costs of the student rows, then the FedAvg row over the Grid when configured."""
+        """Costs of the student rows, then the FedAvg, FedProx and FedBN rows over the Grid
+        when configured."""
         from coordinator.distill.student import DistillData
         from coordinator.fed_baselines import federated_baselines
 

@@ -65,8 +65,9 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
     for site in cfg.sites:
         taps = cfg.kd.feature_taps
         at_tag = cfg.kd.at_form if taps == "emkd" else f"{cfg.kd.at_form}+{taps}"
-        key = cache_key(proxy.digest, teacher_digest(site.teacher_dir), f"{at_tag}+bridge",
-                        cfg.kd.at_p)
+        whole = cfg.kd.teacher_field == "whole"
+        key = cache_key(proxy.digest, teacher_digest(site.teacher_dir),
+                        f"{at_tag}+bridge" + ("+whole" if whole else ""), cfg.kd.at_p)
         plan = site_plan(site.teacher_dir)
         log.info("[distill] %s: teacher plan: %s", site.name, plan_line(plan))
         t = cache.open(site.name, key)
@@ -75,7 +76,7 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
             tbs = cfg.student.teacher_batch_size  # chunks of whole teacher batches
             ask = partial(bridged_teacher_outputs, model, device=dev, query=proxy.plan,
                           teacher=plan, batch_size=tbs, at_form=cfg.kd.at_form, p=cfg.kd.at_p,
-                          taps=taps)
+                          taps=taps, whole_field=whole)
             cache.build_answers(site.name, key, proxy.images, proxy.masks, ask,
                                 chunk=build_chunk(proxy.images.shape[-1], tbs))
             log.info("[distill] %s: teacher outputs for %d proxy slices cached", site.name,

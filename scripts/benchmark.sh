@@ -1,28 +1,109 @@
 #!/usr/bin/env bash
-# The paper-style benchmark table (about 1.5 h on 2 cores): three synthetic prostate sites (scanner styles A, B, C), one private teacher per
-# site, then multi-teacher distillation of an ENet student on a public proxy set.
-# Results: benchmark_out/distill/results.md (+ .csv, .png, overlays). Re-running skips finished steps.
+# The paper-style benchmark tables: per scenario, synthetic sites with one private teacher each,
+# then multi-teacher distillation of an ENet student on a public proxy set, against the no-KD,
+# other-weighting and peer rows (paired statistics and a verdict at the top of results.md).
+#
+#   bash scripts/benchmark.sh [--scenario prostate|prostate_stress|spleen|prostate_ablations|all]
+#                             [--quick]
+#
+# Scenarios (configs/benchmark/<scenario>.toml; teachers configs/benchmark/teacher.toml):
+#   prostate         realistic prostate T2 scanners P1, P2, P3 (bias, noise, resolution, slice
+#                    thickness, gamma, field of view), proxy PX unlike each site (default)
+#   prostate_stress  styles A, B, C (B: inverted contrast), proxy mixing A, B, C (the paper-style
+#                    table's first scenario)
+#   spleen           spleen CT, Decathlon-like vs Duke-like site, proxy SX unlike both
+#   prostate_ablations  the default student with one setting changed per row (AT/RC/KL terms,
+#                    temperature, fusion tau) on the prostate scenario's data and teachers
+#   all              prostate, prostate_stress and spleen in turn
+# Full: 72 cases per site (54 test), 5 seeds, every row: several hours per scenario on 2 cores
+# (not yet run end to end; the teachers alone are about 12 epochs x 13 training cases x 3 sites).
+# --quick: 12 cases per site (6 test), 4-epoch teachers, 1 seed, 4 rows, 6 epochs: a pipeline
+# check (all three: about 20 min CPU, one thread), written to benchmark_out/<scenario>_quick.
+# Results: benchmark_out/<scenario>[_quick]/distill/results.md (+ .csv, .png). Re-running skips
+# finished steps (data, teachers, and each finished student row); a data folder made with other
+# settings stops the run (exit 2) instead of being reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+usage() { sed -n '6,7p' "$0" | sed 's/^# *//' >&2; exit 2; }
+scenario=prostate
+quick=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scenario) [ $# -ge 2 ] || usage; scenario=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "benchmark.sh: unknown argument '$1'" >&2; usage ;;
+  esac
+done
+case "$scenario" in
+  all) scenarios=(prostate prostate_stress spleen) ;;
+  prostate|prostate_stress|spleen|prostate_ablations) scenarios=("$scenario") ;;
+  *) echo "benchmark.sh: unknown scenario '$scenario' (prostate, prostate_stress, spleen," \
+       "prostate_ablations, all)" >&2
+     exit 2 ;;
+esac
+
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-OUT=benchmark_out
-declare -A STYLE=([site_a]=A [site_b]=B [site_c]=C)
-declare -A ARCH=([site_a]=deeplabv3plus_r50 [site_b]=pspnet_r50 [site_c]=fcn_resnet101)
-seed=0
-for site in site_a site_b site_c; do
-  seed=$((seed + 100))
-  [ -f "$OUT/data/$site/dataset.json" ] || \
-    site-node make-phantom --site-style "${STYLE[$site]}" --out "$OUT/data/$site" --cases 16 --seed $seed
-done
-[ -f "$OUT/data/proxy/dataset.json" ] || coordinator make-proxy --out "$OUT/data/proxy" --cases 9
-for site in site_a site_b site_c; do
-  if [ ! -f "$OUT/teachers/$site/teacher.json" ]; then
-    echo "== training the private teacher of $site (${ARCH[$site]})"
-    site-node train --data "$OUT/data/$site" --out "$OUT/teachers/$site" \
-      --config configs/benchmark_teacher.toml --model "${ARCH[$site]}" --resume
+
+# site:style:teacher architecture, per scenario; preset and proxy styles
+declare -A SITES=(
+  [prostate]="site_p1:P1:deeplabv3plus_r50 site_p2:P2:pspnet_r50 site_p3:P3:fcn_resnet101"
+  [prostate_stress]="site_a:A:deeplabv3plus_r50 site_b:B:pspnet_r50 site_c:C:fcn_resnet101"
+  [spleen]="site_decathlon:S1:deeplabv3plus_r50 site_duke:S2:pspnet_r50"
+)
+declare -A PRESET=([prostate]=prostate [prostate_stress]=prostate [spleen]=spleen)
+declare -A PROXY=([prostate]=PX [prostate_stress]=A,B,C [spleen]=SX)
+declare -A DATA=([prostate_ablations]=prostate)  # a scenario run on another one's sites
+if [ "$quick" = 1 ]; then
+  tag=_quick cases=12 proxy_cases=6
+else
+  tag="" cases=72 proxy_cases=9
+fi
+
+# make_data DIR PARAMS CMD...: run CMD unless DIR holds a dataset made with the same PARAMS
+make_data() {
+  local dir=$1 params=$2; shift 2
+  if [ -f "$dir/dataset.json" ]; then
+    if [ "$(cat "$dir/.benchmark_params" 2>/dev/null)" != "$params" ]; then
+      echo "benchmark.sh: $dir was made with other settings; remove it to regenerate" >&2
+      exit 2
+    fi
+    return 0
   fi
+  "$@"
+  echo "$params" > "$dir/.benchmark_params"
+}
+
+run_scenario() {
+  local cfg=configs/benchmark/$1$tag.toml name=${DATA[$1]:-$1}
+  local out=benchmark_out/$name$tag t0=$SECONDS seed=0 site style arch entry
+  echo "== [$name$tag] phantom data: $out/data"
+  for entry in ${SITES[$name]}; do
+    IFS=: read -r site style arch <<< "$entry"
+    seed=$((seed + 100))
+    make_data "$out/data/$site" "${PRESET[$name]} $style $cases $seed" \
+      site-node -q make-phantom --preset "${PRESET[$name]}" --site-style "$style" \
+      --out "$out/data/$site" --cases "$cases" --seed "$seed"
+  done
+  make_data "$out/data/proxy" "${PRESET[$name]} ${PROXY[$name]} $proxy_cases" \
+    coordinator -q make-proxy --preset "${PRESET[$name]}" --style "${PROXY[$name]}" \
+    --out "$out/data/proxy" --cases "$proxy_cases"
+  echo "== [$name$tag] $((SECONDS - t0)) s: private teachers"
+  for entry in ${SITES[$name]}; do
+    IFS=: read -r site style arch <<< "$entry"
+    if [ ! -f "$out/teachers/$site/teacher.json" ]; then
+      echo "-- $site ($arch)"
+      site-node -q train --data "$out/data/$site" --out "$out/teachers/$site" \
+        --config "configs/benchmark/teacher$tag.toml" --model "$arch" --resume
+    fi
+  done
+  echo "== [$name$tag] $((SECONDS - t0)) s: distilling the students ($cfg)"
+  coordinator distill --local --config "$cfg"
+  echo "== [$name$tag] done in $((SECONDS - t0)) s: $out/distill/results.md"
+}
+
+for s in "${scenarios[@]}"; do
+  run_scenario "$s"
 done
-echo "== distilling the student"
-coordinator distill --local --config configs/benchmark_prostate.toml
-echo "Done. Open $OUT/distill/results.md and $OUT/distill/results.png"

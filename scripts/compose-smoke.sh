@@ -5,7 +5,8 @@
 # volumes, waits for the coordinator (failing as soon as the SuperLink or a site dies), checks
 # the results (results.json, export/student.onnx, run_status.json ok, no private key,
 # every file readable by everyone), runs every site's audit (signatures + the coordinator's log
-# as peer log) and the coordinator's, then tears everything down (volumes included).
+# as peer log) and the coordinator's, checks that each site pinned the coordinator's key, then
+# tears everything down (volumes included).
 # Exit status: 0 when all of that passed; 1 when a check failed; 2 on bad usage / no engine.
 #
 # Usage: scripts/compose-smoke.sh [--no-build] [--keep]
@@ -121,6 +122,11 @@ audit() {  # every site's signed egress log against the coordinator's log, then 
       say "audit $site: verified"
     else
       fail "audit $site: $(tail -n 3 "$work/audit-$site.txt")"
+    fi
+    # the site pinned the coordinator's key (coordinator-pub volume): it never warned unpinned
+    if "${compose[@]}" run --rm --no-deps -T --entrypoint test "$site" \
+         -e /local/state/no_pinned_key.warned; then
+      fail "$site answered without a pinned coordinator key"
     fi
   done
   if "${compose[@]}" run --rm --no-deps -T --entrypoint coordinator coordinator audit \

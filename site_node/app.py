@@ -165,7 +165,8 @@ def handle_query(node: NodeSettings, cfg: QueryConfig, images: np.ndarray, masks
     folder = serving_dir(node.teacher_dir)
     model, _ = load_model(folder / "best.pt")
     return bridged_teacher_outputs(model, images, masks, dev, cfg.plan(), site_plan(folder),
-                                   cfg.batch_size, cfg.at_form, cfg.p)
+                                   cfg.batch_size, cfg.at_form, cfg.p,
+                                   whole_field=cfg.whole_field)
 
 
 def case_scores(scores: dict[str, Any], keys: list[str]) -> dict[str, dict[str, float | None]]:
@@ -200,6 +201,10 @@ def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any],
     from common.training import select_device
 
     model = build_model(cfg.model_name, in_channels=1, num_classes=2)
+    if cfg.local_bn is not None:  # FedBN: the site's own BatchNorm (common.fedbn)
+        from common.fedbn import load_site_bn
+
+        state = {**state, **load_site_bn(node.resolved_state_dir(), cfg.run_id, cfg.local_bn)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -118,8 +118,8 @@ def _cmd_policy_show(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     """``site-node audit``: the allowed array names come from the site's egress policy."""
-    from common.audit_cli import run_audit
-    from common.audit_report import site_report
+    from common.audit.cli import run_audit
+    from common.audit.report import site_report
     from common.config import load_config
     from site_node.budget import budget_lines
     from site_node.policy import EgressPolicy, allowed_arrays, default_policy, release_caps
@@ -137,7 +137,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _add_audit_and_policy(sub: argparse._SubParsersAction) -> None:
-    from common.audit_cli import add_audit_args
+    from common.audit.cli import add_audit_args
 
     p = sub.add_parser("audit", help="verify this site's signed exchange log and summarise it")
     add_audit_args(p)
@@ -154,8 +154,10 @@ def _add_audit_and_policy(sub: argparse._SubParsersAction) -> None:
 
 def _add_make_phantom(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-phantom", help="write a synthetic multi-site phantom dataset")
-    p.add_argument("--site-style", choices=["A", "B", "C"], required=True,
-                   help="scanner style of this site (B has inverted contrast)")
+    p.add_argument("--site-style", required=True,
+                   help="scanner style of this site: A, B, C (stress styles; B has inverted "
+                   "contrast), prostate P1, P2, P3, PX (proxy), spleen CT S1 (Decathlon-like), "
+                   "S2 (Duke-like), SX (proxy); see common/data/phantom.py STYLES")
     p.add_argument("--out", type=Path, required=True, help="data folder to write")
     p.add_argument("--preset", choices=["prostate", "spleen"], default="prostate",
                    help="organ and modality of the phantom")

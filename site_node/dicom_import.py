@@ -9,7 +9,10 @@ becomes one case ``case_NNN``:
   grid: a **DICOM-SEG** referencing the series (segments become label values, by segment name
   across cases), or a **mask series**: an image series in the same frame of reference with the
   same geometry whose description contains ``mask``, ``label`` or ``seg``; non-zero voxels are
-  value 1 ("mask" unless the description names it). RTSTRUCT objects are listed and skipped.
+  value 1 ("mask" unless the description names it), or an **RTSTRUCT**: each closed planar
+  ROI's contours rasterised onto the series' grid (:mod:`common.data.rtstruct`; ROIs become
+  label values by ROI name across cases; every ROI, imported or skipped with the reason, is
+  listed under ``rois`` in the report). A DICOM-SEG wins over an RTSTRUCT of the same series.
 * ``dataset.json`` (modality, label names, ``file_ending``) and ``import_report.json`` /
   stdout: each series with its voxels, spacing, orientation and missing slices, and what became
   of it. A series with missing slices (a gap in the positions) is skipped and reported:
@@ -48,6 +51,7 @@ class ImportReport:
     cases: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
+    rois: list[dict[str, Any]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """Human-readable summary."""
@@ -55,6 +59,7 @@ class ImportReport:
                + (f" + {c['label']} ({c['label_source']})" if c.get("label") else
                   " (no ground truth)") for c in self.cases]
         out += [f"skipped: {s}" for s in self.skipped]
+        out += [f"{r['case']}: ROI {r['roi']!r} {r['status']}" for r in self.rois]
         names = ", ".join(f"{n}={v}" for n, v in self.labels.items()) or "none"
         return [*out, f"labels: {names}"]
 
@@ -100,14 +105,28 @@ def onto(arr: np.ndarray, affine: np.ndarray, target: Any, source: Path) -> np.n
     return np.ascontiguousarray(moved)
 
 
-def _label_sources(series: list[Series]) -> dict[str, tuple[str, Series]]:
-    """Image series uid -> ("seg" | "mask", the SEG or mask series) for its ground truth."""
+def _label_sources(series: list[Series], report: ImportReport
+                   ) -> dict[str, tuple[str, Series]]:
+    """Image series uid -> ("seg" | "rtstruct" | "mask", the object or mask series) for its
+    ground truth; RTSTRUCTs that match no image series (or one that has ground truth already)
+    are added to ``report.skipped``."""
     from common.data.dicom_seg import referenced_series
+    from common.data.rtstruct import match_series
 
     out: dict[str, tuple[str, Series]] = {}
     images = [s for s in series if s.is_image and not is_mask_series(s)]
     for seg in (s for s in series if s.modality == "SEG"):
         out[referenced_series(seg.files[0])] = ("seg", seg)
+    for rt in (s for s in series if s.modality == "RTSTRUCT"):
+        img = match_series(rt.headers[0], [s for s in images if not s.missing])
+        if img is None:
+            report.skipped.append(describe(rt) + " (RTSTRUCT: none of the complete image series "
+                                  "is the one it was drawn on)")
+        elif img.uid in out:
+            report.skipped.append(describe(rt) + f" (RTSTRUCT: series {img.uid} has "
+                                  f"{out[img.uid][0].upper()} ground truth already)")
+        else:
+            out[img.uid] = ("rtstruct", rt)
     for mask in (s for s in series if is_mask_series(s)):
         frame = str(mask.headers[0].get("FrameOfReferenceUID", ""))
         for img in images:
@@ -120,13 +139,18 @@ def _label_sources(series: list[Series]) -> dict[str, tuple[str, Series]]:
     return out
 
 
-def _label_array(kind: str, source: Series, image: Series, report: ImportReport
-                 ) -> np.ndarray:
+def _label_array(kind: str, source: Series, image: Series, report: ImportReport,
+                 case: str = "") -> np.ndarray:
     """(columns, rows, slices) uint8 label of ``image`` with values from ``report.labels``."""
     from common.data.dicom_seg import read_seg
+    from common.data.rtstruct import read_rtstruct
 
     if kind == "seg":
         segs, names = read_seg(source.files[0], image)
+    elif kind == "rtstruct":
+        rois = read_rtstruct(source.headers[0], image)
+        segs, names = rois.labels, rois.names
+        report.rois += [{"case": case, "rtstruct": source.uid, **r} for r in rois.rois]
     else:
         segs = (series_array(source) != 0).astype(np.uint8)
         names = {1: _mask_name(source.description)}
@@ -145,9 +169,15 @@ def _mask_name(description: str) -> str:
 
 def _convert_case(case: str, image: Series, label: tuple[str, Series] | None, out: Path,
                   report: ImportReport) -> None:
-    """Write one case (image, and label when there is one) and its report entry."""
+    """Write one case (image, and label when there is one) and its report entry. An RTSTRUCT
+    none of whose ROIs could be filled gives no ground truth (not an empty label)."""
     import nibabel as nib
 
+    drawn = _label_array(*label, image, report, case) if label is not None else None
+    if label is not None and label[0] == "rtstruct" and drawn is not None and not drawn.any():
+        report.skipped.append(describe(label[1]) + f" (RTSTRUCT: no ROI could be filled on "
+                                                   f"{case}; see rois)")
+        label = drawn = None
     with tempfile.TemporaryDirectory() as tmp:
         nii = run_dcm2niix(image, Path(tmp))
         img: Any = nib.load(str(nii))
@@ -163,8 +193,8 @@ def _convert_case(case: str, image: Series, label: tuple[str, Series] | None, ou
         nib.save(img, str(img_path))
     entry = {"case": case, "series": describe(image), "series_uid": image.uid,
              "image": str(img_path.relative_to(out))}
-    if label is not None:
-        arr = onto(_label_array(*label, image, report), affine, img, label[1].files[0])
+    if label is not None and drawn is not None:
+        arr = onto(drawn, affine, img, label[1].files[0])
         lab = nib.Nifti1Image(arr.astype(np.uint8), img.affine, header=img.header.copy())
         lab.header.set_data_dtype(np.uint8)
         lab.header.set_slope_inter(1.0, 0.0)
@@ -185,14 +215,13 @@ def import_dicom(in_dir: Path, out: Path) -> ImportReport:
     images = [s for s in series if s.is_image and not is_mask_series(s)]
     if not images:
         raise data_error(in_dir, "no DICOM image series found")
-    report = ImportReport(skipped=[describe(s) + " (RTSTRUCT is not imported; export it as "
-                                   "DICOM-SEG)" for s in series if s.modality == "RTSTRUCT"])
+    report = ImportReport()
     report.skipped += [describe(s) + " (slices missing: a volume needs evenly spaced slices; "
                        "export the complete series)" for s in images if s.missing]
     images = [s for s in images if not s.missing]
     if not images:
         raise data_error(in_dir, "no complete DICOM image series: " + "; ".join(report.skipped))
-    labels = _label_sources(series)
+    labels = _label_sources(series, report)
     for i, image in enumerate(images):
         _convert_case(f"case_{i:03d}", image, labels.get(image.uid), out, report)
     _write_dataset_json(out, images, report)
@@ -219,8 +248,9 @@ def add_import_args(p: argparse.ArgumentParser) -> None:
 
 def add_import_command(sub: argparse._SubParsersAction) -> None:
     """Register ``site-node import-dicom``."""
-    p = sub.add_parser("import-dicom", help="convert a DICOM folder (image series, DICOM-SEG or "
-                                            "mask-series ground truth) into a site data folder")
+    p = sub.add_parser("import-dicom", help="convert a DICOM folder (image series, DICOM-SEG, "
+                                            "RTSTRUCT or mask-series ground truth) into a site "
+                                            "data folder")
     add_import_args(p)
     p.set_defaults(func=main_import)
 

@@ -43,9 +43,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.audit import AuditLog, make_receipt
-from common.audit_anchor import sign_head
-from common.audit_keys import AuditError
+from common.audit.anchor import sign_head
+from common.audit.entries import make_receipt
+from common.audit.keys import AuditError
+from common.audit.log import AuditLog
 from common.compress import CompressionConfig
 from common.protocol import Key, LogHead
 from common.records import load_or_create_key, loggable, record_contents
@@ -142,11 +143,10 @@ class EgressGate:
             broken = None
         except Exception as exc:  # any unreadable policy: logged and refused per request
             policy, broken = None, f"egress policy {cfg.policy_path} unusable: {_first_line(exc)}"
+        state_dir = cfg.resolved_state_dir()
         if cfg.coordinator_key is None and broken is None:
-            log.warning("no pinned coordinator key (node config coordinator-key): requests "
-                        "signed by any key are accepted and share one query budget")
-        return EgressGate(cfg.resolved_state_dir(), cfg.audit_key, policy, cfg.coordinator_key,
-                          broken)
+            _warn_unpinned_once(state_dir)
+        return EgressGate(state_dir, cfg.audit_key, policy, cfg.coordinator_key, broken)
 
     def refuse(self, req: RequestInfo, why: str, arrays: dict | None = None,
                scalars: dict | None = None) -> EgressRefused:
@@ -304,3 +304,24 @@ def refuse_unrouted(msg: Message, context: Context, why: str) -> EgressRefused:
     req = request_info(msg)
     gate.log_request(req, msg.content)
     return gate.refuse(req, why)
+
+
+UNPINNED_MARKER = "no_pinned_key.warned"
+
+
+def _warn_unpinned_once(state_dir: Path) -> None:
+    """WARNING once per state folder (each message runs in a fresh process, so a per-process
+    warning would repeat on every message); later messages log it at INFO. ``site-node run``
+    warns at start too, and the audit names the mode ("any coordinator (no pinned key)")."""
+    marker = state_dir / UNPINNED_MARKER
+    text = ("no pinned coordinator key (node config coordinator-key): requests signed by any "
+            "key are accepted and share one query budget")
+    if marker.exists():
+        log.info(text)
+        return
+    log.warning(text)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # a read-only state folder fails later, where the log is written
+        pass

@@ -17,6 +17,14 @@ Reply: ``arrays`` = the updated weights (packed as the request was), ``metrics``
 ``num-examples`` (training slices) and ``train-loss``, ``config`` = ``site_name`` and
 ``release``. The update itself is :func:`common.fedavg_local.local_update`, as in
 ``coordinator distill --local``.
+
+The FedProx and FedBN peers use the same message. FedProx: Flower's ``FedProx`` adds
+``proximal-mu`` to the config and the update adds the proximal term. FedBN (``local-bn =
+true``): the request carries every weight but the BatchNorm layers'; the site completes them
+with its own BatchNorm state, kept between rounds in ``<state dir>/fedbn/<run id>/seed<seed>.pt``
+(:mod:`common.fedbn`: a ClientApp is a fresh process per message), and answers without them
+(``release = "model weights less BatchNorm"``); its ``evaluate`` reply for that row uses the
+same kept state (``EvalConfig.local_bn``).
 """
 
 from __future__ import annotations
@@ -37,7 +45,11 @@ if TYPE_CHECKING:
     from flwr.app import RecordDict
 
     from common.data.plan import Plan
+    from common.data.slices import Volume
     from common.protocol import Layout
+
+#: the reply's ``release`` entry (audit log), by ``local_bn``
+RELEASE = {False: "model weights", True: "model weights less BatchNorm"}
 
 __all__ = ["WEIGHT_RELEASE_TYPE", "FedAvgRequest", "handle_fedavg", "release_policy_file",
            "weight_release_refusal"]
@@ -62,6 +74,8 @@ class FedAvgRequest(StrictModel):
     lovasz_weight: float = Field(ge=0.0, le=1000.0)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     padding: Literal["exclude", "augment_kd", "none"] = "exclude"  # [kd] padding
+    proximal_mu: float = Field(default=0.0, ge=0.0, le=1000.0)  # FedProx (Flower's key)
+    local_bn: bool = False  # FedBN: BatchNorm stays at the site
 
 
 def weight_release_refusal(policy: EgressPolicy) -> str | None:
@@ -100,9 +114,10 @@ def _plan(node: NodeSettings, req: FedAvgRequest) -> Plan | None:
 
 
 def train_slices(node: NodeSettings, req: FedAvgRequest
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Volume]]:
     """The site's training-split slices: ``images (N,1,S,S)`` float32, ``masks (N,S,S)``
-    uint8 and ``extents (N, 4)`` (where each slice's real pixels lie on the canvas)."""
+    uint8 and ``extents (N, 4)`` (where each slice's real pixels lie on the canvas), and the
+    volumes they come from (whole-field crops of fields wider than the canvas)."""
     from common.data.layout import discover_dataset
     from common.data.slices import load_volumes
     from common.data.split import load_split
@@ -111,7 +126,7 @@ def train_slices(node: NodeSettings, req: FedAvgRequest
     vols = load_volumes(discover_dataset(node.data), split.train, req.size, plan=_plan(node, req))
     images = np.concatenate([v.image[:, None] for v in vols]).astype(np.float32)
     extents = np.concatenate([np.tile(v.extent, (len(v.image), 1)) for v in vols])
-    return images, np.concatenate([v.label for v in vols]).astype(np.uint8), extents
+    return images, np.concatenate([v.label for v in vols]).astype(np.uint8), extents, vols
 
 
 def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy | None = None
@@ -121,17 +136,25 @@ def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy 
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
     from common.fedavg_local import LocalSpec, local_update
+    from common.fedbn import keep_site_bn, with_site_bn
     from common.training import select_device
 
     why = weight_release_refusal(policy or load_policy(node.policy_path))
     if why:
         raise PermissionError(why)
     req, state, layout = decode_request(content)
-    images, masks, extents = train_slices(node, req)
-    spec = LocalSpec(**req.model_dump(exclude={"run_id", "size", "plan_json", "augment_json"}))
+    images, masks, extents, vols = train_slices(node, req)
+    spec = LocalSpec(**req.model_dump(exclude={"run_id", "size", "plan_json", "augment_json",
+                                               "local_bn"}))
     aug = (AugmentConfig.model_validate_json(req.augment_json) if req.augment_json
            else AugmentConfig())
-    new, loss = local_update(state, images, masks, spec, aug, select_device("auto"), extents)
+    if req.local_bn:
+        state = with_site_bn(state, req.model, node.resolved_state_dir(), req.run_id,
+                             req.seed, req.server_round)
+    new, loss = local_update(state, images, masks, spec, aug, select_device("auto"), extents,
+                             vols)
+    if req.local_bn:
+        new = keep_site_bn(new, req.model, node.resolved_state_dir(), req.run_id, req.seed)
     from common.protocol import pack_weights
 
     arrays = (ArrayRecord(new) if layout is None  # answered as asked: packed in request order
@@ -139,7 +162,7 @@ def handle_fedavg(node: NodeSettings, content: RecordDict, policy: EgressPolicy 
     return RecordDict({
         "arrays": arrays,
         "metrics": MetricRecord({"num-examples": len(images), "train-loss": loss}),
-        "config": ConfigRecord({"site_name": node.site_name, "release": "model weights"})})
+        "config": ConfigRecord({"site_name": node.site_name, "release": RELEASE[req.local_bn]})})
 
 
 def release_policy_file(base: Path | None, state_dir: Path) -> Path:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit_keys import AuditError, fingerprint, load_private_key, load_public_key
+from common.audit.keys import AuditError, fingerprint, load_private_key, load_public_key
 from common.config import safe_name
 
 CURVE = ec.SECP384R1()

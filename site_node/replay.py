@@ -1,7 +1,7 @@
 """Replay protection and the pinned coordinator key (checked before any teacher work).
 
 Every coordinator request may carry the coordinator log's signed ``head``
-(:mod:`common.audit_anchor`); the coordinator appends one log entry per request it sends, so
+(:mod:`common.audit.anchor`); the coordinator appends one log entry per request it sends, so
 its heads to one site strictly increase. The site refuses:
 
 * a head whose signature does not verify, or that is not newer than the last head of the
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from common.audit_anchor import HeadStore
-from common.audit_keys import fingerprint, load_public_key
+from common.audit.anchor import HeadStore
+from common.audit.keys import fingerprint, load_public_key
 from site_node.budget import UNPINNED
 
 log = logging.getLogger(__name__)

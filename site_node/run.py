@@ -187,7 +187,7 @@ def supernode_command(args: argparse.Namespace, teacher_dir: Path) -> list[str]:
         if path is not None and not path.is_file():
             raise DataError(f"{path}: {what} not found")
     if getattr(args, "coordinator_key", None) is not None:
-        from common.audit_keys import load_public_key
+        from common.audit.keys import load_public_key
 
         load_public_key(args.coordinator_key)  # not an Ed25519 public key: one line, exit 2
     if args.key is not None:

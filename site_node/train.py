@@ -21,7 +21,7 @@ from common.data.augment import build_augment, reseed_worker
 from common.data.errors import data_error, refuse_inside
 from common.data.fingerprint import plan_for_dataset
 from common.data.layout import DatasetInfo, discover_dataset
-from common.data.nifti import load_nifti
+from common.data.nifti import NiftiFile, Reader, ReadOnce, read_nifti
 from common.data.plan import Plan
 from common.data.slices import SliceDataset, Volume, load_volumes
 from common.data.split import (
@@ -67,10 +67,22 @@ class SiteData:
     val: list[Volume]
     test: list[Volume]
     plan: Plan | None = None
+    fingerprint: dict[str, Any] | None = None  # :func:`data_fingerprint` (for teacher.json)
+    files: ReadOnce | None = None  # keeps the test images the overlays show (and no other)
+
+
+#: Held-out cases drawn as overlays (``OUT/overlays``); their images stay in memory until then.
+OVERLAY_CASES = 3
 
 
 def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData:
-    """Discover, split (reusing ``out/split.json`` if present) and load the site's volumes."""
+    """Discover, split (reusing ``out/split.json`` if present) and load the site's volumes.
+
+    nnU-Net's order, each file read once (:class:`~common.data.nifti.ReadOnce`): fingerprint
+    the training cases and plan from it (files kept), the card's :func:`data_fingerprint` from
+    the kept images, then every case prepared from the kept file (train) or its only read
+    (val, test); the images of the first :data:`OVERLAY_CASES` test cases stay kept for the
+    overlays of :func:`run_training`."""
     info = discover_dataset(data_dir)
     split_path = out / "split.json"
     if split_path.exists():
@@ -80,13 +92,24 @@ def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData
         save_split(split_path, split)
     if not (split.val and split.test) and cfg.small_site == "refuse":
         raise data_error(split_path, f"no validation or test case; {_SMALL_HINT}")
-    plan = plan_for_dataset(info, cfg.size, cfg.label, split.train, cache=out / "plan.json")
-    vols = {s: load_volumes(info, getattr(split, s), plan.size, plan=plan)
+    files = ReadOnce()
+    plan = plan_for_dataset(info, cfg.size, cfg.label, split.train, cache=out / "plan.json",
+                            read=files.keep)
+    fingerprint = data_fingerprint(info, split, read=files.keep)
+    shown = {c.image for c in info.cases if c.case_id in set(split.test[:OVERLAY_CASES])}
+
+    def read(path: Path | str, allow_empty: bool = False, first_channel: bool = False
+             ) -> NiftiFile:
+        keep = Path(path) in shown and first_channel
+        return (files.keep if keep else files.take)(path, allow_empty, first_channel)
+
+    vols = {s: load_volumes(info, getattr(split, s), plan.size, plan=plan, read=read)
             for s in ("train", "val", "test")}
-    if not any(v.label.any() for v in vols["train"]):
+    if not any(v.whole_label.any() for v in vols["train"]):
         raise data_error(data_dir, f"no training label has a voxel of the target "
                                    f"{plan.label_name or 'foreground'}: nothing to learn")
-    return SiteData(info, split, vols["train"], vols["val"], vols["test"], plan)
+    return SiteData(info, split, vols["train"], vols["val"], vols["test"], plan, fingerprint,
+                    files)
 
 
 _SMALL_HINT = (f"a teacher needs at least {MIN_SPLIT_CASES} cases (1 train, 1 validation, "
@@ -106,12 +129,16 @@ def site_split(ids: list[str], cfg: TeacherTrainConfig, data_dir: Path) -> Split
     raise data_error(data_dir, f"only {len(ids)} case(s); {_SMALL_HINT}")
 
 
-def data_fingerprint(info: DatasetInfo, split: Split) -> dict[str, Any]:
-    """Counts and raw intensity statistics of the training cases: no pixels, no case ids."""
+def data_fingerprint(info: DatasetInfo, split: Split, read: Reader = read_nifti
+                     ) -> dict[str, Any]:
+    """Counts and raw intensity statistics of the training cases: no pixels, no case ids.
+
+    Per training image (canonical ``(D, H, W)``, read with ``read``): mean, sd and 99.5th
+    percentile of every voxel, then their means over the cases."""
     train = [c for c in info.cases if c.case_id in set(split.train)]
     means, stds, p99, slices = [], [], [], 0
     for ref in train:
-        arr, _ = load_nifti(ref.image, first_channel=True)
+        arr, _ = read(ref.image, first_channel=True).canonical_zyx()
         means.append(float(arr.mean()))
         stds.append(float(arr.std()))
         p99.append(float(np.percentile(arr, 99.5)))
@@ -153,7 +180,8 @@ def train_epoch(
 
 def _loader(vols: list[Volume], cfg: TeacherTrainConfig, gen: torch.Generator) -> DataLoader:
     aug = build_augment(cfg.augment, seed=cfg.seed)
-    ds = SliceDataset(vols, augment=aug, skip_empty_fraction=cfg.skip_empty_fraction)
+    ds = SliceDataset(vols, augment=aug, skip_empty_fraction=cfg.skip_empty_fraction,
+                      crop_seed=cfg.seed)  # crops of fields wider than the canvas
     return DataLoader(
         ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
         num_workers=cfg.num_workers, generator=gen, worker_init_fn=reseed_worker,
@@ -189,6 +217,8 @@ def fit(
 
     def one_epoch(epoch: int) -> tuple[dict[str, Any], bool]:
         t0 = time.perf_counter()
+        if isinstance(loader.dataset, SliceDataset):
+            loader.dataset.set_epoch(epoch)  # fresh crops of wide fields, seeded
         loss = train_epoch(tr, loader, loss_fn, cfg, f"epoch {epoch}")
         dice = _validate(tr, data.val, early, epoch)
         log.info("epoch %d: loss %.4f  val 3D Dice %s", epoch, loss, dice or "n/a")
@@ -220,7 +250,8 @@ def run_training(data_dir: Path, cfg: TeacherTrainConfig, out: Path, resume: boo
     data = prepare_data(data_dir, cfg, out)
     model, early = fit(data, cfg, out, resume)
     scores, preds = evaluate_volumes(model, data.test, next(model.parameters()).device)
-    save_case_overlays(data.test, preds, out / "overlays")
+    save_case_overlays(data.test, preds, out / "overlays", OVERLAY_CASES, read=data.files.take
+                       if data.files is not None else None)
     test = summarise(scores) if scores else None
     card = TeacherCard(
         architecture=cfg.model,
@@ -230,7 +261,7 @@ def run_training(data_dir: Path, cfg: TeacherTrainConfig, out: Path, resume: boo
         plan=data.plan,
         **_selection(data, early, cfg),
         test=test,
-        data_fingerprint=data_fingerprint(data.info, data.split),
+        data_fingerprint=data.fingerprint or data_fingerprint(data.info, data.split),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     card.write(out)

@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.audit import AuditError, AuditLog, generate_keypair, load_private_key, verify_log
+from common.audit.keys import AuditError, generate_keypair, load_private_key
+from common.audit.log import AuditLog, verify_log
 from common.config import ConfigError, load_config
 from common.data.errors import DataError
 from common.data.nifti import read_nifti

@@ -20,9 +20,15 @@ import numpy as np
 from common.config import StrictModel
 from common.data.errors import data_error
 from common.data.geometry import axcodes, check_geometry, check_pair_headers
-from common.data.labels import ALL, foreground, resolve_target, select_target, value_name
+from common.data.labels import (
+    declared_values,
+    is_union,
+    resolve_target,
+    select_target,
+    value_name,
+)
 from common.data.layout import CaseRef, DatasetInfo
-from common.data.nifti import read_nifti
+from common.data.nifti import Reader, read_nifti
 from common.data.plan import Plan, plan_from_fingerprint
 
 _SAMPLE_ALL = 20_000
@@ -92,11 +98,11 @@ class _Acc:
         self.rng = np.random.default_rng(0)
 
     def add(self, ref: CaseRef, targets: list[int] | None, union: bool,
-            declared: list[int] | None) -> None:
-        """Check both headers, then read, check and summarise one case."""
+            declared: list[int] | None, read: Reader = read_nifti) -> None:
+        """Check both headers, then read (with ``read``), check and summarise one case."""
         if ref.label is not None:
             check_pair_headers(ref.image, ref.label)
-        image = read_nifti(ref.image, first_channel=True)
+        image = read(ref.image, first_channel=True)
         vol, spacing = image.canonical_zyx()
         self.shapes.append(tuple(int(s) for s in vol.shape))
         self.spacings.append(spacing)
@@ -104,7 +110,7 @@ class _Acc:
         self.all.append(_sample(vol.ravel(), _SAMPLE_ALL, self.rng))
         if ref.label is None:
             return
-        label = read_nifti(ref.label, allow_empty=True)
+        label = read(ref.label, allow_empty=True)
         check_geometry(image, label)
         self.target += int(select_target(label.data, targets, ref.label, union=union,
                                          declared=declared).sum())
@@ -122,17 +128,18 @@ def _found_name(name: str | None, label_voxels: Counter[str]) -> str | None:
 
 
 def compute_fingerprint(info: DatasetInfo, label: str | None = None,
-                        case_ids: list[str] | None = None) -> Fingerprint:
-    """Fingerprint of ``info``'s cases (all, or ``case_ids``) with the target from ``label``."""
+                        case_ids: list[str] | None = None,
+                        read: Reader = read_nifti) -> Fingerprint:
+    """Fingerprint of ``info``'s cases (all, or ``case_ids``) with the target from ``label``;
+    ``read``: how each file is read (a :class:`~common.data.nifti.ReadOnce` keeps them)."""
     targets, name = resolve_target(info.labels, label, info.name)
-    union = targets is None and name == ALL
-    declared = sorted(foreground(info.labels)) or None
+    union, declared = is_union(targets, name), declared_values(info.labels)
     refs = [c for c in info.cases if case_ids is None or c.case_id in set(case_ids)]
     if not refs:
         raise data_error(info.name, "no cases to fingerprint")
     acc = _Acc()
     for ref in refs:
-        acc.add(ref, targets, union, declared)
+        acc.add(ref, targets, union, declared, read)
     shapes, spacings = np.array(acc.shapes), np.array(acc.spacings)
     intensity = _stats(acc.all)
     assert intensity is not None  # every case has voxels
@@ -163,21 +170,22 @@ def load_fingerprint(path: Path) -> Fingerprint:
 
 def plan_for_dataset(info: DatasetInfo, size: int | None = None, label: str | None = None,
                      case_ids: list[str] | None = None, cache: Path | None = None,
-                     fill: bool = False) -> Plan:
+                     fill: bool = False, read: Reader = read_nifti) -> Plan:
     """Fingerprint ``info`` (the ``case_ids``, e.g. the training split) and plan from it.
 
     ``cache``: a ``plan.json`` reused when it exists and matches the requested ``size`` and
     target labels (``--resume`` keeps one plan per run), written otherwise.
     ``size``/``label``: see :func:`plan_from_fingerprint` and
     :func:`common.data.labels.resolve_target`. ``fill``: see :func:`plan_from_fingerprint`
-    (not with ``cache``).
+    (not with ``cache``). ``read``: see :func:`compute_fingerprint`.
     """
     if cache is not None and cache.is_file():
         cached = Plan.model_validate_json(cache.read_text(encoding="utf-8"))
         values, _ = resolve_target(info.labels, label, info.name)
         if cached.labels == values and size in (None, cached.size):
             return cached
-    plan = plan_from_fingerprint(compute_fingerprint(info, label, case_ids), size=size, fill=fill)
+    fp = compute_fingerprint(info, label, case_ids, read)
+    plan = plan_from_fingerprint(fp, size=size, fill=fill)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(plan.model_dump_json(indent=2) + "\n", encoding="utf-8")

@@ -85,6 +85,18 @@ def resolve_target(declared: dict[str, str], choice: str | None,
     return None, None
 
 
+def is_union(values: list[int] | None, name: str | None) -> bool:
+    """Whether the target ``(values, name)`` (:func:`resolve_target`, or a plan's ``labels`` /
+    ``label_name``) is every non-zero value: ``all`` on data that declares no label."""
+    return values is None and name == ALL
+
+
+def declared_values(declared: dict[str, str]) -> list[int] | None:
+    """The declared foreground values, sorted (``declared`` of :func:`select_target`); None
+    when nothing is declared: then no value is refused."""
+    return sorted(foreground(declared)) or None
+
+
 def select_target(label: np.ndarray, values: list[int] | None, path: Path | str,
                   union: bool = False, declared: list[int] | None = None) -> np.ndarray:
     """Binary uint8 {0, 1} mask of the target in ``label`` (same shape).

@@ -3,9 +3,10 @@
 Forward (:func:`prepare_image`): read the file, reorient to canonical RAS ``(z, y, x)``,
 normalise (:class:`~common.data.plan.Plan`), resample each axial slice in-plane to the plan's
 spacing (bilinear; aspect ratio kept; depth and slice spacing unchanged), then centre crop /
-pad to ``(size, size)`` (padding with the volume's minimum) for training. A field wider than
-the canvas is also kept whole (:attr:`PreparedCase.whole_image`: padded to at least the
-canvas, never cropped) for sliding-window inference (:mod:`common.data.window`). Inverse
+pad to ``(size, size)`` (padding with the volume's minimum). A field wider than the canvas is
+also kept whole (:attr:`PreparedCase.whole_image`: padded to at least the canvas, never
+cropped) for sliding-window inference (:mod:`common.data.window`) and for training, which
+draws random ``size x size`` crops of it (:class:`common.data.slices.SliceDataset`). Inverse
 (:func:`to_native`, from either grid): undo the crop / pad (cropped-away pixels become
 background), resample the *probabilities* back to the original in-plane size (bilinear),
 argmax, and return to the file's own orientation.
@@ -26,7 +27,14 @@ import numpy as np
 
 from common.data.errors import data_error
 from common.data.labels import select_target
-from common.data.nifti import NiftiFile, Spacing, from_canonical_zyx, read_nifti, to_canonical_zyx
+from common.data.nifti import (
+    NiftiFile,
+    Reader,
+    Spacing,
+    from_canonical_zyx,
+    read_nifti,
+    to_canonical_zyx,
+)
 from common.data.plan import Plan
 
 _EPS = 1e-8
@@ -211,15 +219,17 @@ def prepare_label_whole(native_mask: np.ndarray, case: PreparedCase) -> np.ndarr
 
 
 def load_native_label(path: Path | str, image: NiftiFile, labels: list[int] | None,
-                      union: bool = False, declared: list[int] | None = None) -> np.ndarray:
-    """Check the label's header against ``image``, then read it and select the target
-    (:func:`common.data.labels.select_target` with ``union`` / ``declared``): the untouched
-    (X, Y, Z) label in the file's orientation as uint8 {0, 1}. A 4D label is refused."""
+                      union: bool = False, declared: list[int] | None = None,
+                      read: Reader = read_nifti) -> np.ndarray:
+    """Check the label's header against ``image``, then read it (with ``read``) and select the
+    target (:func:`common.data.labels.select_target` with ``union`` / ``declared``): the
+    untouched (X, Y, Z) label in the file's orientation as uint8 {0, 1}. A 4D label is
+    refused."""
     from common.data.geometry import check_geometry
     from common.data.nifti import read_header
 
     check_geometry(image, read_header(path))  # before any voxel of the label is read
-    lab = read_nifti(path, allow_empty=True)
+    lab = read(path, allow_empty=True)
     check_geometry(image, lab)
     return select_target(lab.data, labels, path, union=union, declared=declared)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,42 @@ def read_nifti(path: Path | str, allow_empty: bool = False,
         raise data_error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     data = _check_array(path, data, allow_empty, first_channel)
     return NiftiFile(path, data, affine, img.header, (zooms[0], zooms[1], zooms[2]))
+
+
+Reader = Callable[..., NiftiFile]
+"""What reads a volume: :func:`read_nifti` itself or a :class:`ReadOnce` method (same arguments)."""
+
+
+class ReadOnce:
+    """One run's :func:`read_nifti`, reading every file from disk at most once.
+
+    :meth:`keep` reads a file (or reuses the one it kept) and keeps it for a later step of the
+    same run; :meth:`take` hands a kept file out and forgets it (a file never kept is simply
+    read). A site's training run fingerprints its training cases with ``keep``, computes the
+    card's intensity statistics with ``keep`` (no read: the files are kept) and loads every
+    case with ``take``, so each image and label is read once and held no longer than needed.
+    Arrays are shared, never copied: callers must not modify ``data`` in place.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[Path, bool, bool], NiftiFile] = {}
+
+    def keep(self, path: Path | str, allow_empty: bool = False,
+             first_channel: bool = False) -> NiftiFile:
+        """:func:`read_nifti` of ``path``, read only the first time and kept until taken."""
+        key = (Path(path), allow_empty, first_channel)
+        if key not in self._kept:
+            self._kept[key] = read_nifti(path, allow_empty, first_channel)
+        return self._kept[key]
+
+    def take(self, path: Path | str, allow_empty: bool = False,
+             first_channel: bool = False) -> NiftiFile:
+        """The kept file of ``path`` (then forgotten), or :func:`read_nifti` when none is kept."""
+        kept = self._kept.pop((Path(path), allow_empty, first_channel), None)
+        return kept if kept is not None else read_nifti(path, allow_empty, first_channel)
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 def _open_checked(path: Path) -> tuple[Any, tuple[float, ...], np.ndarray]:

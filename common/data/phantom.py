@@ -3,14 +3,17 @@
 Each case is a deformed ellipsoid organ in textured tissue with distractor blobs. A *site style*
 is a scanner signature (see ``STYLES``): slice thickness, in-plane spacing (the organ has the
 same physical size, so its pixel size differs), multiplicative bias field, noise level,
-organ-to-tissue contrast gap, gamma (MRI) and in-plane blur. Spacings in ``STYLES`` hold for
+organ-to-tissue contrast gap, gamma (MRI), in-plane blur (CT: reconstruction kernel), field of
+view and, for CT, a stored-value offset and intensity window. Spacings in ``STYLES`` hold for
 the default (24, 96, 96) shape; other shapes rescale them so the physical field of view stays
 fixed. Everything is deterministic given (seed, preset, style, case index).
+
+The styles themselves (A, B, C stress styles; realistic P1-P3, PX, S1, S2, SX) are in
+:mod:`common.data.styles`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,47 +23,27 @@ from scipy import ndimage
 
 from common.config import MAX_SEED, StrictModel
 from common.data.nifti import save_nifti
+from common.data.styles import STYLE_KEYS, STYLES, SiteStyle, known_style
 from common.io import atomic_write_json
+
+__all__ = ["STYLES", "PhantomSpec", "SiteStyle", "known_style", "make_from_spec", "make_phantom",
+           "make_prostate_sites", "make_proxy", "phantom_case", "style_shape", "style_spacing"]
 
 Shape = tuple[int, int, int]
 _DEFAULT_SHAPE: Shape = (24, 96, 96)
 _PRESETS = {"prostate": ("MRI", 0), "spleen": ("CT", 1)}
 
 
-@dataclass(frozen=True)
-class SiteStyle:
-    """Scanner signature. Spacings in mm for the default shape; noise relative to tissue."""
-
-    spacing_z: float
-    spacing_xy: float
-    bias: float
-    noise: float
-    gap: float
-    gamma: float
-    blur: float
-
-
-STYLES: dict[str, SiteStyle] = {
-    "A": SiteStyle(
-        spacing_z=3.0, spacing_xy=0.6, bias=0.20, noise=0.05, gap=0.30, gamma=1.0, blur=0.5
-    ),
-    "B": SiteStyle(
-        spacing_z=1.5, spacing_xy=0.8, bias=0.35, noise=0.06, gap=-0.40, gamma=0.7, blur=0.0
-    ),
-    "C": SiteStyle(
-        spacing_z=4.0, spacing_xy=0.5, bias=0.06, noise=0.025, gap=0.45, gamma=1.6, blur=0.8
-    ),
-}
-
-
 class PhantomSpec(StrictModel):
     """Arguments of :func:`make_phantom` as a config model."""
 
     preset: Literal["prostate", "spleen"] = "prostate"
-    site_style: Literal["A", "B", "C"] = "A"
+    site_style: str = "A"  # a key of STYLES
     n_cases: int = Field(default=12, ge=1, le=10_000)
     shape: tuple[int, int, int] = _DEFAULT_SHAPE
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+
+    _known_style = field_validator("site_style")(known_style)
 
     @field_validator("shape")
     @classmethod
@@ -76,6 +59,15 @@ def style_spacing(style: str, shape: Shape = _DEFAULT_SHAPE) -> tuple[float, flo
     d, h, w = shape
     sz = st.spacing_z * _DEFAULT_SHAPE[0] / d
     return (round(sz, 6), round(st.spacing_xy * 96 / h, 6), round(st.spacing_xy * 96 / w, 6))
+
+
+def style_shape(style: str, shape: Shape = _DEFAULT_SHAPE) -> Shape:
+    """The volume shape of ``style``: ``shape`` with its in-plane sides scaled by ``fov``."""
+    fov = STYLES[style].fov
+    if fov == 1.0:
+        return shape
+    d, h, w = shape
+    return (d, max(4, round(h * fov)), max(4, round(w * fov)))
 
 
 def _grid(shape: Shape, spacing: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
@@ -216,18 +208,28 @@ def _ct_case(
     return hu + 200.0 * st.noise * rng.standard_normal(shape, dtype=np.float32)
 
 
+def _ct_storage(hu: np.ndarray, st: SiteStyle) -> np.ndarray:
+    """Stored CT values: ``hu`` clipped to the style's window, plus its offset."""
+    if st.hu_window is not None:
+        hu = np.clip(hu, *st.hu_window)
+    return hu + np.float32(st.hu_offset) if st.hu_offset else hu
+
+
 def phantom_case(
     preset: str, style: str, shape: Shape, key: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """One case: (image (D, H, W) float32, label (D, H, W) uint8, spacing (sz, sy, sx))."""
     rng = np.random.default_rng(list(key))
     spacing = style_spacing(style, shape)
+    shape = style_shape(style, shape)
     grid = _grid(shape, spacing)
     organ = _organ(preset, grid, rng)
     make = _mri_case if preset == "prostate" else _ct_case
     img = make(grid, organ, STYLES[style], rng, spacing)
     if STYLES[style].blur > 0:
         img = ndimage.gaussian_filter(img, (0, STYLES[style].blur, STYLES[style].blur))
+    if preset != "prostate":
+        img = _ct_storage(img, STYLES[style])
     return img.astype(np.float32), organ.astype(np.uint8), spacing
 
 
@@ -241,7 +243,7 @@ def _as_shape(shape: Shape | list[int]) -> Shape:
 
 def _case_key(seed: int, preset: str, style: str, index: int, proxy: bool) -> tuple[int, ...]:
     """Seed sequence entropy for one case, unique per (seed, preset, style, index, proxy)."""
-    return (seed, _PRESETS[preset][1], "ABC".index(style), index, int(proxy))
+    return (seed, _PRESETS[preset][1], STYLE_KEYS[style], index, int(proxy))
 
 
 def _write(
@@ -288,8 +290,7 @@ def make_phantom(
     shape: Shape = _DEFAULT_SHAPE,
 ) -> Path:
     """Write one single-style site dataset in MSD layout under ``out``; returns ``out``."""
-    if site_style not in STYLES:
-        raise ValueError(f"unknown site style {site_style!r}; valid: {sorted(STYLES)}")
+    known_style(site_style)
     cases = [(site_style, i) for i in range(n_cases)]
     return _write(
         Path(out),
@@ -324,7 +325,15 @@ def make_proxy(
     shape: Shape = _DEFAULT_SHAPE,
     styles: tuple[str, ...] = ("A", "B", "C"),
 ) -> Path:
-    """Public proxy dataset: cases cycle through ``styles``, seeds disjoint from the sites."""
+    """Public proxy dataset: cases cycle through ``styles``, seeds disjoint from the sites.
+
+    The default mixes the stress styles A, B, C; a scenario whose proxy must be unlike every
+    site passes its own proxy style, e.g. ``("PX",)``.
+    """
+    if not styles:
+        raise ValueError("make_proxy: at least one style is required")
+    for s in styles:
+        known_style(s)
     cases = [(styles[i % len(styles)], i) for i in range(n_cases)]
     return _write(
         Path(out),
@@ -333,7 +342,8 @@ def make_proxy(
         _as_shape(shape),
         seed,
         True,
-        {"style": "mixed", "styles": [s for s, _ in cases]},
+        {"style": "mixed" if len(set(styles)) > 1 else styles[0],
+         "styles": [s for s, _ in cases]},
     )
 
 

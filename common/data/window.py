@@ -34,20 +34,33 @@ def window_probs(probs_fn: ProbsFn, image: np.ndarray, size: int, overlap: float
     img = np.ascontiguousarray(image, np.float32)
     if img.shape[1:] == (size, size):
         return np.asarray(probs_fn(img), np.float32)
+    probs = window_blend(probs_fn, img, size, overlap, batch_size)
+    return probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+
+
+def window_blend(fn: ProbsFn, image: np.ndarray, size: int, overlap: float = OVERLAP,
+                 batch_size: int = 16) -> np.ndarray:
+    """Any per-pixel output of ``fn`` (``(N, S, S)`` -> ``(N, K, S, S)``: probabilities or
+    logits) over the whole ``(D, GH, GW)`` ``image`` (``GH, GW >= size``): the
+    Gaussian-weighted mean over the ``size``-pixel windows covering each pixel (MONAI
+    ``sliding_window_inference``), ``(D, K, GH, GW)`` float32; ``fn(image)`` as is when the
+    image is one window."""
+    img = np.ascontiguousarray(image, np.float32)
+    if img.shape[1:] == (size, size):
+        return np.asarray(fn(img), np.float32)
     if min(img.shape[1:]) < size:
         raise ValueError(f"image {img.shape} is smaller than the {size} px window")
     import torch
     from monai.inferers import sliding_window_inference
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(probs_fn(x[:, 0].numpy()), np.float32))
+        return torch.from_numpy(np.asarray(fn(x[:, 0].numpy()), np.float32))
 
     with torch.no_grad():
         out = sliding_window_inference(torch.from_numpy(img[:, None]), (size, size),
                                        batch_size, predictor, overlap=overlap, mode="gaussian",
                                        sigma_scale=SIGMA_SCALE)
-    probs = np.asarray(out.numpy() if isinstance(out, torch.Tensor) else out, np.float32)
-    return probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+    return np.asarray(out.numpy() if isinstance(out, torch.Tensor) else out, np.float32)
 
 
-__all__ = ["OVERLAP", "SIGMA_SCALE", "window_probs"]
+__all__ = ["OVERLAP", "SIGMA_SCALE", "window_blend", "window_probs"]

@@ -6,7 +6,7 @@
 Registry members are filled by the explicit imports below (no file scanning).
 """
 
-from common.kd import functional, fusion, losses, targets
+from common.kd import functional, fusion, learned, losses, targets
 from common.kd.functional import fuse_probs
 from common.kd.fusion import (
     WEIGHTINGS,
@@ -27,6 +27,7 @@ __all__ = [
     "functional",
     "fuse_probs",
     "fusion",
+    "learned",
     "losses",
     "register_loss",
     "register_weighting",

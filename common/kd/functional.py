@@ -32,17 +32,39 @@ __all__ = [
     "resize_attention",
     "soft_dice_loss_per_sample",
     "teacher_probs",
+    "unit_maps",
     "valid_at",
 ]
 
 
 # --------------------------------------------------------------------------- attention maps
+def unit_maps(at: Tensor, eps: float = 1e-12) -> Tensor:
+    """Maps ``(B, h, w)`` each scaled to unit L2 norm over its ``h*w`` positions (an all-zero
+    map stays zero): the one normalisation of Zagoruyko attention maps.
+
+    Where it runs on the teacher-output path, and why none of these is redundant (in floating
+    point the normalisation is not idempotent: re-normalising a unit map changes its last
+    bits, so dropping any of these calls would change the student's inputs):
+
+    1. :func:`attention_map`: the map as computed (Zagoruyko's definition);
+    2. :func:`resize_attention`: after a bilinear resize to the agreed size (only when the
+       size changes; interpolation changes the norm);
+    3. :func:`common.kd.plan_bridge.bridged_teacher_outputs` (rule e): after the map is mapped
+       from the teacher's grid back to the query's (only when the grids differ);
+    4. :class:`coordinator.distill.dataset.DistillDataset`: per item, after the fp16 cache
+       round trip and the joint augmentation (rotations zero-pad the map);
+    5. :class:`common.kd.losses.AttentionTransfer` (``eps = EPS``): after padded positions
+       are zeroed (only with a validity map).
+
+    Paper-form maps are never normalised.
+    """
+    return F.normalize(at.flatten(1), p=2, dim=1, eps=eps).reshape_as(at)
+
+
 def attention_map(feat: Tensor, p: float = 2) -> Tensor:
     """Zagoruyko attention: ``(B, C, H, W)`` -> ``(B, H, W)``, channel mean of ``|f|^p``,
     L2-normalised over the ``H*W`` positions (each sample's map has unit L2 norm)."""
-    b, _, h, w = feat.shape
-    a = feat.abs().pow(p).mean(dim=1).reshape(b, h * w)
-    return F.normalize(a, p=2, dim=1).reshape(b, h, w)
+    return unit_maps(feat.abs().pow(p).mean(dim=1))
 
 
 def attention_map_paper(feat: Tensor) -> Tensor:
@@ -69,9 +91,7 @@ def resize_attention(at: Tensor, size: tuple[int, int], form: ATForm = "zagoruyk
         return at
     out = F.interpolate(at.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
     out = out.squeeze(1)
-    if form == "zagoruyko":
-        out = F.normalize(out.flatten(1), p=2, dim=1).reshape_as(out)
-    return out
+    return unit_maps(out) if form == "zagoruyko" else out
 
 
 # --------------------------------------------------------------------------- valid pixels

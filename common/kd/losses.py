@@ -35,6 +35,7 @@ from common.kd.functional import (
     compute_attention,
     region_contrast,
     resize_attention,
+    unit_maps,
     valid_at,
 )
 from common.kd.targets import FeatureTaps, TeacherTargets, tapped_features
@@ -155,7 +156,7 @@ class AttentionTransfer(nn.Module):
         if v is not None:
             at_s, at_t = at_s * v, at_t * v
             if self.form == "zagoruyko":
-                at_s, at_t = _unit(at_s), _unit(at_t)
+                at_s, at_t = unit_maps(at_s, EPS), unit_maps(at_t, EPS)
         d = at_s - at_t
         if self.form == "paper":
             flat = d.flatten(1)
@@ -165,11 +166,6 @@ class AttentionTransfer(nn.Module):
         else:
             per_sample = _valid_mean(d.pow(2), v)
         return _reduce(per_sample, self.reduction)
-
-
-def _unit(at: Tensor) -> Tensor:
-    """``(B, h, w)`` maps scaled to unit L2 norm each (an all-zero map stays zero)."""
-    return F.normalize(at.flatten(1), p=2, dim=1, eps=EPS).reshape_as(at)
 
 
 # --------------------------------------------------------------------------- region contrast
@@ -200,17 +196,18 @@ class MidLoss(nn.Module):
     """Paper Eq. 4: AT + RC summed over the two tapped feature pairs.
 
     ``forward(student_feats (f_a, f_b), teacher_at (at_a (B,h0,w0), at_b), teacher_rc (rc_a (B,),
-    rc_b (B,)), mask (B,H,W), valid (B,H,W) | None) -> scalar | (B,)``.
+    rc_b (B,)), mask (B,H,W), valid (B,H,W) | None) -> scalar | (B,)``. ``rc_weight`` scales
+    the RC term (1: Eq. 4; 0: attention transfer alone, RC not computed).
     """
 
     def __init__(
         self, at_form: ATForm = "zagoruyko", p: float = 2, reduction: Reduction = "mean",
-        at_reduce: ATReduce = "sum",
+        at_reduce: ATReduce = "sum", rc_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.at = AttentionTransfer(p=p, form=at_form, reduction="none", reduce=at_reduce)
         self.rc = RegionContrastLoss(reduction="none")
-        self.reduction = reduction
+        self.reduction, self.rc_weight = reduction, rc_weight
 
     def forward(
         self,
@@ -222,7 +219,9 @@ class MidLoss(nn.Module):
     ) -> Tensor:
         per_sample = torch.zeros((), device=mask.device)
         for feat, at_t, rc_t in zip(student_feats, teacher_at, teacher_rc, strict=True):
-            per_sample = per_sample + self.at(feat, at_t, valid) + self.rc(feat, mask, rc_t, valid)
+            per_sample = per_sample + self.at(feat, at_t, valid)
+            if self.rc_weight != 0.0:  # x * 1.0 == x: the default is Eq. 4 bit for bit
+                per_sample = per_sample + self.rc_weight * self.rc(feat, mask, rc_t, valid)
         return _reduce(per_sample, self.reduction)
 
 
@@ -283,7 +282,7 @@ class KDLoss(nn.Module):
     0 = padding) leaves padding out of KL, AT and the student's RC, and out of Seg too unless
     ``seg_on_padding`` (then Seg trains padded pixels as background). ``feature_taps`` picks the
     student's two maps (:func:`~common.kd.targets.tapped_features`; the teacher targets must use
-    the same taps).
+    the same taps). ``rc_weight`` scales RC inside Mid (0: Mid is attention transfer alone).
     ``student_only=True`` or ``teacher=None`` gives plain Seg (no-KD baseline).
     """
 
@@ -303,11 +302,13 @@ class KDLoss(nn.Module):
         kl_t2: bool = True,
         feature_taps: FeatureTaps = "emkd",
         seg_on_padding: bool = False,
+        rc_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.seg = SegLoss(dice_weight, lovasz_weight, reduction=reduction)
         self.seg_on_padding = seg_on_padding
-        self.mid = MidLoss(at_form=at_form, p=p, reduction="none", at_reduce=at_reduce)
+        self.mid = MidLoss(at_form=at_form, p=p, reduction="none", at_reduce=at_reduce,
+                           rc_weight=rc_weight)
         self.kl = LogitKL(temperature=temperature, direction=kl_direction, reduction="none",
                           t2_scale=kl_t2)
         self.alpha, self.beta, self.student_only = alpha, beta, student_only

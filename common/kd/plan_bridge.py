@@ -22,17 +22,35 @@ d. **Logits** are mapped back, never labels: un-crop / un-pad to the resampled f
    bilinear resampling of the logits to ``S x S``. Query pixels the teacher never saw (its
    ``T`` grid is smaller than the field) get the slice's *background logit*: the mean logit
    vector over the pixels the teacher predicted as background (zeros if it predicted none).
-e. **Attention maps** are resampled in physical space: bilinear to the teacher's pixel grid,
-   un-crop / un-pad (unseen pixels: 0, no activation), bilinear to the query's map grid (the
-   same fraction of ``S`` as the teacher's map was of ``T``: ``S/2`` and ``S/8`` for the EMKD
-   taps), then, for the Zagoruyko form, re-normalised to unit L2 norm (paper form: only
-   interpolated).
+   With ``whole_field=True`` (opt-in, see below) and a field wider than ``T`` (the teacher's
+   canvas shows only its centre) the logits come from the **whole field** instead:
+   the resampled field, padded to at least ``T`` with the slice's minimum, is covered by
+   ``T x T`` windows overlapping by half and the windows' logits are blended with a Gaussian
+   importance map (MONAI's sliding window, :func:`common.data.window.window_blend`, as at
+   inference); on the pixels the centre tile covers its own logits are kept unchanged (a
+   teacher trained on centred crops answers best there, and a field that fits is answered
+   exactly as before), then everything is resampled to ``S x S``: every query pixel has an
+   answer of the teacher, none gets the made-up background logit. Not the default: a teacher
+   trained on centred crops may carry a positional prior that off-centre windows turn into
+   false positives (tests/common/test_plan_bridge.py: the oracle labels the ring around the
+   organ there), which the background logit avoided; the windows pay off for teachers
+   trained over the whole field (:class:`common.data.slices.SliceDataset` crops).
+e. **Attention maps** come from the **centre tile only** (the ``T x T`` crop of rule b): they
+   are functions of the teacher's inner features, which a blend of output logits does not
+   give, and tiling them would need a per-tap blend of feature maps. They are resampled in
+   physical space: bilinear to the teacher's pixel grid, un-crop / un-pad (pixels outside the
+   centre tile: 0, no activation), bilinear to the query's map grid (the same fraction of
+   ``S`` as the teacher's map was of ``T``: ``S/2`` and ``S/8`` for the EMKD taps), then, for
+   the Zagoruyko form, re-normalised to unit L2 norm (paper form: only interpolated).
 f. **Region contrast** scalars are cosines of the two class prototypes of a feature map: they
-   are computed on the teacher grid with the proxy mask mapped there (nearest) and returned as
-   is (a cosine has no grid).
+   are computed on the teacher grid (the centre tile) with the proxy mask mapped there
+   (nearest) and returned as is (a cosine has no grid).
 
-When the teacher's plan has the query's spacing and side (and the same normalisation), the
-slices go to the teacher untouched: the result is exactly :func:`teacher_outputs`'s.
+When the teacher's plan has the query's spacing and side (:func:`same_grid`), or either plan
+has no spacing, the geometry is the identity: the slices (after rule a, itself the identity for
+the same normalisation) go to the teacher untouched and the result is exactly
+:func:`teacher_outputs`'s, nothing mapped back. Either way the teacher runs once per slice
+through :func:`teacher_outputs` (plus the windows of rule d's whole field when asked).
 """
 
 from __future__ import annotations
@@ -46,12 +64,17 @@ import torch.nn.functional as F
 
 from common.data.native import place, resize_stack, unplace
 from common.data.plan import Plan
+from common.data.window import window_blend
+from common.kd.functional import unit_maps
 from common.kd.targets import FeatureTaps, TeacherTargets
 from common.kd.teacher_outputs import teacher_outputs
 from common.models.base import SegModel
+from common.teacher_fields import at_sizes
+from common.training import autocast
 
 log = logging.getLogger(__name__)
-__all__ = ["bridged_teacher_outputs", "renormalise", "same_grid", "to_teacher_grid"]
+__all__ = ["bridged_teacher_outputs", "renormalise", "same_grid", "to_teacher_grid",
+           "whole_field_logits"]
 
 
 def same_grid(query: Plan, teacher: Plan) -> bool:
@@ -120,6 +143,37 @@ def _logits_back(logits: np.ndarray, query: Plan, teacher: Plan) -> np.ndarray:
     return back.reshape(n, k, query.size, query.size)
 
 
+@torch.no_grad()
+def whole_field_logits(model: SegModel, images: np.ndarray, query: Plan, teacher: Plan,
+                       device: torch.device, batch_size: int = 16,
+                       centre: np.ndarray | None = None) -> np.ndarray:
+    """Rule (d), field wider than ``T``: query slices ``(N,1,S,S)`` (teacher-normalised) ->
+    query-grid logits ``(N,K,S,S)`` blended over ``T x T`` windows of the whole field;
+    ``centre``: the centre tile's logits ``(N,K,T,T)`` (rule b), kept as they are on the pixels
+    the centre tile covers (the windows fill in the rest)."""
+    n, s, side = len(images), query.size, teacher.size
+    hw = _field_hw(query, teacher)
+    img = resize_stack(images[:, 0].astype(np.float32), hw, linear=True)
+    grid = (max(side, hw[0]), max(side, hw[1]))
+    off = ((grid[0] - hw[0]) // 2, (grid[1] - hw[1]) // 2)
+    fills = img.reshape(n, -1).min(axis=1)
+    field = np.stack([place(x, grid, off, float(f)) for x, f in zip(img, fills, strict=True)])
+    model = model.to(device).eval()
+
+    def logits_fn(x: np.ndarray) -> np.ndarray:
+        with autocast(device):
+            out = model(torch.from_numpy(np.ascontiguousarray(x[:, None])).to(device))
+        return out.float().cpu().numpy()
+
+    blended = window_blend(logits_fn, field, side, batch_size=batch_size)
+    if centre is not None:  # where rule (b)'s centre tile lies on the padded field
+        (y0, x0), (ty, tx) = off, _offset(hw, side)
+        blended[:, :, y0 - ty:y0 - ty + side, x0 - tx:x0 - tx + side] = centre
+    k = blended.shape[1]
+    back = unplace(blended, hw, off, 0.0)  # the resampled field, without the padding
+    return resize_stack(back.reshape(n * k, *hw), (s, s), linear=True).reshape(n, k, s, s)
+
+
 def _attention_back(at: torch.Tensor, query: Plan, teacher: Plan, size: tuple[int, int],
                     at_form: Literal["zagoruyko", "paper"]) -> torch.Tensor:
     """Rule (e): teacher-grid maps ``(N,h,w)`` -> the query's map grid ``(N, *size)``."""
@@ -128,16 +182,14 @@ def _attention_back(at: torch.Tensor, query: Plan, teacher: Plan, size: tuple[in
                          align_corners=False)[:, 0].numpy()
     field = unplace(full, hw, _offset(hw, side), 0.0)
     out = torch.from_numpy(resize_stack(field, size, linear=True))
-    if at_form == "zagoruyko":
-        out = F.normalize(out.flatten(1), p=2, dim=1).reshape_as(out)
-    return out
+    return unit_maps(out) if at_form == "zagoruyko" else out
 
 
 def bridged_teacher_outputs(
     model: SegModel, images: np.ndarray, masks: np.ndarray, device: torch.device,
     query: Plan | None, teacher: Plan | None, batch_size: int = 16,
     at_form: Literal["zagoruyko", "paper"] = "zagoruyko", p: int = 2,
-    taps: FeatureTaps = "emkd",
+    taps: FeatureTaps = "emkd", whole_field: bool = False,
 ) -> TeacherTargets:
     """The teacher's targets for query slices, computed in the teacher's own plan.
 
@@ -145,6 +197,9 @@ def bridged_teacher_outputs(
         images: ``(N, 1, S, S)`` float32 on the ``query`` plan's grid; masks ``(N, S, S)``.
         query / teacher: the two plans; when either is None or has no spacing (legacy "fit"
             plans: no physical grid to map), the slices go to the teacher as they are.
+        whole_field: logits of a field wider than the teacher's canvas from Gaussian-blended
+            windows over the whole field (rule d); attention maps and RC stay the centre
+            tile's (rules e, f).
     Returns:
         J = 1 TeacherTargets on the CPU with exactly :func:`teacher_outputs`'s shapes for side
         ``S`` (module rules a-f).
@@ -159,10 +214,12 @@ def bridged_teacher_outputs(
         return teacher_outputs(model, images, masks, device, batch_size, at_form, p, taps)
     t_img, t_msk = to_teacher_grid(images, masks, query, teacher)
     t = teacher_outputs(model, t_img, t_msk, device, batch_size, at_form, p, taps)
-    logits = _logits_back(t.logits[0].numpy(), query, teacher)
-    s = query.size
-    first, second = ((s // 2, s // 2), (s // 8, s // 8)) if taps == "emkd" else \
-        ((s // 8, s // 8), (s // 4, s // 4))  # the sizes teacher_outputs gives for side S
+    if whole_field and max(_field_hw(query, teacher)) > teacher.size:  # centre tile: part
+        logits = whole_field_logits(model, images, query, teacher, device, batch_size,
+                                    centre=t.logits[0].numpy())
+    else:
+        logits = _logits_back(t.logits[0].numpy(), query, teacher)
+    first, second = at_sizes(query.size, taps)  # the sizes teacher_outputs gives for side S
     return TeacherTargets(
         logits=torch.from_numpy(logits)[None],
         at_early=_attention_back(t.at_early[0], query, teacher, first, at_form)[None],

@@ -1,15 +1,18 @@
 """What a hospital site computes and sends per batch of proxy slices: teacher targets.
 
 A site never sends features or weights, only, per teacher ``j`` and proxy slice ``b``:
-logits, two attention maps (early / deep features) and two region-contrast scalars.
+logits, two attention maps (early / deep features) and two region-contrast scalars. The list
+of those fields, their stored dtypes, per-slice shapes and attention-map sizes is
+:mod:`common.teacher_fields` (torch-free, shared with the wire schema and the cache);
+:class:`TeacherTargets` is the one in-memory type, ``(J, B, ...)`` end to end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,10 +25,9 @@ from common.kd.functional import (
     teacher_probs,
 )
 from common.models.base import SegModel, SegOutput
+from common.teacher_fields import FIELD_NAMES, FeatureTaps
 
 __all__ = ["FeatureTaps", "TeacherTargets", "compute_teacher_targets", "tapped_features"]
-
-FeatureTaps = Literal["emkd", "decoder"]
 
 
 def tapped_features(out: SegOutput, taps: FeatureTaps = "emkd") -> tuple[Tensor, Tensor]:
@@ -46,8 +48,8 @@ def tapped_features(out: SegOutput, taps: FeatureTaps = "emkd") -> tuple[Tensor,
     raise ValueError(f"unknown feature taps {taps!r}; valid: decoder, emkd")
 
 
-def _names() -> list[str]:
-    return [f.name for f in fields(TeacherTargets)]
+def _names() -> tuple[str, ...]:
+    return FIELD_NAMES
 
 
 def _check_same(targets: Sequence[TeacherTargets], free_dim: int, how: str) -> None:
@@ -133,8 +135,26 @@ class TeacherTargets:
         return self.map(lambda v: v[j : j + 1])
 
     def as_dict(self) -> dict[str, Tensor]:
-        """``{field name: tensor}`` in field order (what the cache and the wire store)."""
+        """``{field name: tensor}`` in field order."""
         return {n: getattr(self, n) for n in _names()}
+
+    def rows(self, a: int, b: int) -> dict[str, np.ndarray]:
+        """Slices ``a:b`` of every field as float32 numpy ``(J, b-a, ...)`` (the same as
+        ``CachedTargets.rows``, so a reader takes either)."""
+        return {n: getattr(self, n)[:, a:b].float().numpy() for n in _names()}
+
+    def site_arrays(self) -> dict[str, np.ndarray]:
+        """One site's answer (J = 1) as ``{name: (B, ...) numpy}`` in field order: what the
+        site encodes on the wire and the cache writes (:mod:`common.teacher_fields`)."""
+        if self.num_teachers != 1:
+            raise ValueError(f"one site's arrays need J = 1 targets, got J = {self.num_teachers}")
+        return {n: getattr(self, n)[0].detach().cpu().numpy() for n in _names()}
+
+    @staticmethod
+    def from_site_arrays(arrays: Mapping[str, np.ndarray]) -> TeacherTargets:
+        """Inverse of :meth:`site_arrays`: float32 J = 1 targets."""
+        return TeacherTargets(**{n: torch.from_numpy(arrays[n].astype(np.float32))[None]
+                                 for n in _names()})
 
     def to(self, device: torch.device | str) -> TeacherTargets:
         """Copy of the targets on ``device``."""
@@ -143,6 +163,10 @@ class TeacherTargets:
     def fused_probs(self, weights: Tensor, temperature: float = 1.0) -> Tensor:
         """``sum_j w_bj softmax(z_j / T)``: ``weights (B, J)`` -> ``(B, K, H, W)``."""
         return fuse_probs(teacher_probs(self.logits, temperature), weights)
+
+
+if tuple(f.name for f in fields(TeacherTargets)) != FIELD_NAMES:  # pragma: no cover
+    raise ImportError("TeacherTargets' fields differ from common.teacher_fields.FIELD_NAMES")
 
 def compute_teacher_targets(
     model: SegModel,

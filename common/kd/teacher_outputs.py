@@ -17,6 +17,7 @@ import torch
 
 from common.kd.targets import FeatureTaps, TeacherTargets, compute_teacher_targets
 from common.models.base import SegModel
+from common.teacher_fields import at_sizes
 from common.training import autocast
 
 
@@ -35,13 +36,11 @@ def teacher_outputs(
         ``(1, N, S/2, S/2)`` (early) and ``(1, N, S/8, S/8)`` (deep), whatever the teacher's own
         strides, so that all sites' answers stack; RC scalars ``(1, N)``. With ``taps =
         "decoder"`` the two maps are the encoder's end at ``S/8`` and the decoder's last map
-        at ``S/4`` (see :func:`common.kd.targets.tapped_features`).
+        at ``S/4`` (see :func:`common.kd.targets.tapped_features`); sizes from
+        :func:`common.teacher_fields.at_sizes`.
     """
     model = model.to(device).eval()
-    side = images.shape[-1]
-    second = side // 8 if taps == "emkd" else side // 4
-    first = side // 2 if taps == "emkd" else side // 8
-    sizes = ((first, first), (second, second))  # agreed by every site
+    sizes = at_sizes(images.shape[-1], taps)  # agreed by every site
     parts = []
     for s in range(0, images.shape[0], batch_size):
         x = torch.from_numpy(images[s : s + batch_size]).to(device)

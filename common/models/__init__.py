@@ -7,7 +7,7 @@ Every entry is built with :func:`build_model` and returns :class:`SegOutput` fro
 from __future__ import annotations
 
 # Explicit imports fill the registry (no filesystem scanning).
-from common.models import emulated, enet, espnet, lraspp, mobilenetv2, teachers  # noqa: F401
+from common.models import enet, espnet, lraspp, mobilenetv2, teachers  # noqa: F401
 from common.models.base import SegModel, SegOutput, count_params
 from common.models.zoo import MODELS, build_model, register_model
 

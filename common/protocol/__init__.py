@@ -22,10 +22,10 @@ outputs``          (N,1,S,S), masks uint8 (N,S,S)              QueryEcho, arrays
 =================  ==========================================  ==============================
 
 Every reply may also carry ``receipt`` (ConfigRecord of strings): the site's signed receipt of
-the exchange-log entry covering exactly this reply (``common.audit.make_receipt``); the
-coordinator checks it with ``common.audit.receipt_problem`` before decoding. Every message, in
-both directions, may carry ``head`` (:class:`LogHead`): the sender's signed log head, which the
-receiver checks and records in its own log (``common.audit_anchor``: log anchoring).
+the exchange-log entry covering exactly this reply (``common.audit.entries.make_receipt``);
+the coordinator checks it with ``common.audit.entries.receipt_problem`` before decoding. Every
+message, in both directions, may carry ``head`` (:class:`LogHead`): the sender's signed log
+head, which the receiver checks and records in its own log (``common.audit.anchor``: log anchoring).
 
 Any unexpected record or array key, wrong record type, dtype, shape, non-finite value or
 invalid config field raises :class:`ProtocolError` with one line naming the peer and the key.
@@ -41,6 +41,7 @@ from common.protocol.codec import (
     decode_eval,
     decode_eval_reply,
     decode_query,
+    decode_teacher_arrays,
     decode_teacher_reply,
     decode_train,
     decode_train_reply,
@@ -91,7 +92,8 @@ __all__ = [
     "Key", "LogHead", "MetricsReply", "MsgType", "ProtocolError", "QueryConfig", "QueryEcho",
     "SiteInfo",
     "TrainConfig", "TrainReply", "check_records", "decode_arrays", "decode_eval",
-    "decode_eval_reply", "decode_model", "decode_query", "decode_teacher_reply", "decode_train",
+    "decode_eval_reply", "decode_model", "decode_query", "decode_teacher_arrays",
+    "decode_teacher_reply", "decode_train",
     "decode_train_reply", "encode_eval", "encode_eval_reply", "encode_query", "eval_scores",
     "CASE_METRICS", "CaseScore", "Layout", "pack_state", "pack_weights", "unpack_state",
     "unpack_weights", "without_layout",

@@ -36,6 +36,7 @@ from common.protocol.schemas import (
     reply_schema,
     slice_hash,
 )
+from common.teacher_fields import AT_FIELDS, SCALAR_FIELDS
 
 if TYPE_CHECKING:
     import torch
@@ -117,8 +118,9 @@ def encode_query(images: np.ndarray, masks: np.ndarray, cfg: QueryConfig) -> Rec
     arrays: dict[str, np.ndarray] = {Key.IMAGES: images.astype(np.float32),
                                      Key.MASKS: masks.astype(np.uint8)}
     decode_arrays(_array_record(arrays), query_schema(len(images), cfg.size), "encode_query")
-    return RecordDict({Key.CONFIG: ConfigRecord(cfg.model_dump()),
-                       Key.ARRAYS: _array_record(arrays)})
+    # whole_field travels only when set: a site of an earlier version still reads the rest
+    fields = cfg.model_dump(exclude=None if cfg.whole_field else {"whole_field"})
+    return RecordDict({Key.CONFIG: ConfigRecord(fields), Key.ARRAYS: _array_record(arrays)})
 
 
 def decode_query(rd: RecordDict, who: str = "coordinator"
@@ -146,15 +148,14 @@ def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
     if t.num_teachers != 1:
         raise ProtocolError(f"{site}: a site answers for exactly one teacher, got {t.num_teachers}")
     codec = codec or CompressionConfig()
-    arrays = compress_logits(t.logits[0].detach().cpu().numpy(), codec, rng)
-    feats: dict[str, np.ndarray] = {str(k): getattr(t, k)[0].detach().cpu().numpy()
-                                    for k in FEATURE_KEYS}
+    site_arrays = t.site_arrays()  # {field: (B, ...)}, common.teacher_fields
+    arrays = compress_logits(site_arrays[Key.LOGITS], codec, rng)
+    feats: dict[str, np.ndarray] = {str(k): site_arrays[k] for k in FEATURE_KEYS}
     if codec.noise_sigma > 0:
         from common.compress import noise_features
 
-        feats = noise_features({k: feats[k] for k in (Key.AT_EARLY, Key.AT_DEEP)},
-                               {k: feats[k] for k in (Key.RC_EARLY, Key.RC_DEEP)},
-                               codec.noise_sigma, rng)
+        feats = noise_features({k: feats[k] for k in AT_FIELDS},
+                               {k: feats[k] for k in SCALAR_FIELDS}, codec.noise_sigma, rng)
     for key, (dtype, _) in reply_schema(t.batch_size, cfg.size).items():
         if key != Key.LOGITS:
             arrays[key] = feats[key].astype(dtype)
@@ -165,13 +166,12 @@ def encode_teacher_reply(site: str, cfg: QueryConfig, t: TeacherTargets,
                        Key.ARRAYS: _array_record(arrays)})
 
 
-def decode_teacher_reply(rd: RecordDict, n: int, size: int, who: str,
-                         chunk: int | None = None) -> tuple[str, TeacherTargets]:
-    """Coordinator side: ``(site name, TeacherTargets with J = 1, float32)`` for ``n`` slices."""
-    import torch
-
-    from common.kd.targets import TeacherTargets
-
+def decode_teacher_arrays(rd: RecordDict, n: int, size: int, who: str,
+                          chunk: int | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """Coordinator side: ``(site name, site arrays)`` for ``n`` slices: ``{field: (n, ...)}``
+    in field order (:mod:`common.teacher_fields`), each as the wire carried it (fp16 maps,
+    fp32 scalars, fp16 / fp32 logits) except logits under a lossy codec (``int8_probs``,
+    ``downsample``), decoded to float32 logits; checked (schema, shapes, finiteness)."""
     recs: dict[str, str] = {Key.SITE: "ConfigRecord", Key.CONFIG: "ConfigRecord",
                             Key.ARRAYS: "ArrayRecord"}
     check_records(rd, recs, who, receipt=True)
@@ -187,9 +187,18 @@ def decode_teacher_reply(rd: RecordDict, n: int, size: int, who: str,
     from common.compress import decompress_logits, payload_schema
 
     wire = {k: arrays.pop(k) for k in payload_schema(codec, n, size, NUM_CLASSES)}
-    arrays[Key.LOGITS] = decompress_logits(wire, codec, size, NUM_CLASSES)
-    fields = {k: torch.from_numpy(v.astype(np.float32))[None] for k, v in arrays.items()}
-    return site, TeacherTargets(**fields)
+    logits = wire[Key.LOGITS] if set(wire) == {Key.LOGITS} else \
+        decompress_logits(wire, codec, size, NUM_CLASSES)
+    return site, {str(Key.LOGITS): logits, **{str(k): arrays[k] for k in FEATURE_KEYS}}
+
+
+def decode_teacher_reply(rd: RecordDict, n: int, size: int, who: str,
+                         chunk: int | None = None) -> tuple[str, TeacherTargets]:
+    """:func:`decode_teacher_arrays` as ``(site name, TeacherTargets with J = 1, float32)``."""
+    from common.kd.targets import TeacherTargets
+
+    site, arrays = decode_teacher_arrays(rd, n, size, who, chunk)
+    return site, TeacherTargets.from_site_arrays(arrays)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -310,7 +319,7 @@ def encode_eval(cfg: EvalConfig, state: dict[str, torch.Tensor]) -> RecordDict:
     from flwr.app import ConfigRecord, RecordDict
 
     layout, flat = pack_state(state)
-    return RecordDict({Key.CONFIG: ConfigRecord(cfg.model_dump()),
+    return RecordDict({Key.CONFIG: ConfigRecord(cfg.model_dump(exclude_none=True)),
                        Key.LAYOUT: ConfigRecord(layout.model_dump()),  # type: ignore[arg-type]
                        Key.STUDENT: _array_record(flat)})
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.config import MAX_NAME_LEN, RunId, RunName, SafeName, StrictModel, first_error
+from common.teacher_fields import FEATURE_FIELDS
 
 if TYPE_CHECKING:
     from common.compress import CompressionConfig
@@ -58,7 +59,8 @@ class Key(StrEnum):
     CASES = "cases"  # evaluate reply: per-test-case scores (``caseNNN.<metric>``)
 
 
-FEATURE_KEYS = (Key.AT_EARLY, Key.AT_DEEP, Key.RC_EARLY, Key.RC_DEEP)  # teacher outputs but logits
+#: The teacher outputs but the logits (``common.teacher_fields``), as array keys.
+FEATURE_KEYS = tuple(Key(n) for n in FEATURE_FIELDS)
 
 # ----------------------------------------------------------------------------- payload models
 class TrainConfig(StrictModel):
@@ -81,7 +83,7 @@ class TrainConfig(StrictModel):
 class LogHead(StrictModel):
     """``head`` record (ConfigRecord), optional on every message in both directions: the
     sender's exchange log's signed head, so each side keeps the other's (log anchoring, issue
-    13; :mod:`common.audit_anchor`). ``head_seq``/``head_hash``: the last entry's ``seq`` and
+    13; :mod:`common.audit.anchor`). ``head_seq``/``head_hash``: the last entry's ``seq`` and
     ``entry_hash`` (0 and 64 zeros for an empty log); ``head_pub``: the raw Ed25519 public
     key (hex) whose fingerprint is ``head_signer``; ``head_sig``: its signature over
     ``b"fedmtkd-log-head\n<seq>\n<entry_hash>"`` (hex). The receiver checks the signature
@@ -207,6 +209,7 @@ class QueryConfig(StrictModel):
     p: int = Field(default=2, ge=1, le=8)
     batch_size: int = Field(default=16, ge=1, le=4096)
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)  # the student's KD temperature
+    whole_field: bool = False  # tile fields wider than the teacher's canvas (plan_bridge)
     slice_hashes: list[str] = Field(max_length=MAX_QUERY_SLICES)
     plan_json: str = Field(default="", max_length=4096)
     """The query grid: the student's :class:`common.data.plan.Plan` as JSON. The
@@ -281,6 +284,10 @@ class EvalConfig(StrictModel):
     """The student's preprocessing plan (:class:`common.data.plan.Plan` as JSON): the site
     prepares its test cases with it (its own target labels are kept), so the student is scored
     on the grid it was trained for. ``""``: the site's own teacher plan."""
+    local_bn: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """FedBN rows: the seed of the FedBN run whose BatchNorm state this site kept
+    (:mod:`common.fedbn`, under ``run_id``); the weights sent lack the BatchNorm entries and the
+    site scores with its own. ``None``: the weights are the whole model."""
 
     @field_validator("plan_json")
     @classmethod

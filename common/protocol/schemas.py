@@ -13,7 +13,8 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from common.config import first_error
-from common.protocol.messages import Key, LogHead, ProtocolError
+from common.protocol.messages import FEATURE_KEYS, Key, LogHead, ProtocolError
+from common.teacher_fields import STORED_DTYPE, slice_shapes
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, RecordDict
@@ -34,16 +35,13 @@ def query_schema(n: int, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
 def reply_schema(n: int, size: int, codec: CompressionConfig | None = None
                  ) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Reply arrays of a teacher answer for ``n`` slices of side ``size`` (logits as ``codec``
-    encodes them: default fp16 ``logits``; ``probs_u8`` or ``logits_ds`` otherwise)."""
+    encodes them: default fp16 ``logits``; ``probs_u8`` or ``logits_ds`` otherwise; the other
+    fields as :mod:`common.teacher_fields` stores them, EMKD taps)."""
     from common.compress import CompressionConfig, payload_schema
 
-    return {
-        **payload_schema(codec or CompressionConfig(), n, size, NUM_CLASSES),
-        str(Key.AT_EARLY): ("float16", (n, size // 2, size // 2)),
-        str(Key.AT_DEEP): ("float16", (n, size // 8, size // 8)),
-        str(Key.RC_EARLY): ("float32", (n,)),
-        str(Key.RC_DEEP): ("float32", (n,)),
-    }
+    shapes = slice_shapes(size, NUM_CLASSES)
+    return {**payload_schema(codec or CompressionConfig(), n, size, NUM_CLASSES),
+            **{str(k): (STORED_DTYPE[k], (n, *shapes[k])) for k in FEATURE_KEYS}}
 
 
 def slice_hash(image: np.ndarray) -> str:
@@ -59,7 +57,7 @@ def check_records(rd: RecordDict, expected: dict[str, str], who: str,
     ``receipt``: a reply may also carry the site's signed ``receipt`` ConfigRecord. Any
     message may carry the sender's signed log ``head`` (ConfigRecord, validated as
     :class:`~common.protocol.messages.LogHead`; its signature is checked by the receiving
-    side's log, :mod:`common.audit_anchor`).
+    side's log, :mod:`common.audit.anchor`).
     """
     expected = {str(k): v for k, v in expected.items()}
     if receipt and Key.RECEIPT in rd.keys():

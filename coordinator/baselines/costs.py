@@ -108,7 +108,8 @@ def query_log(proxy: ProxySet, targets: Targets, sites: list[str], teachers: lis
                          at_form=cfg.kd.at_form, p=cfg.kd.at_p, slice_hashes=proxy.hashes[sl],
                          plan_json=proxy.plan.model_dump_json() if proxy.plan else "",
                          batch_size=cfg.student.teacher_batch_size,
-                         temperature=cfg.kd.temperature)
+                         temperature=cfg.kd.temperature,
+                         whole_field=cfg.kd.teacher_field == "whole")
         request = encode_query(proxy.images[sl], proxy.masks[sl], qc)
         for j in teachers:
             log.add(sites[j], "received", MsgType.QUERY, f"query-{i}", request)

@@ -1,4 +1,10 @@
-"""The FedAvg baseline in ``--local``: an in-process loop around Flower's own strategy object.
+"""The FedAvg-family peers in ``--local``: an in-process loop around Flower's own strategy object.
+
+Three rows share it (:func:`peer_specs`): ``fedavg`` (Flower's ``FedAvg``), ``fedprox``
+(Flower's ``FedProx``: the same average, ``proximal-mu`` in the config, the proximal term in the
+local update) and ``fedbn`` (Flower's ``FedAvg`` over every weight but the BatchNorm layers',
+which stay at each site: :mod:`common.fedbn`, ``local-bn`` in the config). All travel as
+``query.fedavg_train``.
 
 Each round: ``strategy.configure_train`` builds the real Flower ``Message``s (global weights as
 an ``ArrayRecord`` plus a ``ConfigRecord``); every addressed site trains the student on its
@@ -17,14 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from common.data.augment import AugmentConfig
 from common.fedavg_local import LocalSpec, local_update
+from common.fedbn import keep_site_bn, with_site_bn
 from coordinator.baselines.costs import PayloadLog
-from coordinator.distill.config import ExperimentConfig, FedAvgSpec
+from coordinator.distill.config import ExperimentConfig, FedAvgSpec, FedBNSpec, FedProxSpec
 from coordinator.distill.proxy import ProxySet
 
 if TYPE_CHECKING:
@@ -38,11 +46,38 @@ SERVER_NODE = 0
 
 
 def build_strategy(spec: FedAvgSpec, n_sites: int) -> Strategy:
-    """Flower's ``FedAvg`` (weighted by ``num-examples``), no federated evaluation."""
-    from flwr.serverapp.strategy import FedAvg
+    """Flower's ``FedAvg`` (weighted by ``num-examples``), or its ``FedProx`` for a
+    :class:`FedProxSpec` (``proximal-mu`` = ``spec.mu`` in every request); no federated
+    evaluation."""
+    from flwr.serverapp.strategy import FedAvg, FedProx
 
-    return FedAvg(fraction_train=spec.fraction_train, fraction_evaluate=0.0,
-                  min_train_nodes=1, min_available_nodes=n_sites)
+    kw = {"fraction_train": spec.fraction_train, "fraction_evaluate": 0.0,
+          "min_train_nodes": 1, "min_available_nodes": n_sites}
+    if isinstance(spec, FedProxSpec):
+        return FedProx(proximal_mu=spec.mu, **kw)  # type: ignore[arg-type]
+    return FedAvg(**kw)  # type: ignore[arg-type]
+
+
+def peer_specs(cfg: ExperimentConfig) -> list[tuple[str, FedAvgSpec]]:
+    """The configured FedAvg-family rows, ``(run name, spec)``, in table order."""
+    r = cfg.runs
+    return [(name, spec) for name, spec in (("fedavg", r.fedavg), ("fedprox", r.fedprox),
+                                            ("fedbn", r.fedbn)) if spec is not None]
+
+
+def peer_label(spec: FedAvgSpec) -> str:
+    """The row's ``weighting`` column, e.g. ``Flower FedProx mu=0.01 5 rounds x 1 ep``."""
+    rounds = f"{spec.rounds} rounds x {spec.local_epochs} ep"
+    if isinstance(spec, FedProxSpec):
+        return f"Flower FedProx mu={spec.mu:g} {rounds}"
+    if isinstance(spec, FedBNSpec):
+        return f"FedBN (Flower FedAvg, BatchNorm kept at each site) {rounds}"
+    return f"Flower FedAvg {rounds}"
+
+
+def peer_left(spec: FedAvgSpec) -> str:
+    """What left the sites (the cost table's column)."""
+    return "model weights less BatchNorm" if isinstance(spec, FedBNSpec) else "model weights"
 
 
 class LocalGrid:
@@ -78,12 +113,15 @@ SPEC_KEYS = ("model", "local_epochs", "batch_size", "max_lr", "base_lr", "step_s
              "weight_decay", "dice_weight", "lovasz_weight", "seed", "padding")
 
 
-def fedavg_config(cfg: ExperimentConfig, plan_json: str, seed: int, run_id: str = "local"
-                  ) -> dict[str, int | float | str]:
-    """The ``config`` record of every FedAvg request (``server-round`` is added by Flower):
-    what a site's ``query.fedavg_train`` handler needs (``site_node.fedavg.FedAvgRequest``)."""
-    s, spec = cfg.student, cfg.runs.fedavg or FedAvgSpec()
-    return {"run_id": run_id, "local-epochs": spec.local_epochs, "model": s.model,
+def fedavg_config(cfg: ExperimentConfig, plan_json: str, seed: int, run_id: str = "local",
+                  spec: FedAvgSpec | None = None) -> dict[str, int | float | str | bool]:
+    """The ``config`` record of every request of ``spec``'s row (default ``[runs.fedavg]``;
+    ``server-round``, and FedProx's ``proximal-mu``, are added by Flower): what a site's
+    ``query.fedavg_train`` handler needs (``site_node.fedavg.FedAvgRequest``); FedBN's adds
+    ``local-bn = true``."""
+    s, spec = cfg.student, spec or cfg.runs.fedavg or FedAvgSpec()
+    bn: dict[str, bool] = {"local-bn": True} if isinstance(spec, FedBNSpec) else {}
+    return {**bn, "run_id": run_id, "local-epochs": spec.local_epochs, "model": s.model,
             "size": s.size, "plan_json": plan_json, "augment_json": s.augment.model_dump_json(),
             "batch_size": s.batch_size, "max_lr": s.max_lr, "base_lr": s.base_lr,
             "step_size_up": s.step_size_up, "weight_decay": s.weight_decay,
@@ -94,17 +132,20 @@ def fedavg_config(cfg: ExperimentConfig, plan_json: str, seed: int, run_id: str 
 def spec_of(conf: ConfigRecord) -> tuple[LocalSpec, AugmentConfig]:
     """The client update a request's ``config`` record asks for."""
     vals = {k: conf[k.replace("_", "-") if k == "local_epochs" else k] for k in SPEC_KEYS}
-    spec = LocalSpec(**vals, server_round=int(cast(int, conf["server-round"])))  # type: ignore[arg-type]
+    spec = LocalSpec(**vals, server_round=int(cast(int, conf["server-round"])),  # type: ignore[arg-type]
+                     proximal_mu=float(cast(float, conf.get("proximal-mu", 0.0))))
     aug = str(conf["augment_json"])
     return spec, AugmentConfig.model_validate_json(aug) if aug else AugmentConfig()
 
 
 @dataclass
 class SiteClient:
-    """One site's in-process FedAvg client: its training slices (read from its folder)."""
+    """One site's in-process FedAvg client: its training slices (read from its folder) and,
+    for FedBN, the folder where it keeps its BatchNorm state (as a site's state dir)."""
 
     name: str
     data: ProxySet
+    state_dir: Path | None = None
 
     def reply(self, msg: Message, node_id: int, device: torch.device) -> Message:
         """The real Flower reply to a FedAvg request: weights + ``num-examples``, computed by
@@ -117,8 +158,17 @@ class SiteClient:
         spec, aug = spec_of(conf)
         state, layout = unpack_weights(dict(conf), cast("ArrayRecord", msg.content["arrays"]),
                                        "fedavg")
+        local_bn = bool(conf.get("local-bn", False))
+        if local_bn:  # as a site does (site_node.fedavg.handle_fedavg)
+            assert self.state_dir is not None, "FedBN needs the client's state_dir"
+            state = with_site_bn(state, spec.model, self.state_dir, str(conf["run_id"]),
+                                 spec.seed, spec.server_round)
+        vols = next((v for first, v in self.data.crop_sources if first == 0), None)
         new, loss = local_update(state, self.data.images, self.data.masks, spec, aug, device,
-                                 self.data.extents)
+                                 self.data.extents, vols)  # a site's whole-field crops
+        if local_bn:
+            assert self.state_dir is not None
+            new = keep_site_bn(new, spec.model, self.state_dir, str(conf["run_id"]), spec.seed)
         arrays = (ArrayRecord(new) if layout is None  # as a site answers (site_node.fedavg)
                   else pack_weights({k: new[k] for k in layout.names})[1])
         content = RecordDict({"arrays": arrays, "metrics": MetricRecord(
@@ -156,7 +206,7 @@ def _retyped(msgs: list[Message]) -> list[Message]:
 
 
 def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.Tensor],
-               spec: FedAvgSpec, config: dict[str, int | float | str], log: PayloadLog,
+               spec: FedAvgSpec, config: dict[str, int | float | str | bool], log: PayloadLog,
                strategy: Strategy | None = None, grid: Any = None) -> dict[str, torch.Tensor]:
     """``spec.rounds`` rounds of Flower's FedAvg (``strategy``, default :func:`build_strategy`)
     over the sites ``names`` (node id -> site), from the global weights ``init``; every request

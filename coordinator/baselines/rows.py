@@ -1,4 +1,5 @@
-"""The baseline rows (``local_only``, ``pooled``, ``fedavg``) and every row's ``cost``.
+"""The baseline rows (``local_only``, ``pooled``, ``fedavg``, ``fedprox``, ``fedbn``) and every
+row's ``cost``.
 
 :func:`baseline_rows` is the hook :func:`coordinator.distill.experiment.run_experiment` calls
 after the student rows: it adds a ``cost`` to each student row (the MT-KD query exchange the
@@ -17,12 +18,22 @@ from typing import Any
 
 import torch
 
+from common.fedbn import without_bn
 from common.io import atomic_write_json
 from common.training import seed_everything, select_device
 from coordinator.baselines.costs import PayloadLog, cost_summary, pooled_log, query_log
 from coordinator.baselines.data import concat_sets, site_train_set
-from coordinator.baselines.fedavg import SiteClient, fedavg_config, local_exchange, run_fedavg
-from coordinator.distill.config import ExperimentConfig
+from coordinator.baselines.fedavg import (
+    SiteClient,
+    fedavg_config,
+    local_exchange,
+    peer_label,
+    peer_left,
+    peer_specs,
+    run_fedavg,
+)
+from coordinator.baselines.fedbn_scores import fedbn_note, fedbn_site_scores
+from coordinator.distill.config import ExperimentConfig, FedAvgSpec, FedBNSpec
 from coordinator.distill.identity import code_version, digest_of
 from coordinator.distill.proxy import ProxySet
 from coordinator.distill.repeats import mean_row, seed_folders, train_repeats
@@ -109,57 +120,78 @@ def pooled_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySe
     return _timed_cost(row, plog, data.site_names, "raw data (pooled)", t0)
 
 
-def fedavg_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet]) -> dict:
-    """Flower's FedAvg over the same student, repeated over the experiment's seeds."""
-    assert cfg.runs.fedavg is not None
+def fedavg_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet],
+               run: str = "fedavg", spec: FedAvgSpec | None = None) -> dict:
+    """The FedAvg-family peer ``run`` (``spec``, default ``[runs.fedavg]``: Flower's FedAvg,
+    FedProx or FedBN) over the same student, repeated over the experiment's seeds."""
+    spec = spec or cfg.runs.fedavg
+    assert spec is not None
     t0 = time.perf_counter()
-    folder = cfg.out / "runs" / "fedavg"
+    folder = cfg.out / "runs" / run
     plan = seed_folders(folder, cfg)
-    results = [fedavg_seed(cfg, data, sets, seed, sub) for seed, sub in plan]
+    results = [fedavg_seed(cfg, data, sets, seed, sub, run, spec) for seed, sub in plan]
     row = results[0] if len(results) == 1 else mean_row(results, [s for s, _ in plan], folder)
     plog = PayloadLog.read(plan[0][1] / "payloads.jsonl")  # one training run (first seed)
-    spec = cfg.runs.fedavg
-    row["weighting"] = f"Flower FedAvg {spec.rounds} rounds x {spec.local_epochs} ep"
-    return _timed_cost(row, plog, data.site_names, "model weights", t0)
+    row["weighting"] = peer_label(spec)
+    return _timed_cost(row, plog, data.site_names, peer_left(spec), t0)
 
 
-def _fingerprint(cfg: ExperimentConfig, sets: dict[str, ProxySet], seed: int) -> str:
-    spec = cfg.runs.fedavg.model_dump() if cfg.runs.fedavg else None
-    return digest_of({"fedavg": spec, "seed": seed, "code": code_version(),
+def _fingerprint(cfg: ExperimentConfig, sets: dict[str, ProxySet], seed: int,
+                 run: str = "fedavg", spec: FedAvgSpec | None = None) -> str:
+    spec = spec or cfg.runs.fedavg
+    return digest_of({run: spec.model_dump() if spec else None, "seed": seed,
+                      "code": code_version(),
                       "student": cfg.student.model_dump(mode="json"),
                       "kd": cfg.kd.model_dump(mode="json"),
                       "sites": {s: p.digest for s, p in sets.items()}})
 
 
 def fedavg_seed(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet],
-                seed: int, out: Path) -> dict:
-    """One FedAvg run with ``seed``, scored per site (reused when ``out/result.json`` holds
-    the same fingerprint); writes ``payloads.jsonl`` and ``result.json``."""
-    fp, done = _fingerprint(cfg, sets, seed), out / "result.json"
+                seed: int, out: Path, run: str = "fedavg", spec: FedAvgSpec | None = None
+                ) -> dict:
+    """One run of the peer ``run`` (``spec``) with ``seed``, scored per site (reused when
+    ``out/result.json`` holds the same fingerprint); writes ``payloads.jsonl`` and
+    ``result.json``. FedBN: each site's BatchNorm state is kept under
+    ``out/site_state/<site>`` (as a site keeps it in its state dir) and each site's test cases
+    are scored with the shared weights plus that site's BatchNorm."""
+    spec = spec or cfg.runs.fedavg
+    assert spec is not None
+    fp, done = _fingerprint(cfg, sets, seed, run, spec), out / "result.json"
     if done.exists() and _load_result(done).get("identity") == fp:
         return _load_result(done)
     dev = select_device(cfg.student.device)
     seed_everything(seed)
     model = _model(cfg, dev)
-    clients = [SiteClient(s, p) for s, p in sets.items()]
+    local_bn = isinstance(spec, FedBNSpec)
+    states = out / "site_state"
+    clients = [SiteClient(s, p, states / s if local_bn else None) for s, p in sets.items()]
     plog = PayloadLog()
-    assert cfg.runs.fedavg is not None
     plan = data.proxy.plan.model_dump_json() if data.proxy.plan else ""
     t0 = time.perf_counter()
+    init = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     state = run_fedavg(local_exchange(clients, dev), {k + 1: c.name for k, c in
                                                       enumerate(clients)},
-                       {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                       cfg.runs.fedavg, fedavg_config(cfg, plan, seed), plog)
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+                       without_bn(init, cfg.student.model) if local_bn else init,
+                       spec, fedavg_config(cfg, plan, seed, spec=spec), plog)
     out.mkdir(parents=True, exist_ok=True)
     plog.write(out / "payloads.jsonl")
-    sites, cases = _site_scores(model.eval(), data, dev, out)
-    result = {"run": "fedavg", "teachers": [], "weighting": None, "sites": sites,
+    if local_bn:
+        sites, cases = fedbn_site_scores(model, state, data, dev, out, states, seed)
+    else:
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        sites, cases = _site_scores(model.eval(), data, dev, out)
+    result: dict[str, Any] = {"run": run, "teachers": [], "weighting": None, "sites": sites,
               "seed": seed, "cases": cases, "identity": fp,
               "train_seconds": time.perf_counter() - t0,
-              "mean_dice": sum(v["dice_mean"] for v in sites.values()) / max(len(sites), 1)}
+              "mean_dice": _mean_scored(sites), **fedbn_note(local_bn)}
     atomic_write_json(done, result)
     return result
+
+
+def _mean_scored(sites: dict[str, dict]) -> float:
+    """Mean ``dice_mean`` of the sites that were scored (FedBN: not a site without BN)."""
+    vals = [float(v["dice_mean"]) for v in sites.values() if "dice_mean" in v]
+    return sum(vals) / max(len(vals), 1)
 
 
 def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, where: str = LOCAL
@@ -180,7 +212,7 @@ def baseline_rows(cfg: ExperimentConfig, data: DistillData, rows: list[dict]) ->
     out = [r if r["run"].startswith("teacher_") else {**r, "cost": student_cost(r, cfg, data)}
            for r in rows]
     r = cfg.runs
-    if not (r.local_only or r.pooled or r.fedavg):
+    if not (r.local_only or r.pooled or peer_specs(cfg)):
         return out
     plan = data.proxy.plan
     sets = {s.name: site_train_set(s, cfg.student.size, plan) for s in cfg.sites}
@@ -188,8 +220,8 @@ def baseline_rows(cfg: ExperimentConfig, data: DistillData, rows: list[dict]) ->
         out += local_only_rows(cfg, data, sets)
     if r.pooled:
         out.append(pooled_row(cfg, data, sets))
-    if r.fedavg:
-        log.info("[distill] run fedavg (%d rounds x %d local epochs)", r.fedavg.rounds,
-                 r.fedavg.local_epochs)
-        out.append(fedavg_row(cfg, data, sets))
+    for run, spec in peer_specs(cfg):
+        log.info("[distill] run %s (%d rounds x %d local epochs)", run, spec.rounds,
+                 spec.local_epochs)
+        out.append(fedavg_row(cfg, data, sets, run, spec))
     return out

@@ -1,9 +1,12 @@
 """On-disk cache of teacher outputs, keyed by site and proxy hash, so reruns never re-query.
 
-Format, one folder per site and proxy: ``root/<site>-<proxy digest[:16]>/`` with
-``logits.npy (N,K,S,S)``, ``at_early.npy (N,h0,w0)``, ``at_deep.npy (N,h1,w1)`` in **fp16**,
-``rc_early.npy`` / ``rc_deep.npy (N,)`` in fp32 and a ``meta.json`` sidecar (format version,
-``N`` and every shape). Why plain ``.npy`` read through ``numpy.memmap``:
+Format, one folder per site and proxy: ``root/<site>-<proxy digest[:16]>/`` with one ``.npy``
+of ``N`` rows per field of :mod:`common.teacher_fields`, in its stored dtype: ``logits.npy
+(N,K,S,S)``, ``at_early.npy (N,h0,w0)``, ``at_deep.npy (N,h1,w1)`` in **fp16**,
+``rc_early.npy`` / ``rc_deep.npy (N,)`` in fp32, and a ``meta.json`` sidecar (format version,
+``N`` and every shape). A site's answer is written as the wire carried it (fp16 arrays stay
+fp16: no float32 round trip); reads give float32 ``(J, b, ...)`` rows. Why plain ``.npy``
+read through ``numpy.memmap``:
 
 * zero extra dependency (numpy is already here; safetensors / zarr would add one);
 * random access per item: row ``i`` of a C-ordered ``.npy`` is one contiguous byte range at a
@@ -15,19 +18,17 @@ Every read maps just the rows it needs and unmaps them at once: a long-lived map
 page an epoch touched in the process's RSS (file pages), a short-lived one leaves them in the
 page cache only. Writes stream chunk by chunk (each at its slice offset, in any order: federated
 replies arrive as they come, :class:`SiteWriter`) into a temporary folder that is renamed into
-place (atomic: a folder with ``meta.json`` is complete). A legacy ``<site>-<digest[:16]>.pt``
-cache is migrated to this format on first read (same fp16 values; the ``.pt`` is then removed).
+place (atomic: a folder with ``meta.json`` is complete).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import mmap
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,9 @@ import torch
 
 from common.io import atomic_write_bytes
 from common.kd.targets import TeacherTargets
+from common.teacher_fields import FIELD_NAMES, GRID_FIELDS, SCALAR_FIELDS, STORED_DTYPE
 
-log = logging.getLogger(__name__)
 FORMAT = 1
-MAPS = ("logits", "at_early", "at_deep")
-SCALARS = ("rc_early", "rc_deep")
-FIELDS = (*MAPS, *SCALARS)
 
 
 class RowFile:
@@ -95,8 +93,8 @@ class SiteFiles:
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{folder}: teacher cache format {self.meta.get('format')} != "
                              f"{FORMAT}; delete the folder to re-query")
-        self.maps = {n: RowFile(folder / f"{n}.npy") for n in MAPS}
-        self.scalars = {n: np.load(folder / f"{n}.npy") for n in SCALARS}
+        self.maps = {n: RowFile(folder / f"{n}.npy") for n in GRID_FIELDS}
+        self.scalars = {n: np.load(folder / f"{n}.npy") for n in SCALAR_FIELDS}
         self.n = int(self.meta["n"])
 
     def rows(self, a: int, b: int) -> dict[str, np.ndarray]:
@@ -151,7 +149,7 @@ class CachedTargets:
     def rows(self, a: int, b: int) -> dict[str, np.ndarray]:
         """Slices ``a:b`` of every field, ``(J, b-a, ...)``, maps as float32."""
         per = [s.rows(a, b) for s in self.sites]
-        return {n: np.stack([p[n] for p in per]).astype(np.float32) for n in FIELDS}
+        return {n: np.stack([p[n] for p in per]).astype(np.float32) for n in FIELD_NAMES}
 
     def index(self, idx: slice) -> TeacherTargets:
         """Contiguous slices ``idx`` (step 1) as float32 :class:`TeacherTargets`."""
@@ -161,7 +159,7 @@ class CachedTargets:
         return TeacherTargets(**{n: torch.from_numpy(v) for n, v in self.rows(a, b).items()})
 
     def materialise(self) -> TeacherTargets:
-        """Everything in memory (float32): only for small sets or legacy consumers."""
+        """Everything in memory (float32): only for small sets and tests."""
         return self.index(slice(0, self.batch_size))
 
 
@@ -191,17 +189,17 @@ class _Writer:
         self.offsets: dict[str, int] = {}
         self.filled = np.zeros(n, bool)  # (N,) which slices are written
 
-    def add(self, t: TeacherTargets, start: int | None = None) -> None:
-        """Write ``t`` (J = 1, ``B`` slices) at slices ``start:start+B`` (default: right after
-        the slices written so far): maps as fp16, scalars as fp32."""
-        if t.num_teachers != 1:
-            raise ValueError(f"one site's cache takes J = 1 targets, got J = {t.num_teachers}")
+    def add(self, arrays: Mapping[str, np.ndarray], start: int | None = None) -> None:
+        """Write one site's arrays (``{field: (B, ...)}``, :mod:`common.teacher_fields`) at
+        slices ``start:start+B`` (default: right after the slices written so far), each in its
+        stored dtype (fp16 maps, fp32 scalars: an array already in it is written as is)."""
         a = self.done if start is None else start
-        b = a + t.batch_size
+        count = len(arrays[FIELD_NAMES[0]])
+        b = a + count
         if a < 0 or b > self.n or self.filled[a:b].any():
             raise ValueError(f"{self.tmp}: slices {a}:{b} out of 0:{self.n} or written twice")
-        for n, v in t.as_dict().items():
-            arr = np.ascontiguousarray((v[0].half() if n in MAPS else v[0].float()).cpu().numpy())
+        for n in FIELD_NAMES:
+            arr = np.ascontiguousarray(arrays[n], dtype=STORED_DTYPE[n])
             if n not in self.files:
                 self._open(n, arr)
             if list(arr.shape[1:]) != self.shapes[n][1:]:
@@ -211,7 +209,7 @@ class _Writer:
             self.files[n].write(arr.tobytes())
             self.files[n].flush()  # the chunk leaves this process's buffers now
         self.filled[a:b] = True
-        self.done += t.batch_size
+        self.done += count
 
     def _open(self, name: str, arr: np.ndarray) -> None:
         fh = (self.tmp / f"{name}.npy").open("wb")
@@ -243,9 +241,11 @@ class SiteWriter:
         self.tmp.mkdir(parents=True)
         self.writer = _Writer(self.tmp, n)
 
-    def put(self, start: int, t: TeacherTargets) -> None:
-        """Slices ``start:start+B`` of this site (``t``: J = 1, ``B`` slices)."""
-        self.writer.add(t, start)
+    def put(self, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Slices ``start:start+B`` of this site: its arrays ``{field: (B, ...)}`` as a query
+        reply carries them (``common.protocol.decode_teacher_arrays``) or as
+        :meth:`TeacherTargets.site_arrays` gives them."""
+        self.writer.add(arrays, start)
 
     def commit(self) -> Path:
         """Check every slice is written, then rename the folder into place."""
@@ -275,18 +275,11 @@ class TeacherCache:
         """Cache folder of ``site`` for the proxy set with ``digest``."""
         return self.root / f"{site}-{digest[:16]}"
 
-    def legacy_path(self, site: str, digest: str) -> Path:
-        """Where the pre-issue-14 ``.pt`` cache of ``site`` lived."""
-        return self.root / f"{site}-{digest[:16]}.pt"
-
     def open(self, site: str, digest: str) -> CachedTargets | None:
-        """Lazy cached targets (``J = 1``) or None; migrates a legacy ``.pt`` first."""
+        """Lazy cached targets (``J = 1``) or None."""
         folder = self.folder(site, digest)
         if not (folder / "meta.json").exists():
-            legacy = self.legacy_path(site, digest)
-            if not legacy.exists():
-                return None
-            self._migrate(legacy, site, digest)
+            return None
         return CachedTargets([SiteFiles(folder)])
 
     def get(self, site: str, digest: str) -> TeacherTargets | None:
@@ -306,7 +299,7 @@ class TeacherCache:
         writer = self.writer(site, digest, n)
         try:
             for a in range(0, n, chunk):
-                writer.put(a, compute(a, min(a + chunk, n)))
+                writer.put(a, compute(a, min(a + chunk, n)).site_arrays())
         except BaseException:
             writer.abort()
             raise
@@ -323,13 +316,6 @@ class TeacherCache:
         ``(b-a,S,S)``): a teacher queried chunk by chunk."""
         return self.build(site, digest, images.shape[0], lambda a, b: answer(
             read_rows(images, a, b), read_rows(masks, a, b)), chunk)
-
-    def _migrate(self, legacy: Path, site: str, digest: str) -> None:
-        data = torch.load(legacy, map_location="cpu", weights_only=True)
-        self.put(site, digest, TeacherTargets(**data))
-        legacy.unlink()
-        log.info("teacher cache %s migrated to %s (fp16 memmap format)", legacy,
-                 self.folder(site, digest))
 
 
 BUILD_PIXELS = 512 * 64 * 64

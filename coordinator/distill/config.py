@@ -10,9 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.config import DEVICE_PATTERN, MAX_SEED, SafeName, StrictModel, safe_run_name
+from common.config import (
+    DEVICE_PATTERN,
+    MAX_SEED,
+    SafeName,
+    StrictModel,
+    first_error,
+    safe_run_name,
+)
 from common.data.augment import AugmentConfig
 
 if TYPE_CHECKING:
@@ -74,6 +81,17 @@ class KDConfig(StrictModel):
     # "emkd": early 1/2 + end-of-encoder maps; "decoder": end of encoder + decoder (paper text;
     # local runs only for now: the federated query protocol carries the EMKD maps)
     feature_taps: Literal["emkd", "decoder"] = "emkd"
+    # weight of region contrast inside Mid (1: paper Eq. 4; 0: attention transfer alone)
+    rc_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+    # Proxy fields wider than a teacher's canvas: "centre" answers the centre tile only (outside
+    # it the teacher says background); "whole" tiles the field with half-overlapping teacher
+    # windows and blends their logits (MONAI sliding window, Gaussian). Attention maps and region
+    # contrast stay the centre tile's either way (common.kd.plan_bridge). Sent to the sites.
+    teacher_field: Literal["centre", "whole"] = "centre"
+
+
+ROW_SHARED_KD = ("at_form", "at_p", "feature_taps", "teacher_field")
+"""KD settings every row shares: the teachers' attention maps are computed once with them."""
 
 
 class StudentTrainConfig(StrictModel):
@@ -116,16 +134,26 @@ class StudentTrainConfig(StrictModel):
 
 
 class WeightingSpec(StrictModel):
-    """A teacher-weighting rule by registry name plus its keyword arguments."""
+    """A teacher-weighting rule by registry name plus its keyword arguments, and optional
+    overrides for its row only: ``label`` (the row is ``multi_<label>``; default the computed
+    label), ``kd`` (``KDConfig`` fields over ``[kd]``) and ``student`` (a model registry name
+    instead of ``[student] model``). Everything else (seeds, data, schedule) is the
+    experiment's, so rows stay paired."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    row_label: str | None = Field(default=None, alias="label", max_length=120)
+    kd: dict[str, Any] = Field(default_factory=dict)
+    student: str | None = None
 
     _known_name = field_validator("name")(registered_weighting)
 
     @model_validator(mode="after")
     def _buildable(self) -> WeightingSpec:
-        """Unknown or ill-typed ``kwargs`` fail when the config loads, not at training time."""
+        """Unknown or ill-typed ``kwargs`` and overrides fail when the config loads, naming
+        the row, not at training time."""
         from common.kd.fusion import build_weighting
 
         try:
@@ -133,15 +161,67 @@ class WeightingSpec(StrictModel):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"weighting {self.name!r}: {exc}") from None
         safe_run_name(f"multi_{self.label}")  # the label names the run's folder
+        row = f"row 'multi_{self.label}'"
+        self.kd_overrides()  # validates
+        if self.student is not None:
+            try:
+                registered_model(self.student)
+            except ValueError as exc:
+                raise ValueError(f"{row}: student: {exc}") from None
         return self
+
+    def kd_overrides(self, base: KDConfig | None = None) -> KDConfig:
+        """``base`` (default ``KDConfig()``) with this row's ``kd`` overrides, validated; a
+        ValueError naming the row and the field otherwise."""
+        row = f"row 'multi_{self.label}'"
+        unknown = sorted(set(self.kd) - set(KDConfig.model_fields))
+        if unknown:
+            raise ValueError(f"{row}: kd.{unknown[0]} is not a KD setting (valid: "
+                             f"{', '.join(KDConfig.model_fields)})")
+        shared = sorted(set(self.kd) & set(ROW_SHARED_KD))
+        if shared:
+            raise ValueError(f"{row}: kd.{shared[0]} cannot differ per row (the teachers' "
+                             f"attention maps are computed once; set it in [kd])")
+        try:
+            return KDConfig.model_validate({**(base or KDConfig()).model_dump(), **self.kd})
+        except ValidationError as exc:
+            loc, msg = first_error(exc)
+            raise ValueError(f"{row}: kd.{loc}: {msg}") from None
+
+    @property
+    def overrides(self) -> bool:
+        """True when the row changes the KD settings or the student model."""
+        return bool(self.kd) or self.student is not None
+
+    def identity(self) -> dict[str, Any]:
+        """JSON of the rule for result identity: name and kwargs, plus the row overrides only
+        when set (a row without them keeps the identity it had before overrides existed)."""
+        out = self.model_dump(mode="json", include={"name", "kwargs"})
+        kd = self.kd_overrides().model_dump(mode="json", include=set(self.kd))  # 0 -> 0.0
+        out.update({k: v for k, v in (("label", self.row_label), ("kd", kd),
+                                      ("student", self.student)) if v})
+        return out
 
     @property
     def label(self) -> str:
-        """Short label for result tables, e.g. ``inverse_dice_loss`` or ``fixed(0.5,0.3,0.2)``."""
+        """Short label for result tables, e.g. ``inverse_dice_loss`` or ``fixed(0.5,0.3,0.2)``;
+        the ``label`` override when given."""
+        if self.row_label is not None:
+            return self.row_label
         if not self.kwargs:
             return self.name
         args = ",".join(f"{v}" for v in self.kwargs.values())
         return f"{self.name}({args})"
+
+
+def row_config(cfg: ExperimentConfig, spec: WeightingSpec | None) -> ExperimentConfig:
+    """``cfg`` as one row trains it: its ``kd`` overrides and ``student`` model applied
+    (``cfg`` itself for a row without overrides)."""
+    if spec is None or not spec.overrides:
+        return cfg
+    student = cfg.student if spec.student is None else cfg.student.model_copy(
+        update={"model": spec.student})
+    return cfg.model_copy(update={"kd": spec.kd_overrides(cfg.kd), "student": student})
 
 
 class FedAvgSpec(StrictModel):
@@ -153,9 +233,22 @@ class FedAvgSpec(StrictModel):
     fraction_train: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
+class FedProxSpec(FedAvgSpec):
+    """The FedProx peer row (Li et al. 2020): Flower's ``FedProx`` strategy (it sends ``mu``
+    as ``proximal-mu``); each site adds ``mu/2 * ||w - w_global||^2`` to its local loss."""
+
+    mu: float = Field(default=0.01, ge=0.0, le=1000.0)
+
+
+class FedBNSpec(FedAvgSpec):
+    """The FedBN peer row (Li et al. 2021): Flower's ``FedAvg`` over every weight except the
+    BatchNorm layers', which stay at each site (kept between rounds, used to score its cases)."""
+
+
 class RunsConfig(StrictModel):
     """Which rows of the paper's Tables 3-5 to produce, plus the peer baselines
-    (``local_only``, ``pooled``, ``fedavg``; :mod:`coordinator.baselines`)."""
+    (``local_only``, ``pooled``, ``fedavg``, ``fedprox``, ``fedbn``;
+    :mod:`coordinator.baselines`)."""
 
     baseline: bool = True
     single_teacher: bool = True
@@ -166,8 +259,21 @@ class RunsConfig(StrictModel):
     local_only: bool = False  # one student per site on its private training split
     pooled: bool = False  # one student on every site's training split + proxy (not federated)
     fedavg: FedAvgSpec | None = None  # [runs.fedavg] enables the FedAvg row
+    fedprox: FedProxSpec | None = None  # [runs.fedprox] enables the FedProx row
+    fedbn: FedBNSpec | None = None  # [runs.fedbn] enables the FedBN row
     query_chunk_size: int = Field(default=128, ge=1, le=100_000, description="proxy slices "
                                   "per query message when --local counts MT-KD's bytes")
+
+    @model_validator(mode="after")
+    def _unique_rows(self) -> RunsConfig:
+        """Two weighting rows with one label would share a run folder."""
+        seen: set[str] = set()
+        for w in self.weightings:
+            if w.label in seen:
+                raise ValueError(f"row 'multi_{w.label}' appears twice in runs.weightings; "
+                                 "give one a different label")
+            seen.add(w.label)
+        return self
 
 
 class ExperimentConfig(StrictModel):

@@ -10,18 +10,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common.data.augment import VALID_THRESHOLD, JointAugment
-from common.data.native import whole_extents
+from common.data.native import extent_mask, whole_extents
 from common.data.plan import Plan
+from common.data.slices import SliceDataset
+from common.kd.functional import unit_maps
 from common.kd.targets import TeacherTargets
 from common.protocol import slice_hash
-from coordinator.distill.cache import CachedTargets, Targets, read_rows
+from common.teacher_fields import AT_FIELDS, FIELD_NAMES, GRID_FIELDS, SCALAR_FIELDS
+from coordinator.distill.cache import Targets, read_rows
 from coordinator.distill.proxy import ProxySet
 
-MAP_KEYS = ("logits", "at_early", "at_deep")
 # (images (n,1,S,S), masks (n,S,S), slice ids[, extents (n,4)]): one part of a spilled proxy set
 SlicePart = tuple[Any, ...]
 
@@ -43,30 +44,48 @@ class DistillDataset(Dataset):
     grow with the number of slices or sites. Both give identical items. RC scalars stay as
     cached from the un-augmented slice: prototype pooling ignores pixel positions, so this is an
     approximation exact up to the network's equivariance (tests/common/test_kd_terms.py).
+
+    The rows of a set's ``crop_sources`` (a site's training split: the ``local_only`` and
+    ``pooled`` rows, no teacher targets) come from the same sampler as site teacher training
+    (:meth:`common.data.slices.SliceDataset.window` of the source's volumes at the row's place
+    in them, ``crop_seed``): a whole-field crop, with its own validity extent, when the field is
+    wider than the canvas, fresh each epoch (:meth:`set_epoch`); the stored slice when it
+    fits.
     """
 
     def __init__(
         self, proxy: ProxySet, targets: Targets | None,
         augment: JointAugment | None = None, renormalise_at: bool = True,
-        canvas_padding: bool = True,
+        canvas_padding: bool = True, crop_seed: int = 0,
     ) -> None:
         self.proxy, self.targets, self.augment = proxy, targets, augment
         self.renormalise_at, self.canvas_padding = renormalise_at, canvas_padding
+        self.crops = [(first, SliceDataset(vols, crop_seed=crop_seed))
+                      for first, vols in proxy.crop_sources if any(v.wide for v in vols)]
+        if self.crops and targets is not None:
+            raise ValueError("whole-field crops carry no teacher targets (a proxy set has "
+                             "no crop sources)")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the whole-field crops for ``epoch`` (no effect without wide volumes)."""
+        for _, crops in self.crops:
+            crops.set_epoch(epoch)
+
+    def _window(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]] | None:
+        """Row ``i``'s whole-field sampler window, or None when the row is a stored slice."""
+        for first, crops in self.crops:
+            if first <= i < first + len(crops):
+                return crops.window(i - first)
+        return None
 
     def __len__(self) -> int:
         return len(self.proxy)
 
     def _raw(self, i: int) -> dict[str, Any]:
         """Slice ``i`` of every teacher field: maps ``(J, ...)`` numpy, RC ``(J,)`` tensors."""
-        t = self.targets
-        assert t is not None
-        if isinstance(t, CachedTargets):
-            rows = t.rows(i, i + 1)
-            out: dict[str, Any] = {n: v[:, 0] for n, v in rows.items()}
-            return {**out, **{n: torch.from_numpy(out[n].copy()) for n in ("rc_early", "rc_deep")}}
-        return {"logits": t.logits[:, i].numpy(), "at_early": t.at_early[:, i].numpy(),
-                "at_deep": t.at_deep[:, i].numpy(), "rc_early": t.rc_early[:, i],
-                "rc_deep": t.rc_deep[:, i]}
+        assert self.targets is not None
+        out: dict[str, Any] = {n: v[:, 0] for n, v in self.targets.rows(i, i + 1).items()}
+        return {**out, **{n: torch.from_numpy(out[n].copy()) for n in SCALAR_FIELDS}}
 
     def _maps(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
         j, k = raw["logits"].shape[:2]
@@ -74,12 +93,17 @@ class DistillDataset(Dataset):
                 "at_early": raw["at_early"], "at_deep": raw["at_deep"]}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img = read_rows(self.proxy.images, i, i + 1)[0, 0]
-        mask = read_rows(self.proxy.masks, i, i + 1)[0]
+        window = self._window(i)
+        if window is not None:
+            img, mask, box = window
+            real = extent_mask(box, (int(img.shape[0]), int(img.shape[1])))
+        else:
+            img = read_rows(self.proxy.images, i, i + 1)[0, 0]
+            mask = read_rows(self.proxy.masks, i, i + 1)[0]
+            real = self.proxy.real_pixels(i)
         raw = self._raw(i) if self.targets is not None else {}
         maps = self._maps(raw) if raw else {}
-        maps["valid"] = (self.proxy.real_pixels(i) if self.canvas_padding
-                         else np.ones(img.shape, np.float32))
+        maps["valid"] = real if self.canvas_padding else np.ones(img.shape, np.float32)
         if self.augment is not None:
             img, mask, aug_maps = self.augment(img, mask, maps)
             maps = aug_maps or {}
@@ -98,20 +122,18 @@ class DistillDataset(Dataset):
                       ) -> dict[str, torch.Tensor]:
         j, k = raw["logits"].shape[:2]
         out = {key: torch.from_numpy(np.ascontiguousarray(maps[key], dtype=np.float32))
-               for key in MAP_KEYS}
+               for key in GRID_FIELDS}
         out["logits"] = out["logits"].reshape(j, k, *out["logits"].shape[-2:])
-        if self.renormalise_at:  # zero-padding by rotations changes the L2 norm
-            for key in ("at_early", "at_deep"):
-                a = out[key]
-                out[key] = F.normalize(a.flatten(1), dim=1).reshape(a.shape)
-        out["rc_early"], out["rc_deep"] = raw["rc_early"], raw["rc_deep"]
-        return out
+        if self.renormalise_at:  # fp16 rounding and rotations' zero-padding change the norm
+            for key in AT_FIELDS:
+                out[key] = unit_maps(out[key])
+        return {**out, **{n: raw[n] for n in SCALAR_FIELDS}}
 
 
 def batch_targets(batch: dict[str, torch.Tensor], device: torch.device) -> TeacherTargets:
     """Collated ``(B, J, ...)`` teacher fields -> TeacherTargets ``(J, B, ...)`` on ``device``."""
-    names = (*MAP_KEYS, "rc_early", "rc_deep")
-    return TeacherTargets(**{n: batch[n].transpose(0, 1).contiguous().to(device) for n in names})
+    return TeacherTargets(**{n: batch[n].transpose(0, 1).contiguous().to(device)
+                             for n in FIELD_NAMES})
 
 
 def spill_slices(folder: Path, parts: Iterable[SlicePart], plan: Plan | None = None) -> ProxySet:
@@ -161,17 +183,23 @@ def _raw_to_npy(stem: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarr
 def load_proxy_on_disk(root: Path, size: int | None, label: str | None, folder: Path,
                        fill: bool = False) -> ProxySet:
     """:func:`~coordinator.distill.proxy.load_proxy`, one case at a time, spilled to ``folder``
-    (:func:`spill_slices`): the same slices, ids, hashes and plan, never all in memory."""
+    (:func:`spill_slices`): the same slices, ids, hashes and plan, never all prepared slices in
+    memory. Each file is read once (:class:`~common.data.nifti.ReadOnce`): the fingerprint keeps
+    the raw files it read, and each case is prepared from its kept files, which are then
+    released (so the raw proxy files are held from the fingerprint until their case is spilled).
+    """
     from common.data.fingerprint import plan_for_dataset
     from common.data.layout import discover_dataset
+    from common.data.nifti import ReadOnce
     from common.data.slices import load_volumes
 
     info = discover_dataset(root)
-    plan = plan_for_dataset(info, size, label, fill=fill)
+    files = ReadOnce()
+    plan = plan_for_dataset(info, size, label, fill=fill, read=files.keep)
 
     def cases() -> Iterator[SlicePart]:
         for case in info.cases:
-            vol = load_volumes(info, [case.case_id], plan.size, plan=plan)[0]
+            vol = load_volumes(info, [case.case_id], plan.size, plan=plan, read=files.take)[0]
             d = vol.image.shape[0]
             yield (vol.image[:, None].astype(np.float32), vol.label.astype(np.uint8),
                    [f"{vol.case_id}:{z}" for z in range(d)], np.tile(vol.extent, (d, 1)))

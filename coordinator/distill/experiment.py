@@ -11,18 +11,21 @@ ended, and what became of each expected site, is ``run_status.json``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from common.io import atomic_write_json
 from common.lock import hold_out_folder
-from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.config import ExperimentConfig, row_config
 from coordinator.distill.dataset import load_proxy_on_disk
 from coordinator.distill.memory import guard_experiment
 from coordinator.distill.proxy import canvas_note
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
+from coordinator.distill.results_file import write_rows
 from coordinator.distill.sites import Sites
 from coordinator.distill.student import DistillData, StudentRun
 from coordinator.distill.teacher_check import check_teachers, plan_line
@@ -35,7 +38,8 @@ Finish = Callable[[list[dict]], object]
 
 def plan_runs(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
     """No-KD baseline, one run per single teacher of ``names`` (the live sites, in the
-    config's order), one multi-teacher run per weighting rule."""
+    config's order), one multi-teacher run per weighting rule (each trained with its row's
+    ``kd`` / ``student`` overrides: :func:`~coordinator.distill.config.row_config`)."""
     runs = [StudentRun("student_only")] if cfg.runs.baseline else []
     if cfg.runs.single_teacher:
         runs += [StudentRun(f"single_{n}", [j]) for j, n in enumerate(names)]
@@ -88,6 +92,26 @@ class _Phases:
         self.t = now
 
 
+def train_rows(runs: list[StudentRun], cfg: ExperimentConfig, sites: Sites,
+               data: DistillData, out: Path) -> list[dict]:
+    """Train and score every run (its repeats included) with its row's config
+    (:func:`~coordinator.distill.config.row_config`); a row with its own student model is
+    scored by a scorer made for that model (a federated site rebuilds the student by name)."""
+    scorers = {cfg.student.model: data.scorer}
+    rows = []
+    for k, run in enumerate(runs):
+        log.info("[distill] run %s (%d/%d)", run.name, k + 1, len(runs))
+        t_run = time.perf_counter()
+        rcfg = row_config(cfg, run.weighting)
+        model = rcfg.student.model
+        if model not in scorers:
+            scorers[model] = sites.scorer(rcfg, data.proxy)
+        row = train_repeats(run, dataclasses.replace(data, scorer=scorers[model]), rcfg,
+                            out / "runs" / run.name)
+        rows.append({**row, "wall_seconds": time.perf_counter() - t_run})
+    return rows
+
+
 def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[dict]:
     phase = _Phases(sites.status.phases)
     out = cfg.out
@@ -111,16 +135,11 @@ def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[dict]:
                        scorer=scorer)
     rows = sites.teacher_rows(cfg)
     phase.done("teacher_rows")
-    runs = plan_runs(cfg, names)
-    for k, run in enumerate(runs):
-        log.info("[distill] run %s (%d/%d)", run.name, k + 1, len(runs))
-        t_run = time.perf_counter()
-        row = train_repeats(run, data, cfg, out / "runs" / run.name)
-        rows.append({**row, "wall_seconds": time.perf_counter() - t_run})
+    rows += train_rows(plan_runs(cfg, names), cfg, sites, data, out)
     phase.done("students")
     rows = sites.peer_rows(cfg, data, rows)
     phase.done("peers")
-    atomic_write_json(out / "results.json", {"rows": rows})
+    write_rows(out, rows)
     write_results(rows, cfg, out, time.perf_counter() - t0, status=sites.status,
                   not_run=sites.not_run(cfg))
     phase.done("report")

@@ -55,6 +55,9 @@ ARTEFACTS = ("result.json", "last.pt", "best.pt", "metrics.csv", "curves.png", "
 """What a student run writes into its folder (and what a retrain wipes); ``seed*/`` too."""
 _NOT_IDENTITY = {"device", "compile", "teacher_batch_size", "epochs"}
 """Student fields that do not change what is learnt (``epochs`` is handled as a resume)."""
+_LATER_KD = {"rc_weight": 1.0, "teacher_field": "centre"}
+"""KD fields added after results existed, with their defaults: left out of the fingerprint
+while at the default, so earlier run folders stay valid."""
 
 
 def code_version() -> str:
@@ -103,11 +106,17 @@ def run_fingerprint(run: StudentRun, data: DistillData, cfg: ExperimentConfig) -
                 for j in run.teachers]
     student = cfg.student.model_dump(mode="json", exclude=_NOT_IDENTITY)
     return {"run": run.name, "teachers": teachers,
-            "weighting": run.weighting.model_dump(mode="json") if run.weighting else None,
+            "weighting": run.weighting.identity() if run.weighting else None,
             "proxy": data.proxy.digest, "proxy_label": cfg.proxy_label,
             "proxy_masks": _masks_digest(data.proxy.masks),
             "seed": cfg.seed,
-            "student": student, "kd": cfg.kd.model_dump(mode="json"), "code": code_version()}
+            "student": student, "kd": _kd(cfg), "code": code_version()}
+
+
+def _kd(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The KD settings of the fingerprint (fields of :data:`_LATER_KD` only when changed)."""
+    kd = cfg.kd.model_dump(mode="json")
+    return {k: v for k, v in kd.items() if k not in _LATER_KD or v != _LATER_KD[k]}
 
 
 def _masks_digest(masks: Any) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,11 @@ class ProxySet:
             exported with the student so predicting reuses it); None for in-memory sets.
         extents: ``(N, 4)`` int32 ``(y0, y1, x0, x1)``: where each slice's real pixels lie in
             its ``S x S`` canvas (outside: the plan's padding); None = the whole canvas.
+        crop_sources: ``(first row, volumes)`` pairs: rows ``first .. first + n - 1`` are the
+            ``n`` slices of ``volumes`` (volume then z order; a site's training split with a
+            field wider than the canvas, :mod:`coordinator.baselines.data`). Training on the set
+            draws those rows as whole-field crops, as site teacher training does (``images``
+            keep the centre crops). Empty: train on ``images``.
     """
 
     images: np.ndarray
@@ -36,6 +41,7 @@ class ProxySet:
     hashes: list[str]
     plan: Plan | None = None
     extents: np.ndarray | None = None
+    crop_sources: list[tuple[int, list[Volume]]] = field(default_factory=list)
 
     def real_pixels(self, i: int) -> np.ndarray:
         """``(S, S)`` float32: 1 on slice ``i``'s real pixels, 0 on the canvas padding."""
@@ -44,10 +50,14 @@ class ProxySet:
 
     @property
     def digest(self) -> str:
-        """One hash for the whole proxy set (order-sensitive), used as the cache key."""
+        """One hash for the whole proxy set (order-sensitive), used as the cache key (a set
+        trained on whole-field crops, :attr:`crop_sources`, hashes differently from its centre
+        crops)."""
         h = hashlib.sha256()
         for s in self.hashes:
             h.update(s.encode())
+        if any(v.wide for _, vols in self.crop_sources for v in vols):
+            h.update(b"whole-field crops")
         return h.hexdigest()
 
     def __len__(self) -> int:
@@ -111,7 +121,10 @@ def load_proxy(root: Path, size: int | None, label: str | None = None,
     :func:`common.data.plan.plan_from_fingerprint`); it is kept in ``ProxySet.plan``.
     """
     from common.data.fingerprint import plan_for_dataset
+    from common.data.nifti import ReadOnce
 
     info = discover_dataset(root)
-    plan = plan_for_dataset(info, size, label, fill=fill)
-    return proxy_from_volumes(load_volumes(info, None, plan.size, plan=plan), plan=plan)
+    files = ReadOnce()  # each file read once: the fingerprint's reads prepare the cases
+    plan = plan_for_dataset(info, size, label, fill=fill, read=files.keep)
+    return proxy_from_volumes(load_volumes(info, None, plan.size, plan=plan, read=files.take),
+                              plan=plan)

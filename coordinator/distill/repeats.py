@@ -44,11 +44,21 @@ def mean_row(rows: list[dict], seeds: list[int], checkpoint_dir: Path) -> dict:
                     for k in METRIC_KEYS} for site in rows[0]["sites"]}
     dice = [float(r["mean_dice"]) for r in rows]
     return {"run": rows[0]["run"], "teachers": rows[0]["teachers"],
+            **{k: rows[0][k] for k in ("student",) if k in rows[0]},
             "weighting": rows[0]["weighting"], "sites": sites, "mean_dice": _mean(dice),
             "mean_dice_sd": statistics.stdev(dice) if len(dice) > 1 else 0.0,
             "seeds": seeds, "seed_mean_dice": dice, "seed_cases": seed_cases(rows, seeds),
             "train_seconds": sum(float(r.get("train_seconds", 0.0)) for r in rows),
-            "checkpoint_dir": str(checkpoint_dir)}
+            "checkpoint_dir": str(checkpoint_dir), **_proxy_mean(rows)}
+
+
+def _proxy_mean(rows: list[dict]) -> dict:
+    """``{"proxy": mean over seeds}`` when every seed was scored on the proxy (no site test
+    case: :mod:`coordinator.distill.proxy_score`), ``{}`` otherwise."""
+    if not all(r.get("proxy") for r in rows):
+        return {}
+    return {"proxy": {k: _mean([float(r["proxy"].get(k, float("nan"))) for r in rows])
+                      for k in METRIC_KEYS}}
 
 
 def train_repeats(run: StudentRun, data: DistillData, cfg: ExperimentConfig,

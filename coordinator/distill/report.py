@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from common.stats import ALPHA, PairedComparison, align_scores, compare_paired
 from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.verdict import verdict_markdown
 
 if TYPE_CHECKING:
     from coordinator.distill.sites import RunStatus
@@ -31,17 +32,23 @@ def _sd_cells(row: dict) -> list[str]:
 
 
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and body: one row per run, Dice/VOE/HD95 per site, then mean Dice (and its sd
-    over seeds when some rows were repeated)."""
+    """Header and body: one row per run, Dice/VOE/HD95 per site, Dice/VOE/HD95 on the
+    labelled proxy when some row was scored there (no site test case; ``-`` for rows that were
+    not), then mean Dice over sites (and its sd over seeds when some rows were repeated)."""
     sites = list(rows[0]["sites"])
     repeated = any("mean_dice_sd" in r for r in rows)
+    on_proxy = any(r.get("proxy") for r in rows)
     header = ["run", "teachers", "weighting"]
-    header += [f"{s} {label}" for s in sites for _, label in METRICS] + ["mean Dice"]
-    header += ["mean Dice sd", "seeds"] if repeated else []
+    header += [f"{s} {label}" for s in sites for _, label in METRICS]
+    header += [f"proxy {label}" for _, label in METRICS] if on_proxy else []
+    header += ["mean Dice"] + (["mean Dice sd", "seeds"] if repeated else [])
     body = []
     for r in rows:
         cells = [r["run"], "+".join(r["teachers"]) or "-", r.get("weighting") or "-"]
         cells += [_fmt(r["sites"][s].get(k)) for s in sites for k, _ in METRICS]
+        if on_proxy:
+            cells += ([_fmt(r["proxy"].get(k)) for k, _ in METRICS] if r.get("proxy")
+                      else ["-"] * len(METRICS))
         body.append(cells + [_fmt(r["mean_dice"])] + (_sd_cells(r) if repeated else []))
     return header, body
 
@@ -85,6 +92,31 @@ def no_test_cases(rows: list[dict]) -> bool:
                 for m in r["sites"].values()) for r in students)
 
 
+def evaluation(rows: list[dict]) -> str:
+    """Which evaluation the table holds: ``"sites"`` (held-out test cases at the sites),
+    ``"proxy"`` (none anywhere; student rows scored on the labelled proxy) or ``"none"``."""
+    if not no_test_cases(rows):
+        return "sites"
+    return "proxy" if any(r.get("proxy") for r in rows) else "none"
+
+
+def evaluation_line(rows: list[dict]) -> str:
+    """The report's first line after the title: which evaluation the numbers come from."""
+    from coordinator.distill.proxy_score import PROXY_NOTE
+
+    return {"sites": "**Evaluation: each site's held-out test volumes** (3D metrics; VOE = 1 - "
+                     "Jaccard).",
+            "proxy": f"**Evaluation: {PROXY_NOTE}.** No site gave a held-out score (no test "
+                     "case, e.g. `small_site = \"train_on_all\"` everywhere, or no site scored): "
+                     "the site columns are n/a and each student row is scored on the "
+                     "coordinator's labelled proxy set "
+                     "(`proxy Dice/VOE/HD95`: 3D metrics on each proxy case's own grid). The "
+                     "students trained on these scans: the scores rank the rows but overstate "
+                     "what they would score on unseen scans.",
+            "none": "**Evaluation: none** (no held-out test case at any site, no labelled "
+                    "proxy)."}[evaluation(rows)]
+
+
 NO_TEST_NOTE = ("**No held-out test case at any site** (e.g. every site trained its teacher on "
                 "all its cases: `small_site = \"train_on_all\"`): the site columns below are "
                 "n/a and this table ranks nothing. Score the student on labelled scans it never "
@@ -101,18 +133,25 @@ def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: f
         writer.writerows(body)
     intro = (f"# {cfg.name}: student `{cfg.student.model}`, {cfg.student.size}px, "
              f"{cfg.student.epochs} epochs, KD alpha={cfg.kd.alpha} beta={cfg.kd.beta} "
-             f"T={cfg.kd.temperature}\n\n3D metrics on each site's held-out test volumes "
-             f"(VOE = 1 - Jaccard). Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n"
+             f"T={cfg.kd.temperature}\n{evaluation_line(rows)}\n\n"  # right under the title
+             f"Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n"
              + status_note(status, not_run or []))
-    if no_test_cases(rows):
+    if evaluation(rows) == "none":
         log.warning("no held-out test case at any site: the results table has no scores")
         intro += f"> {NO_TEST_NOTE}\n\n"
     comps = compare_students(rows, cfg)
     write_comparisons_csv(comps, out / "comparisons.csv")
+    title, _, intro = intro.partition("\n\n")  # the verdict follows the title block
+    intro = f"{title}\n\n{verdict_markdown(comps, default_rule(rows, cfg))}{intro}"
     (out / "results.md").write_text(intro + to_markdown(header, body)
                                     + comparisons_markdown(comps) + costs_markdown(rows)
                                     + versus_fedavg(rows, cfg))
-    plot_results(rows, out / "results.png", f"{cfg.name}: mean 3D Dice over sites")
+    if evaluation(rows) == "proxy":
+        plot_results([{**r, "mean_dice": r["proxy"]["dice_mean"], "mean_dice_sd": 0.0}
+                      for r in rows if r.get("proxy")], out / "results.png",
+                     f"{cfg.name}: 3D Dice on the labelled proxy (optimistic: trained on it)")
+    else:
+        plot_results(rows, out / "results.png", f"{cfg.name}: mean 3D Dice over sites")
     if any(r.get("cost") for r in rows):
         write_costs_csv(rows, out / "costs.csv")
         plot_tradeoff(rows, out / "results_tradeoff.png", f"{cfg.name}: Dice vs bytes")
@@ -162,6 +201,12 @@ def default_run(rows: list[dict], cfg: ExperimentConfig) -> str | None:
     if cfg.runs.weightings and f"multi_{cfg.runs.weightings[0].label}" in names:
         return f"multi_{cfg.runs.weightings[0].label}"
     return next((n for n in names if n.startswith("multi_")), None)
+
+
+def default_rule(rows: list[dict], cfg: ExperimentConfig) -> str | None:
+    """The weighting rule name of :func:`default_run` (``None`` when it is no config row)."""
+    name = default_run(rows, cfg)
+    return next((w.name for w in cfg.runs.weightings if f"multi_{w.label}" == name), None)
 
 
 def compare_students(rows: list[dict], cfg: ExperimentConfig,

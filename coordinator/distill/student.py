@@ -17,6 +17,7 @@ from common.data.slices import Volume
 from common.evaluate import evaluate_volumes, save_case_overlays
 from common.io import atomic_write_json
 from common.kd.fusion import build_weighting
+from common.kd.learned import LearnedWeighting, describe, is_trainable
 from common.kd.losses import KDLoss
 from common.metrics import summarise
 from common.models import build_model
@@ -32,7 +33,7 @@ from common.training import (
     select_device,
 )
 from coordinator.distill.cache import CachedTargets, Targets, iter_chunks, read_rows, stored_weights
-from coordinator.distill.config import ExperimentConfig, WeightingSpec
+from coordinator.distill.config import ExperimentConfig, KDConfig, WeightingSpec
 from coordinator.distill.dataset import DistillDataset, batch_targets
 from coordinator.distill.identity import claim_run_folder, run_fingerprint
 from coordinator.distill.proxy import ProxySet
@@ -94,32 +95,77 @@ def run_weights(spec: WeightingSpec, t: Targets, masks: np.ndarray) -> torch.Ten
     the on-disk cache (reruns, repeats and resumes read them back); in-memory targets: computed."""
     if not isinstance(t, CachedTargets):
         return slice_weights(spec, t, masks)
-    label = spec.model_dump_json()
+    label = spec.model_dump_json(include={"name", "kwargs"})  # only the rule decides weights
     return stored_weights(t, label, masks, lambda: slice_weights(spec, t, masks))
+
+
+def slice_descriptors(t: Targets, chunk: int = 64) -> torch.Tensor:
+    """Per-slice teacher descriptors ``(N, J, 3)`` of a learned weighting
+    (:func:`common.kd.learned.describe`) on the cached, un-augmented outputs (as
+    :func:`slice_weights`), streamed ``chunk`` slices at a time."""
+    return torch.cat([describe(torch.softmax(part.logits.float(), dim=2))
+                      for _, part in iter_chunks(t, chunk)])
+
+
+@dataclass
+class Fusion:
+    """How a run weights its teachers: fixed per-slice ``weights (N, J)``, or a learned
+    weighting (``learned``) applied per batch to per-slice ``descriptors (N, J, 3)``."""
+
+    weights: torch.Tensor | None = None
+    learned: LearnedWeighting | None = None
+    descriptors: torch.Tensor | None = None
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """Weights ``(B, J)`` of the batch's slices ``index`` (None: no teachers)."""
+        if self.learned is not None and self.descriptors is not None:
+            return self.learned.from_descriptors(self.descriptors[index].to(device))
+        return None if self.weights is None else self.weights[index].to(device)
+
+
+def run_fusion(run: StudentRun, t: Targets | None, masks: np.ndarray,
+               device: torch.device) -> Fusion:
+    """The run's :class:`Fusion` (empty without teachers); a learned weighting is built here,
+    bound to the run's teachers and moved to ``device`` (its parameters then go to the
+    student's optimiser)."""
+    if t is None:
+        return Fusion()
+    spec = run.weighting or WeightingSpec(name="equal")
+    weighting = build_weighting(spec.name, **spec.kwargs)
+    if is_trainable(weighting):
+        assert isinstance(weighting, LearnedWeighting)
+        weighting.bind(len(run.teachers)).to(device)
+        return Fusion(learned=weighting, descriptors=slice_descriptors(t))
+    return Fusion(weights=run_weights(spec, t, masks))
+
+
+def kd_loss(k: KDConfig) -> KDLoss:
+    """The student's loss for the KD settings ``k`` (a row's, overrides applied)."""
+    return KDLoss(alpha=k.alpha, beta=k.beta, temperature=k.temperature,
+                  kl_direction=k.kl_direction, at_form=k.at_form, p=k.at_p,
+                  dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight,
+                  at_reduce=k.at_reduce, kl_t2=k.kl_t2, feature_taps=k.feature_taps,
+                  seg_on_padding=k.padding != "exclude", rc_weight=k.rc_weight)
 
 
 class _Step:
     """Loss computation for one batch of a run (baseline, mono- or multi-teacher)."""
 
     def __init__(self, run: StudentRun, cfg: ExperimentConfig, device: torch.device,
-                 weights: torch.Tensor | None = None) -> None:
+                 fusion: Fusion | None = None) -> None:
         k = cfg.kd
         self.run, self.device = run, device
-        self.loss = KDLoss(alpha=k.alpha, beta=k.beta, temperature=k.temperature,
-                           kl_direction=k.kl_direction, at_form=k.at_form, p=k.at_p,
-                           dice_weight=k.dice_weight, lovasz_weight=k.lovasz_weight,
-                           at_reduce=k.at_reduce, kl_t2=k.kl_t2, feature_taps=k.feature_taps,
-                           seg_on_padding=k.padding != "exclude")
-        self.weights = weights  # (N, J) per proxy slice
+        self.loss = kd_loss(k)
+        self.fusion = fusion or Fusion()
         self.padding = k.padding
 
     def __call__(self, out: SegOutput, batch: dict[str, Any]) -> tuple[dict, torch.Tensor | None]:
         y = batch["mask"].to(self.device)
         valid = batch["valid"].to(self.device) if self.padding != "none" else None
-        if not self.run.teachers or self.weights is None:
+        w = self.fusion.batch(batch["index"], self.device) if self.run.teachers else None
+        if w is None:
             return self.loss(out, y, None, None, valid), None
         t = batch_targets(batch, self.device)
-        w = self.weights[batch["index"]].to(self.device)
         return self.loss(out, y, t, w, valid), w
 
 
@@ -137,18 +183,23 @@ def _model(cfg: ExperimentConfig, device: torch.device) -> SegModel:
 
 
 def _trainer(model: SegModel, loader: DataLoader, cfg: ExperimentConfig, device: torch.device,
-             out: Path) -> Trainer[SegModel]:
-    """The shared skeleton (Adam + CyclicLR, AMP, exact resume from ``out/last.pt``)."""
+             out: Path, fusion: Fusion | None = None) -> Trainer[SegModel]:
+    """The shared skeleton (Adam + CyclicLR, AMP, exact resume from ``out/last.pt``); a learned
+    weighting's parameters are trained by the same optimiser and saved in ``last.pt``."""
     s = cfg.student
     spec = OptimSpec(max_lr=s.max_lr, base_lr=s.base_lr, step_size_up=s.step_size_up,
                      weight_decay=s.weight_decay)
-    return Trainer(model, (s.model, _KW), spec, device, out, amp=s.amp, loaders=[loader])
+    learned = None if fusion is None else fusion.learned
+    if learned is None:
+        return Trainer(model, (s.model, _KW), spec, device, out, amp=s.amp, loaders=[loader])
+    return Trainer(model, (s.model, _KW), spec, device, out, amp=s.amp, loaders=[loader],
+                   extra={"weighting": learned.module}, params=list(learned.module.parameters()))
 
 
 def _loader(t: Targets | None, data: DistillData, cfg: ExperimentConfig) -> DataLoader:
     ds = DistillDataset(data.proxy, t, build_augment(cfg.student.augment, seed=cfg.seed),
                         renormalise_at=cfg.kd.at_form == "zagoruyko",
-                        canvas_padding=cfg.kd.padding == "exclude")
+                        canvas_padding=cfg.kd.padding == "exclude", crop_seed=cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(ds, batch_size=cfg.student.batch_size, shuffle=True, generator=gen,
                       drop_last=len(ds) > cfg.student.batch_size, worker_init_fn=reseed_worker)
@@ -173,7 +224,7 @@ def _epoch(tr: Trainer[SegModel], loader: DataLoader, step: _Step, cfg: Experime
         n += 1
         vals = {k: float(v.detach()) for k, v in terms.items()}
         if w is not None:
-            vals.update({f"w{j}": float(w[:, j].mean()) for j in range(w.shape[1])})
+            vals.update({f"w{j}": float(w[:, j].detach().mean()) for j in range(w.shape[1])})
         sums = {k: sums.get(k, 0.0) + v for k, v in vals.items()}
     return {k: v / max(n, 1) for k, v in sums.items()}
 
@@ -213,13 +264,30 @@ def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out
         sites, cases = data.scorer(name, model.eval(), out)
     else:
         sites, cases = _site_scores(model, data, dev, out)
-    result = {"run": run.name, "teachers": names,
+    result = {"run": run.name, "teachers": names, "student": cfg.student.model,
               "weighting": run.weighting.label if run.weighting else None,
               "sites": sites, "train_seconds": t_train, "seed": cfg.seed, "cases": cases,
               "identity": identity,
               "mean_dice": mean_dice(sites)}
+    result.update(_proxy_scores(name, model, data, cfg, dev, sites))
     atomic_write_json(done, result)
     return result
+
+
+def _proxy_scores(name: str, model: SegModel, data: DistillData, cfg: ExperimentConfig,
+                  dev: torch.device, sites: dict[str, dict]) -> dict[str, Any]:
+    """``{"proxy": summary, "proxy_cases": per case}`` when no site gave a score and the proxy
+    is labelled (:mod:`coordinator.distill.proxy_score`: optimistic); ``{}`` otherwise."""
+    from coordinator.distill.proxy_score import no_site_score, score_on_proxy
+
+    if data.proxy.plan is None or not no_site_score(sites):
+        return {}
+    got = score_on_proxy(model.eval(), cfg.proxy, data.proxy.plan, dev)
+    if got is None:
+        return {}
+    log.warning("[distill] %s: no site holds a test case; scored on the labelled proxy "
+                "(optimistic: the student trained on it): Dice %.3f", name, got[0]["dice_mean"])
+    return {"proxy": got[0], "proxy_cases": got[1]}
 
 
 def mean_dice(sites: dict[str, dict]) -> float:
@@ -241,10 +309,9 @@ def _fit(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
     seed_everything(cfg.seed)
     model = _model(cfg, dev)
     t = run_targets(run, data)
-    weights = None if t is None else run_weights(
-        run.weighting or WeightingSpec(name="equal"), t, data.proxy.masks)
-    step, loader = _Step(run, cfg, dev, weights), _loader(t, data, cfg)
-    tr = _trainer(model, loader, cfg, dev, out)
+    fusion = run_fusion(run, t, data.proxy.masks, dev)
+    step, loader = _Step(run, cfg, dev, fusion), _loader(t, data, cfg)
+    tr = _trainer(model, loader, cfg, dev, out, fusion)
     fields = ["epoch", "total", "seg", "mid", "kl", "seconds"]
     csv_log = CsvLog(out / "metrics.csv",
                      fields + [f"w{j}" for j in range(len(run.teachers))])
@@ -252,6 +319,8 @@ def _fit(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
 
     def one_epoch(epoch: int) -> tuple[dict[str, Any], bool]:
         t0 = time.perf_counter()
+        if isinstance(loader.dataset, DistillDataset):
+            loader.dataset.set_epoch(epoch)  # fresh whole-field crops (site training sets)
         row = _epoch(tr, loader, step, cfg, f"{run.name} ep{epoch}")
         clock[0] += time.perf_counter() - t0
         clock[1] += 1
@@ -275,4 +344,6 @@ def _load_result(path: Path) -> dict:
     res = dict(json.loads(path.read_text()))
     res["sites"] = {site: {k: float("nan") if v is None else v for k, v in m.items()}
                     for site, m in res.get("sites", {}).items()}
+    if res.get("proxy"):
+        res["proxy"] = {k: float("nan") if v is None else v for k, v in res["proxy"].items()}
     return res

@@ -69,8 +69,9 @@ class Plan:
 
     @property
     def coordinator_pub(self) -> Path:
-        """The coordinator's audit public key, pinned at every site (made before they start)."""
-        return self.out / "audit" / "coordinator.pub"
+        """The coordinator's audit public key as handed to the sites (``COORDINATOR_PUB_DIR``/
+        audit.pub, copied there by the coordinator before it turns healthy), pinned by each."""
+        return self.workdir / "coordinator-pub" / "audit.pub"
 
     @property
     def pubkeys(self) -> Path:
@@ -117,7 +118,8 @@ def init_env(plan: Plan) -> dict[str, str]:
     """Environment of ``init-certs`` (no RESULTS_DIR: nothing to hand over)."""
     return {"CERTS_DIR": str(plan.certs.root), "SITES": ",".join(s.name for s in plan.sites),
             "SUPERLINK_HOSTS": f"localhost,{HOST}", "RESULTS_DIR": "",
-            "PUBKEYS_DIR": str(plan.pubkeys), "FEDMTKD_UID": str(plan.uid)}
+            "PUBKEYS_DIR": str(plan.pubkeys), "FEDMTKD_UID": str(plan.uid),
+            "COORDINATOR_PUB_DIR": str(plan.coordinator_pub.parent)}
 
 
 def site_keys_env(plan: Plan, site: SiteNode) -> dict[str, str]:
@@ -149,7 +151,8 @@ def coordinator_env(plan: Plan) -> dict[str, str]:
             "COORDINATOR_WORKDIR": str(plan.workdir / "coordinator"),
             "ROUND_TIMEOUT": str(plan.round_timeout), "RUN_TIMEOUT": str(plan.run_timeout),
             "WAIT_TIMEOUT": "60", "RUN_CONFIG": str(plan.run_config or ""),
-            "COORDINATOR_THREADS": coordinator_threads()}
+            "COORDINATOR_THREADS": coordinator_threads(),
+            "COORDINATOR_PUB_DIR": str(plan.coordinator_pub.parent)}
 
 
 def coordinator_threads() -> str:

@@ -48,7 +48,7 @@ def site_configs(sites: list[SiteNode], workdir: Path) -> list[dict[str, Any]]:
     ``site-node run``'s ``--node-config``); makes the site's audit key pair in its state folder
     ``WORKDIR/sites/<site>`` and installs the public half as
     ``WORKDIR/coordinator/site_keys/<site>.pub``."""
-    from common.audit_keys import generate_keypair
+    from common.audit.keys import generate_keypair
 
     keys = site_keys_dir(workdir)
     keys.mkdir(parents=True, exist_ok=True)

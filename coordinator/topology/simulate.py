@@ -121,8 +121,9 @@ def make_plan(sites: list[SiteNode], config: Path, workdir: Path, run_config: di
 
 def weight_release(cfg: ExperimentConfig) -> bool:
     """Whether the sites' policies allow FedAvg (weights leave): only when the experiment has
-    a FedAvg baseline (``[runs.fedavg]``); otherwise they keep the default deny. Logged."""
-    if cfg.runs.fedavg is None:
+    a FedAvg, FedProx or FedBN baseline (``[runs.fedavg]`` ...); otherwise they keep the
+    default deny. Logged."""
+    if cfg.runs.fedavg is None and cfg.runs.fedprox is None and cfg.runs.fedbn is None:
         log.info("no FedAvg baseline in the config: sites keep the default policy (no model "
                  "weights leave)")
         return False

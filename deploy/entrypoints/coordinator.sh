@@ -34,6 +34,10 @@
 #   RUNTIME_DIR         optional (default /tmp): folder of fedmtkd-coordinator.alive
 #   COORDINATOR_THREADS optional (empty: torch's default): torch/OpenMP threads of the ServerApp,
 #                       which trains the students while the sites wait
+#   COORDINATOR_PUB_DIR optional (empty: not handed over): the coordinator's audit key
+#                       (EXPERIMENT_OUT/audit/coordinator.key, made here if absent) signs every
+#                       request; its public half is copied to COORDINATOR_PUB_DIR/audit.pub before
+#                       this turns healthy, so each site pins it from its first message
 set -euo pipefail
 : "${TLS:?}" "${SUPERLINK_HOST:?}" "${SUPERLINK_PORT:?}" "${CA_CERT:?}" "${SUPEREXEC_SECRET:?}"
 : "${SITES:?}" "${SITE_PUBKEYS:?}" "${NODE_AUTH_KEYS_DIR:?}" "${AUDIT_KEYS_DIR:?}" "${APP_DIR:?}"
@@ -108,6 +112,20 @@ copy_results() {  # no private key (audit/coordinator.key stays), readable by th
   python "$here/../export_results.py" "$EXPERIMENT_OUT" "$RESULTS_DIR"
 }
 
+hand_over_key() {  # before the sites start: they pin this key (SITE_COORDINATOR_KEY)
+  python - "$EXPERIMENT_OUT/audit/coordinator.key" <<'PY'
+import sys
+from pathlib import Path
+
+from common.records import load_or_create_key
+
+load_or_create_key(Path(sys.argv[1]))
+PY
+  if [ -n "${COORDINATOR_PUB_DIR:-}" ]; then
+    install -m 0644 "$EXPERIMENT_OUT/audit/coordinator.pub" "$COORDINATOR_PUB_DIR/audit.pub"
+  fi
+}
+
 cleanup() {
   local pid
   for pid in "${superexec:-}" "${run:-}"; do
@@ -120,6 +138,7 @@ trap cleanup EXIT
 # the sites' public keys: checked (kind, no private key, no silent key swap) and registered
 python "$here/../make_certs.py" register --pubs "$SITE_PUBKEYS" --sites "$SITES" \
   --node-dir "$NODE_AUTH_KEYS_DIR" --audit-dir "$AUDIT_KEYS_DIR"
+hand_over_key
 wait_superlink
 if [ -z "$(ls -A "$PROXY_DIR" 2>/dev/null)" ]; then
   coordinator make-proxy --out "$PROXY_DIR" --cases "$PROXY_CASES"

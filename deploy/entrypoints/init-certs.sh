@@ -10,6 +10,8 @@
 #                    site's node.pub and audit.pub arrive there (compose: the `pubkeys` volume)
 #   RESULTS_DIR      optional (default: none): a bind-mounted folder handed to uid FEDMTKD_UID
 #   FEDMTKD_UID      owner of the generated files (default 10001, the image's user)
+#   COORDINATOR_PUB_DIR optional (default: none): folder (made here, owned by FEDMTKD_UID) where
+#                    the coordinator puts its audit.pub for the sites to pin
 # Runs as root in compose only so that it can chown the fresh volume/bind mount; keys stay 0600.
 set -euo pipefail
 : "${CERTS_DIR:?set CERTS_DIR}" "${SITES:?set SITES}" "${SUPERLINK_HOSTS:?set SUPERLINK_HOSTS}"
@@ -19,8 +21,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 python "$here/../make_certs.py" --out "$CERTS_DIR" --hosts "$SUPERLINK_HOSTS"
 IFS=, read -r -a site_names <<< "$SITES"
 for site in "${site_names[@]}"; do mkdir -p "$PUBKEYS_DIR/$site"; done
+if [ -n "${COORDINATOR_PUB_DIR:-}" ]; then mkdir -p "$COORDINATOR_PUB_DIR"; fi
 if [ "$(id -u)" = 0 ]; then
   chown -R "$uid:$uid" "$CERTS_DIR" "$PUBKEYS_DIR"
+  if [ -n "${COORDINATOR_PUB_DIR:-}" ]; then chown "$uid:$uid" "$COORDINATOR_PUB_DIR"; fi
   if [ -n "${RESULTS_DIR:-}" ]; then
     mkdir -p "$RESULTS_DIR"
     chown "$uid:$uid" "$RESULTS_DIR"

@@ -11,7 +11,7 @@
 #   SITE_RUN             teacher run folder (best.pt, teacher.json), e.g. /local/run
 #   SITE_STATE           run history and signed egress log (runs.jsonl, audit/), e.g. /local/state
 #   SITE_PHANTOM         "if-missing": write a phantom set when SITE_DATA has no data; "never"
-#     SITE_STYLE         phantom scanner style A|B|C  SITE_SEED  phantom seed  SITE_CASES  cases
+#     SITE_STYLE         phantom style: A, P1, S1..  SITE_SEED  phantom seed  SITE_CASES  cases
 #   SITE_TRAIN_ON_START  "if-missing": train the teacher before starting when SITE_RUN has no
 #                        teacher.json; "never": the coordinator's `train` message trains it
 #     SITE_MODEL         teacher architecture         SITE_TEACHER_CONFIG  TeacherTrainConfig

@@ -68,3 +68,80 @@ def _slice(plane: np.ndarray, modality: str, study: str, frame: str, series: str
     ds.RescaleIntercept, ds.RescaleSlope = 0, 1
     ds.PixelData = np.ascontiguousarray(plane, np.int16).tobytes()
     return ds
+
+
+RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def voxel_to_lps(ijk: np.ndarray, image: Dataset, spacing: tuple[float, float, float]
+                 ) -> np.ndarray:
+    """(P, 3) (column, row, slice) indices -> (P, 3) patient LPS mm on the series whose first
+    slice (k = 0) is ``image`` (as :func:`write_series` wrote it)."""
+    iop = np.asarray([float(v) for v in image.ImageOrientationPatient])
+    f_row, f_col = iop[:3], iop[3:]
+    origin = np.asarray([float(v) for v in image.ImagePositionPatient])
+    dc, dr, dz = spacing
+    ijk = np.asarray(ijk, float)
+    return (origin + ijk[:, :1] * dc * f_row + ijk[:, 1:2] * dr * f_col
+            + ijk[:, 2:] * dz * np.cross(f_row, f_col))
+
+
+def write_rtstruct(path: Path, images: list[Dataset],
+                   rois: dict[str, list[tuple[str, np.ndarray]]],
+                   spacing: tuple[float, float, float],
+                   reference_series: bool = True) -> Dataset:
+    """An RTSTRUCT on the series ``images`` (slice k = 0 first, as :func:`write_series` returns
+    them): ``rois`` name -> [(geometric type, (P, 3) contour points in voxel (column, row,
+    slice) indices)], converted to patient mm. ``reference_series``: name the series in the
+    Referenced Frame of Reference Sequence (else only the frame of reference)."""
+    first = images[0]
+    sop = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTSTRUCT_CLASS, sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = RTSTRUCT_CLASS, sop, "RTSTRUCT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, generate_uid()
+    ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.PatientName, ds.PatientID, ds.SeriesDescription = "Phantom^One", "P1", "structures"
+    ds.StructureSetLabel = "synthetic"
+    contour_images = [_ref(im) for im in images]
+    frame = Dataset()
+    frame.FrameOfReferenceUID = first.FrameOfReferenceUID
+    if reference_series:
+        series = Dataset()
+        series.SeriesInstanceUID = first.SeriesInstanceUID
+        series.ContourImageSequence = contour_images
+        study = Dataset()
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+        study.ReferencedSOPInstanceUID = first.StudyInstanceUID
+        study.RTReferencedSeriesSequence = [series]
+        frame.RTReferencedStudySequence = [study]
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
+    for number, (name, contours) in enumerate(rois.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName = number, name
+        roi.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        ds.StructureSetROISequence.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber, item.ROIDisplayColor = number, [255, 0, 0]
+        item.ContourSequence = []
+        for kind, ijk in contours:
+            c = Dataset()
+            c.ContourGeometricType, c.NumberOfContourPoints = kind, len(ijk)
+            c.ContourData = [round(float(v), 4) for v in voxel_to_lps(ijk, first, spacing).ravel()]
+            item.ContourSequence.append(c)
+        ds.ROIContourSequence.append(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return ds
+
+
+def _ref(image: Dataset) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = image.SOPClassUID
+    ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    return ref

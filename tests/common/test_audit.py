@@ -11,26 +11,30 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit import (
-    CLEAN_STATEMENT,
+from common.audit.entries import (
     NONFINITE_KEY,
-    TEACHER_OUTPUTS,
-    AuditError,
-    AuditLog,
     canonical_json,
     digest_arrays,
     entry_hash_of,
+    make_receipt,
+    verify_receipt,
+)
+from common.audit.html import render_html
+from common.audit.keys import (
+    AuditError,
     fingerprint,
     generate_keypair,
     load_private_key,
     load_public_key,
-    make_receipt,
+)
+from common.audit.log import (
+    CLEAN_STATEMENT,
+    TEACHER_OUTPUTS,
+    AuditLog,
     read_entries,
     summarise_log,
     verify_log,
-    verify_receipt,
 )
-from common.audit_report import render_html
 
 Q = "query.teacher_outputs"
 
@@ -81,7 +85,7 @@ def resealed(line: str, **changes: object) -> str:
     d = json.loads(line)
     d.update(changes)
     d["entry_hash"] = ""
-    from common.audit import AuditEntry
+    from common.audit.entries import AuditEntry
 
     e = AuditEntry.model_validate(d)
     e.entry_hash = entry_hash_of(e)

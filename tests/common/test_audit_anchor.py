@@ -1,4 +1,4 @@
-"""common/audit_anchor.py: signed log heads, the per-signer store, and the anchor check
+"""common/audit/anchor.py: signed log heads, the per-signer store, and the anchor check
 (truncation or rewriting of the peer log, detected from the heads recorded in this one)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit import GENESIS, AuditLog, fingerprint
-from common.audit_anchor import HeadStore, check_anchors, head_problem, log_head, sign_head
+from common.audit.anchor import HeadStore, check_anchors, head_problem, log_head, sign_head
+from common.audit.keys import fingerprint
+from common.audit.log import GENESIS, AuditLog
 from common.protocol import ProtocolError, TrainConfig, check_records, encode_train
 
 

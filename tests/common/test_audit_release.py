@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.audit import AuditLog
-from common.audit_report import site_report
+from common.audit.log import AuditLog
+from common.audit.report import site_report
 from common.records import load_or_create_key
 from site_node.cli import main as site_main
 from site_node.policy import (
@@ -107,8 +107,8 @@ def test_the_html_report_is_tables_grouped_by_kind(fedavg_log: Path, tmp_path: P
 
 
 def test_the_dp_statement_with_noise_gives_the_accountants_epsilon() -> None:
-    from common.audit import AuditEntry
-    from common.audit_report import dp_statement
+    from common.audit.entries import AuditEntry
+    from common.audit.report import dp_statement
 
     def entry(sigma: float) -> tuple[int, AuditEntry]:
         return 1, AuditEntry.model_validate({

@@ -331,7 +331,8 @@ def test_audit_wrong_key_files_are_one_line(tmp_path: Path,
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from common.audit import AuditLog, generate_keypair, load_private_key
+    from common.audit.keys import generate_keypair, load_private_key
+    from common.audit.log import AuditLog
 
     priv, pub = generate_keypair(tmp_path, "site")
     log = tmp_path / "egress.jsonl"

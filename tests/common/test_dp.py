@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.dp import (
+from common.audit.dp import (
     compose_gaussian,
     dp_accounting,
     dp_epsilon,
@@ -59,7 +59,7 @@ def test_dp_epsilon_is_finite_where_the_old_bound_said_inf() -> None:
 
 
 def test_release_sensitivity_hand_computed() -> None:
-    from common.audit import digest_arrays
+    from common.audit.entries import digest_arrays
 
     n = 3
     arrays = digest_arrays({"logits": np.zeros((n, 2, 4, 4), np.float16),
@@ -79,8 +79,8 @@ def test_release_sensitivity_hand_computed() -> None:
 
 
 def test_dp_accounting_per_run_from_the_log(tmp_path: Path) -> None:
-    from common.audit import AuditLog, read_entries
-    from common.audit_report import site_report
+    from common.audit.log import AuditLog, read_entries
+    from common.audit.report import site_report
 
     log = AuditLog(tmp_path / "egress.jsonl")
     arrays = {"probs_u8": np.zeros((1, 1, 1, 1), np.uint8)}  # sensitivity sqrt(2) per slice

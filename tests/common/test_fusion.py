@@ -158,7 +158,7 @@ def test_renormalise_drops_teacher() -> None:
 
 def test_unknown_weighting_lists_valid_names() -> None:
     assert set(WEIGHTINGS.names()) == {
-        "entropy", "equal", "fixed", "inverse_dice_loss", "paper", "select_best"
+        "entropy", "equal", "fixed", "inverse_dice_loss", "learned", "paper", "select_best"
     }
     with pytest.raises(RegistryError, match="valid: entropy, equal, fixed"):
         build_weighting("average")

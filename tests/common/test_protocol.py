@@ -251,3 +251,15 @@ def test_fedavg_weights_pack_average_and_unpack_by_name() -> None:
     assert none is None and torch.equal(back["w"], a["w"])
     with pytest.raises(ProtocolError, match="weights array 'float64'"):
         unpack_weights(conf, ArrayRecord({"float64": Array(np.zeros(3))}), "t")
+
+
+def test_whole_field_travels_only_when_asked() -> None:
+    """A centre-tile query (the default) carries no ``whole_field`` key, so a site of an
+    earlier version still reads it; a whole-field query carries it and decodes to True."""
+    images, masks, cfg = _proxy()
+    plain = encode_query(images, masks, cfg)
+    assert "whole_field" not in dict(plain[Key.CONFIG])
+    assert decode_query(plain)[0].whole_field is False
+    whole = encode_query(images, masks, cfg.model_copy(update={"whole_field": True}))
+    assert dict(whole[Key.CONFIG])["whole_field"] is True
+    assert decode_query(whole)[0].whole_field is True

@@ -70,6 +70,6 @@ def test_evaluate_request_carries_a_validated_plan() -> None:
     assert EvalConfig(run_id="r1", run_name="run", model_name="enet", size=64).plan() is None
     from flwr.app import ConfigRecord
 
-    bad = ConfigRecord({**ec.model_dump(), "plan_json": '{"size": 0}'})
+    bad = ConfigRecord({**ec.model_dump(exclude_none=True), "plan_json": '{"size": 0}'})
     with pytest.raises(ProtocolError):
         decode_model(bad, EvalConfig, "coordinator", "config")

@@ -1,5 +1,6 @@
 """Peer baselines: FedAvg through Flower's strategy, payload byte counts, and the
-``local_only`` / ``pooled`` / ``fedavg`` rows with cost columns in a tiny ``--local`` run."""
+``local_only`` / ``pooled`` / ``fedavg`` / ``fedprox`` / ``fedbn`` rows with cost columns in a
+tiny ``--local`` run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from coordinator.baselines.fedavg import SiteClient, fedavg_config, local_exchan
 from coordinator.distill.config import (
     ExperimentConfig,
     FedAvgSpec,
+    FedBNSpec,
+    FedProxSpec,
     KDConfig,
     RunsConfig,
     SiteSpec,
@@ -174,7 +177,8 @@ def _cfg(sites: dict, teachers: dict, out: Path) -> ExperimentConfig:
         student=_student(), kd=KDConfig(),
         runs=RunsConfig(baseline=True, single_teacher=False,
                         weightings=[WeightingSpec(name="equal")], local_only=True,
-                        pooled=True, fedavg=FedAvgSpec(rounds=2, local_epochs=1)))
+                        pooled=True, fedavg=FedAvgSpec(rounds=2, local_epochs=1),
+                        fedprox=FedProxSpec(rounds=1, mu=0.01), fedbn=FedBNSpec(rounds=2)))
 
 
 def test_local_run_has_baseline_rows_and_cost_columns(tiny_sites: dict, tiny_teachers: dict,
@@ -187,7 +191,8 @@ def test_local_run_has_baseline_rows_and_cost_columns(tiny_sites: dict, tiny_tea
     rows = run_experiment(cfg, LocalSites(cfg))
     names = [r["run"] for r in rows]
     assert names[3:] == ["student_only", "multi_equal", "local_only_site_a", "local_only_site_b",
-                         "local_only_site_c", "local_only", "pooled", "fedavg"]
+                         "local_only_site_c", "local_only", "pooled", "fedavg", "fedprox",
+                         "fedbn"]
     by = {r["run"]: r for r in rows}
     own = by["local_only"]["sites"]
     for s in SITES:  # local_only = each site's own student on its own test set
@@ -214,6 +219,39 @@ def test_local_run_has_baseline_rows_and_cost_columns(tiny_sites: dict, tiny_tea
             f"{fed['mean_dice']:.3f}") in md
     assert f"{multi['cost']['bytes_sent']} vs {fed['cost']['bytes_sent']}" in md
     assert (out / "results_tradeoff.png").stat().st_size > 1000
+    _check_fedprox_fedbn(out, cfg, by, table, header)
+
+
+def _check_fedprox_fedbn(out: Path, cfg: ExperimentConfig, by: dict, table: dict,
+                         header: list[str]) -> None:
+    """The FedProx and FedBN rows of the tiny run: per-case scores in results.json, their
+    bytes in costs.csv (FedBN's fewer: no BatchNorm), and the export still takes MT-KD's."""
+    import json
+
+    from coordinator.export import pick_default_multi
+
+    saved = {r["run"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    for run in ("fedprox", "fedbn"):
+        cases = saved[run]["cases"]
+        assert set(cases) == set(SITES) and all(len(c) >= 1 for c in cases.values())
+        assert all(0.0 <= v["dice"] <= 1.0 for c in cases.values() for v in c.values())
+    assert by["fedprox"]["weighting"] == "Flower FedProx mu=0.01 1 rounds x 1 ep"
+    assert "BatchNorm" in by["fedbn"]["weighting"] and "not exported" in saved["fedbn"]["note"]
+    col = header.index("site_b sent")
+    for run, rounds in (("fedprox", 1), ("fedbn", 2)):
+        plog = PayloadLog.read(out / "runs" / run / "payloads.jsonl")
+        assert int(table[run][col]) == sum(e.nbytes for e in plog.entries
+                                           if e.site == "site_b" and e.direction == "sent")
+        assert int(table[run][header.index("messages")]) == rounds * 2 * 3
+    assert table["fedprox"][1] == "model weights"
+    assert table["fedbn"][1] == "model weights less BatchNorm"
+    # FedBN's replies lack tiny_unet's 1280 BatchNorm floats and 10 counters: 2 rounds
+    fedavg, fedbn = int(table["fedavg"][col]), int(table["fedbn"][col])
+    assert 2 * (1280 * 4 + 10 * 8) <= fedavg - fedbn < 2 * (1280 * 4 + 10 * 8) + 4000
+    for site in SITES:  # each site's own BatchNorm was kept where a site keeps it
+        assert (out / "runs" / "fedbn" / "site_state" / site / "fedbn" / "local" /
+                "seed0.pt").is_file()
+    assert pick_default_multi(list(by.values()), cfg)["run"] == "multi_equal"  # type: ignore[index]
 
 
 class SiteGrid(PushPullGrid):

@@ -1,4 +1,4 @@
-"""The fp16 memmap teacher cache: exact round trip, legacy migration, per-item reads
+"""The fp16 memmap teacher cache: exact round trip, per-item reads
 and a student trained from it identical to the in-memory path (losses, weights, resume)."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from common.io import atomic_torch_save
 from common.kd.targets import TeacherTargets
 from coordinator.distill.cache import CachedTargets, TeacherCache, read_rows
 from tests._helpers import random_targets
@@ -20,7 +19,7 @@ DIGEST = "ab" * 32
 
 
 def _fp16(t: TeacherTargets) -> TeacherTargets:
-    """What the old ``.pt`` cache gave back: maps fp16-rounded, scalars float32."""
+    """What the cache gives back: maps fp16-rounded, scalars float32."""
     return t.map(lambda v: v.half().float() if v.dim() > 2 else v.float())
 
 
@@ -54,16 +53,6 @@ def test_streamed_build_equals_one_put(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="7 slices written, 10 announced"):
         cache.build("s2", DIGEST, 10, lambda a, b: t.index(slice(a, min(b, 7))), chunk=4)
     assert not list(tmp_path.glob("s2-*"))  # nothing half-written left behind
-
-
-def test_legacy_pt_cache_is_migrated_on_first_read(tmp_path: Path) -> None:
-    t = random_targets(4, 16, seed=3)
-    legacy = tmp_path / "site_a-abababababababab.pt"
-    atomic_torch_save(legacy, t.map(lambda v: v.half() if v.dim() > 2 else v.float()).as_dict())
-    cache = TeacherCache(tmp_path)
-    got = cache.get("site_a", DIGEST)
-    assert got is not None and _same(got, _fp16(t))
-    assert not legacy.exists() and (tmp_path / "site_a-abababababababab" / "meta.json").exists()
 
 
 def test_cached_targets_select_index_and_rows(tmp_path: Path) -> None:

@@ -128,7 +128,8 @@ def test_export_subcommand_reads_the_run_results(tmp_path: Path,
 def test_bytes_exchanged_come_from_the_coordinator_log(tmp_path: Path) -> None:
     import numpy as np
 
-    from common.audit import AuditLog, generate_keypair, load_private_key
+    from common.audit.keys import generate_keypair, load_private_key
+    from common.audit.log import AuditLog
     from coordinator.export import exchanged_bytes
 
     assert exchanged_bytes(tmp_path) is None

@@ -16,6 +16,8 @@ from coordinator.baselines.costs import PayloadLog, payload_bytes
 from coordinator.distill.config import (
     ExperimentConfig,
     FedAvgSpec,
+    FedBNSpec,
+    FedProxSpec,
     RunsConfig,
     SiteSpec,
     StudentTrainConfig,
@@ -58,8 +60,10 @@ class WireGrid(PushPullGrid):
         return out
 
 
-def _run(sites: dict, teachers: dict, tmp: Path, allow: tuple[bool, bool]) -> tuple:
-    """``federated_baselines`` for sites a (node 1) and b (node 2), 2 rounds of FedAvg."""
+def _run(sites: dict, teachers: dict, tmp: Path, allow: tuple[bool, bool],
+         runs: RunsConfig | None = None) -> tuple:
+    """``federated_baselines`` for sites a (node 1) and b (node 2), 2 rounds of FedAvg (or the
+    peer rows of ``runs``)."""
     from coordinator.audit_trail import CoordinatorTrail
     from coordinator.baselines.fedavg import task_identity
     from coordinator.distill.proxy import load_proxy
@@ -76,7 +80,7 @@ def _run(sites: dict, teachers: dict, tmp: Path, allow: tuple[bool, bool]) -> tu
     cfg = ExperimentConfig(
         out=tmp / "exp", proxy=sites["proxy"], student=student,
         sites=[SiteSpec(name=s, data=sites[s], teacher_dir=teachers[s]) for s in names.values()],
-        runs=RunsConfig(fedavg=FedAvgSpec(rounds=2, local_epochs=1)))
+        runs=runs or RunsConfig(fedavg=FedAvgSpec(rounds=2, local_epochs=1)))
     data = DistillData(load_proxy(sites["proxy"], 32), None, list(names.values()), {})
     s = SimpleNamespace(timeout=60.0, chunk_size=64, trail=CoordinatorTrail(cfg.out, "r1"))
     roster = Roster(dict(names))
@@ -134,6 +138,46 @@ def test_fedavg_row_over_the_sites_real_app(tiny_sites: dict, tiny_teachers: dic
     assert fedavg.count(("node 1", "in", "received")) == 2
 
 
+def test_fedprox_and_fedbn_rows_over_the_sites_real_app(tiny_sites: dict, tiny_teachers: dict,
+                                                        tmp_path: Path) -> None:
+    """FedProx (1 round) and FedBN (2 rounds) as ``query.fedavg_train`` through the egress gate:
+    site_a releases, site_b refuses. FedBN: no BatchNorm crosses, site_a keeps its own in its
+    state dir and is scored with it; site_b, which trained no round, has no FedBN score."""
+    runs = RunsConfig(fedprox=FedProxSpec(rounds=1, mu=0.01), fedbn=FedBNSpec(rounds=2))
+    rows, grid, cfg, roster = _run(tiny_sites, tiny_teachers, tmp_path, (True, False), runs)
+    assert [r["run"] for r in rows] == ["student_only", "fedprox", "fedbn"]
+    prox, bn = rows[1], rows[2]
+    assert prox["weighting"] == "Flower FedProx mu=0.01 1 rounds x 1 ep"
+    assert set(prox["sites"]) == {"site_a", "site_b"}
+    assert all("dice_mean" in v for v in prox["sites"].values())
+    assert "dice_mean" in bn["sites"]["site_a"] and bn["mean_dice"] == pytest.approx(
+        bn["sites"]["site_a"]["dice_mean"])
+    assert "trained no FedBN round" in bn["sites"]["site_b"]["error"]
+    state = tmp_path / "site_a" / "state" / "fedbn" / "r1" / "seed0.pt"
+    kept = torch.load(state, weights_only=True)
+    assert len(kept) == 50 and int(kept["stem.1.num_batches_tracked"]) > 0
+    # bytes: each row's log equals what crossed; FedBN's weights lack 1280 floats + 10 counters
+    node = {"site_a": 1, "site_b": 2}
+    wire = [(n, d, b) for n, d, m, b in grid.wire if m == FEDAVG]
+    logs = {r: PayloadLog.read(cfg.out / "runs" / r / "payloads.jsonl") for r in ("fedprox",
+                                                                                  "fedbn")}
+    assert sorted((node[e.site], e.direction, e.nbytes) for lg in logs.values()
+                  for e in lg.entries) == sorted(wire)
+    sent = {r: [e.nbytes for e in lg.entries if e.direction == "sent"] for r, lg in logs.items()}
+    assert len(sent["fedprox"]) == 1 and len(sent["fedbn"]) == 2
+    assert 1280 * 4 + 10 * 8 <= sent["fedprox"][0] - sent["fedbn"][0] < 1280 * 4 + 4000
+    assert bn["cost"]["left_site"] == "model weights less BatchNorm"
+    assert bn["cost"]["per_site"]["site_a"]["sent"] == sum(sent["fedbn"])
+    evals = [b for n, d, m, b in grid.wire if m == "evaluate" and n == 1 and d == "received"]
+    assert len(evals) == 2 and 1280 * 4 <= evals[0] - evals[1]  # FedBN's: no BatchNorm sent
+    audit = [json.loads(x) for x in (tmp_path / "site_a" / "state" / "audit" / "egress.jsonl")
+             .read_text().splitlines()]
+    released = [e["config"].get("release") for e in audit
+                if e["msg_type"] == FEDAVG and e["decision"] == "sent"]
+    assert released == ["model weights", "model weights less BatchNorm",
+                        "model weights less BatchNorm"]
+
+
 def test_no_site_releasing_weights_gives_no_row(tiny_sites: dict, tiny_teachers: dict,
                                                 tmp_path: Path) -> None:
     rows, grid, _, roster = _run(tiny_sites, tiny_teachers, tmp_path, (False, False))
@@ -165,6 +209,10 @@ def test_simulate_enables_weight_release_only_for_a_fedavg_run(
         fed.write_text(config.read_text() + "\n[runs.fedavg]\nrounds = 2\n")
         assert release(fed) == {"on"}
         assert "weight release ENABLED in each site's policy" in caplog.text
+        for table in ("fedprox", "fedbn"):  # the other weight-sharing rows too
+            peer = tmp_path / f"{table}.toml"
+            peer.write_text(config.read_text() + f"\n[runs.{table}]\nrounds = 2\n")
+            assert release(peer) == {"on"}
 
 
 def test_mtkd_row_cost_is_its_query_exchange_at_the_run_chunk_size(

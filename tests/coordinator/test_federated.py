@@ -128,16 +128,17 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
     """``coordinator simulate`` (the compose topology: init-certs, SuperLink, coordinator, 3
     sites through the container entrypoints on 127.0.0.1, TLS and node auth on) and
     ``distill --local`` on the same config give the same per-case Dice and the same files.
-    The experiment has a one-round FedAvg baseline, so the sites are started with weight
-    release on and the FedAvg row is trained over the same deployment and scored by every
-    site."""
+    The experiment has one-round FedAvg and FedBN baselines, so the sites are started with
+    weight release on and both rows are trained over the same deployment and scored by every
+    site (FedBN: each with the BatchNorm it kept in its state dir)."""
     from coordinator.baselines.costs import PayloadLog
     from coordinator.cli import main as cli_main
     from coordinator.distill.sites import RunStatus
     from coordinator.topology.simulate import SiteNode, simulate
 
     config = federated_toml(tiny_sites, tiny_teachers, tmp_path)
-    config.write_text(config.read_text() + "\n[runs.fedavg]\nrounds = 1\n")
+    config.write_text(config.read_text()
+                      + "\n[runs.fedavg]\nrounds = 1\n[runs.fedbn]\nrounds = 1\n")
     nodes = [SiteNode(n, tiny_sites[n], tiny_teachers[n]) for n in SITES]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # every process, the ServerApp too: one thread
     rc = simulate(nodes, config, tmp_path / "work", {"timeout": 120.0}, timeout=240.0)
@@ -164,9 +165,10 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
         assert len(sent) == 1 and fed["cost"]["per_site"][name]["sent"] == sum(sent)
         audit = read_jsonl(tmp_path / "work" / "sites" / name / "audit" / "egress.jsonl")
         fedavg = [e["decision"] for e in audit if e["msg_type"] == "query.fedavg_train"]
-        assert fedavg == ["received", "sent"]
+        assert fedavg == ["received", "sent"] * 2  # FedAvg, then FedBN
         site_state = tmp_path / "work" / "sites" / name
         assert list((site_state / "overlays").rglob("*.png"))  # drawn at the site, kept there
+        assert len(list((site_state / "fedbn").glob("*/seed0.pt"))) == 1  # its own BatchNorm
     assert "Not run: teacher rows" in (fed_out / "results.md").read_text()
 
     # the same config with `coordinator distill --local` (export included), into its own folder,
@@ -181,7 +183,7 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
         torch.set_num_threads(threads)
     local = {r["run"]: r for r in json.loads((tmp_path / "local" / "results.json")
                                             .read_text())["rows"]}
-    for run in ("multi_inverse_dice_loss", "fedavg"):
+    for run in ("multi_inverse_dice_loss", "fedavg", "fedbn"):
         for site in SITES:  # per case, in the test split's order
             fed_dice = [c["dice"] for c in fed_rows[run]["cases"][site].values()]
             loc_dice = [c["dice"] for c in local[run]["cases"][site].values()]

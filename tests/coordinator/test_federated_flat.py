@@ -34,7 +34,7 @@ def test_answers_are_written_as_they_arrive_and_read_back_as_the_in_ram_stack(
     order = [("site_a", 2), ("site_b", 0), ("site_a", 0), ("site_c", 1), ("site_b", 2),
              ("site_a", 1), ("site_b", 1)]  # replies out of chunk order; site_c then dropped
     for site, i in order:
-        store.add(site, PARTS[i].start, full[site].index(PARTS[i]))
+        store.add(site, PARTS[i].start, full[site].index(PARTS[i]).site_arrays())
         tmp = tmp_path / f"{site}-{KEYS[site][:16]}.tmp-{os.getpid()}"
         rows = RowFile(tmp / "logits.npy").rows(PARTS[i].start, PARTS[i].stop)  # on disk now
         assert np.array_equal(rows, full[site].logits[0, PARTS[i]].half().numpy())
@@ -56,9 +56,9 @@ def test_a_site_writer_refuses_overlaps_and_an_incomplete_commit_leaves_nothing(
     cache = TeacherCache(tmp_path)
     t = random_targets(N, SIDE, seed=3)
     w = cache.writer("site_a", KEYS["site_a"], N)
-    w.put(3, t.index(slice(3, 7)))
+    w.put(3, t.index(slice(3, 7)).site_arrays())
     with pytest.raises(ValueError, match="slices 5:8 out of 0:10 or written twice"):
-        w.put(5, t.index(slice(5, 8)))
+        w.put(5, t.index(slice(5, 8)).site_arrays())
     with pytest.raises(ValueError, match="4 slices written, 10 announced"):
         w.commit()
     assert list(tmp_path.iterdir()) == [] and cache.open("site_a", KEYS["site_a"]) is None

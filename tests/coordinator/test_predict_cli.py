@@ -177,3 +177,23 @@ def test_exported_plan_is_the_proxy_sets_plan(exported: dict, tmp_path: Path) ->
     assert proxy_plan is not None and proxy_plan.spacing is not None  # from the fingerprint
     assert student_plan({}, cfg) == proxy_plan.model_dump(mode="json")
     assert student_plan({"plan": PLAN}, cfg) == PLAN  # a plan in the checkpoint wins
+
+
+def test_auto_skips_an_aoti_package_this_cpu_cannot_run(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package compiled for x86-64-v3 is the fastest in the card, but on a CPU without AVX2
+    ``auto`` falls back to the next measured runtime instead of failing at load."""
+    import torch
+
+    from common import predict
+
+    files = {"aoti": tmp_path / "student.aoti.pt2", "pt2": tmp_path / "student.pt2"}
+    for f in files.values():
+        f.write_bytes(b"x")
+    card = {"runtimes": {"aoti": {"latency": {"median_ms": 1.0}, "target": "x86-64-v3"},
+                         "pt2": {"latency": {"median_ms": 4.0}}}}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert predict.pick_runtime(tmp_path, files) == "pt2"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert predict.pick_runtime(tmp_path, files) == "aoti"

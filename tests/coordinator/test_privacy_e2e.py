@@ -122,11 +122,11 @@ def _config(setup: dict, tmp: Path) -> Path:
 
 def _audit_cli(log: Path, pub: Path, *extra: str, coordinator: bool = False) -> int:
     """What ``site-node audit`` (or, with ``coordinator``, ``coordinator audit``) runs
-    (common.audit_cli)."""
+    (common.audit.cli)."""
     import argparse
 
-    from common.audit_cli import add_audit_args, run_audit
-    from common.audit_report import coordinator_report
+    from common.audit.cli import add_audit_args, run_audit
+    from common.audit.report import coordinator_report
 
     p = argparse.ArgumentParser()
     add_audit_args(p)
@@ -136,7 +136,8 @@ def _audit_cli(log: Path, pub: Path, *extra: str, coordinator: bool = False) -> 
 
 @pytest.mark.slow
 def test_canary_never_crosses_the_wire(canary_setup: dict, tmp_path: Path) -> None:
-    from common.audit import load_public_key, verify_log
+    from common.audit.keys import load_public_key
+    from common.audit.log import verify_log
     from coordinator.distill.proxy import load_proxy
     from coordinator.topology.simulate import SiteNode, simulate
 

@@ -178,7 +178,8 @@ def _query_round(window: int, monkeypatch: pytest.MonkeyPatch, tmp: Path, answer
 
     for key, value in (("_task_id", 1), ("_run_id", 7), ("_node_id", 0)):  # a ServerApp's
         monkeypatch.setattr(TaskIdentity, key, value)
-    kd = SimpleNamespace(feature_taps="emkd", at_form="zagoruyko", at_p=2, temperature=1.0)
+    kd = SimpleNamespace(feature_taps="emkd", at_form="zagoruyko", at_p=2, temperature=1.0,
+                         teacher_field="centre")
     cfg = SimpleNamespace(kd=kd, student=SimpleNamespace(size=32, teacher_batch_size=4))
     s = SimpleNamespace(chunk_size=4, query_window=window, timeout=50.0, trail=None)
     grid = FakeGrid(dict(zip(nodes, (1.0, 2.0), strict=True)), answer or _site_answer,

@@ -112,7 +112,8 @@ def _virtual_sites(tiny_sites: dict, tiny_teachers: dict, root: Path
                            "installs it, and with CI set the test runs and fails without it)")
 def test_twelve_virtual_sites_on_ray_keep_data_private_and_logs_verifiable(
         tiny_sites: dict, tiny_teachers: dict, tmp_path: Path) -> None:
-    from common.audit import load_public_key, verify_log
+    from common.audit.keys import load_public_key
+    from common.audit.log import verify_log
     from coordinator.distill.proxy import load_proxy
     from coordinator.topology.env import SiteNode
     from coordinator.topology.ray_engine import site_keys_dir

@@ -99,7 +99,7 @@ def test_exporting_without_the_key_filter_is_caught(repo: Path) -> None:
 
 
 def _run_folder(out: Path) -> None:
-    """What the ServerApp leaves in its out folder (keys as common.audit_keys writes them)."""
+    """What the ServerApp leaves in its out folder (keys as common.audit.keys writes them)."""
     (out / "audit").mkdir(parents=True)
     (out / "audit" / "coordinator.key").write_bytes(PEM)
     (out / "audit" / "coordinator.key").chmod(0o600)

@@ -162,7 +162,9 @@ def test_site_entrypoint_runs_site_node_with_the_audit_key(tiny_sites: dict,
     assert stat.S_IMODE((keys / "node.key").stat().st_mode) == 0o600
     from common.records import load_or_create_key
 
-    load_or_create_key(plan.out / "audit" / "coordinator.key")  # simulate makes it first
+    load_or_create_key(plan.out / "audit" / "coordinator.key")  # the coordinator makes it
+    plan.coordinator_pub.parent.mkdir(parents=True)  # and hands its public half over
+    shutil.copy(plan.out / "audit" / "coordinator.pub", plan.coordinator_pub)
     out = _run([str(ENTRYPOINTS / "entrypoint.sh"), "site", "--dry-run"],
                {**env["site-s1"], "PATH": path})
     assert out.returncode == 0, out.stdout + out.stderr

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.audit import load_public_key, receipt_problem, verify_log
+from common.audit.entries import receipt_problem
+from common.audit.keys import load_public_key
+from common.audit.log import verify_log
 from common.protocol import (
     Key,
     QueryConfig,
@@ -143,7 +145,7 @@ def test_coordinator_verifies_receipts_and_audits(tmp_path: Path,
     import argparse
     import shutil
 
-    from common.audit_cli import add_audit_args
+    from common.audit.cli import add_audit_args
     from coordinator.audit_trail import CoordinatorTrail, run_coordinator_audit
 
     gate = EgressGate(tmp_path / "site")

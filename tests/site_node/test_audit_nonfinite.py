@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.audit import NONFINITE_KEY, AuditLog, verify_log
+from common.audit.entries import NONFINITE_KEY
+from common.audit.log import AuditLog, verify_log
 from common.protocol import (
     EvalReply,
     Key,

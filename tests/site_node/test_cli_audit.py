@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.audit import AuditLog, generate_keypair, load_private_key
+from common.audit.keys import generate_keypair, load_private_key
+from common.audit.log import AuditLog
 from site_node.cli import main as site_main
 
 
@@ -116,7 +117,7 @@ def test_documented_compression_modes_pass(tmp_path: Path, mode: str,
 
 
 def test_default_policy_allows_exactly_the_teacher_outputs() -> None:
-    from common.audit import TEACHER_OUTPUTS
+    from common.audit.log import TEACHER_OUTPUTS
     from site_node.policy import allowed_arrays, default_policy
 
     assert allowed_arrays(default_policy()) == TEACHER_OUTPUTS

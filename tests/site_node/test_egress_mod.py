@@ -132,7 +132,8 @@ def test_the_train_handler_reply_is_sealed_by_the_mod(task_identity: None,
                                                       site: dict[str, Path]) -> None:
     from flwr.app import Message
 
-    from common.audit import load_public_key, receipt_problem
+    from common.audit.entries import receipt_problem
+    from common.audit.keys import load_public_key
     from common.protocol import decode_train_reply
     from common.records import record_contents
     from site_node.app import app

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.audit import AuditLog, fingerprint, load_private_key, load_public_key, verify_log
+from common.audit.keys import fingerprint, load_private_key, load_public_key
+from common.audit.log import AuditLog, verify_log
 from site_node.cli import main
 from site_node.keys import init_keys, ssh_fingerprint
 

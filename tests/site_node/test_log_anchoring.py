@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from common.audit_anchor import sign_head
-from common.audit_cli import add_audit_args
+from common.audit.anchor import sign_head
+from common.audit.cli import add_audit_args
 from common.protocol import Key, TrainConfig, TrainReply, encode_train, encode_train_reply
 from coordinator.audit_trail import CoordinatorTrail, run_coordinator_audit
 from site_node.cli import main as site_main

@@ -178,7 +178,7 @@ def test_an_unknown_message_type_leaves_a_signed_refusal(task_identity: None,
                                                          tmp_path: Path) -> None:
     from flwr.app import Message
 
-    from common.audit import verify_log
+    from common.audit.log import verify_log
     from site_node.app import app
 
     msg = Message(_query(), dst_node_id=7, message_type="query.steal")

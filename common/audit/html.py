@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.audit import AuditEntry, AuditError, VerifyReport, by_kind, read_entries
+from common.audit.entries import AuditEntry, VerifyReport
+from common.audit.keys import AuditError
+from common.audit.log import by_kind, read_entries
 
 MAX_NAMED = 6  # an entry with more arrays shows them grouped by kind
 CSS = """body{font-family:system-ui,sans-serif;margin:16px;max-width:1240px;color:#222}

@@ -9,11 +9,17 @@ that concurrent messages of one site are served one at a time, as on one GPU, wh
 sites run in parallel without using this machine's CPU. Used by ``bench/bench_query.py
 --emulate-s-per-slice``; never by a real site (the site trains and serves what its own config
 names).
+
+Bench code: importing this module registers ``emulated_accelerator`` in the model registry;
+the product never imports it. The benchmark's site processes are started by
+``coordinator simulate``, so :func:`register_in_children` makes every Python process started
+afterwards import this module first (a ``sitecustomize`` on ``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from pathlib import Path
 
@@ -57,3 +63,16 @@ class EmulatedAccelerator(TinyUNet):
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             time.sleep(seconds)
         return seconds
+
+
+def register_in_children(folder: Path) -> Path:
+    """Make Python processes started from now on (the simulated sites) register
+    ``emulated_accelerator`` too: write ``folder/sitecustomize.py`` importing this module and
+    put ``folder`` and the repository root first on ``PYTHONPATH``; returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    hook = folder / "sitecustomize.py"
+    hook.write_text("import bench.emulated_models  # noqa: F401  (registers the model)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), root, *rest])
+    return hook

@@ -1,7 +1,7 @@
 """Ed25519 keys of the exchange log: generate, load (refusing loose file modes), fingerprint,
 and the signature check; plus :class:`AuditError`, the one error of the audit modules.
 
-Part of the audit log; :mod:`common.audit` re-exports every public name.
+Part of the audit log (:mod:`common.audit.log`).
 """
 
 from __future__ import annotations

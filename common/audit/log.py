@@ -16,8 +16,7 @@ signed body minus the array digests, which the coordinator recomputes from the a
 before checking hash and signature (:func:`verify_receipt`).
 
 This module holds the log, its chain and its verification and summary; the entry model, hashing
-and receipts live in :mod:`common.audit_entries`, the keys in :mod:`common.audit_keys`. Every
-public name of those is re-exported here.
+and receipts live in :mod:`common.audit.entries`, the keys in :mod:`common.audit.keys`.
 """
 
 from __future__ import annotations
@@ -35,39 +34,26 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
-from common.audit_entries import (
-    NONFINITE_KEY,
-    RECEIPT_KEYS,
+from common.audit.entries import (
     ArrayDigest,
     AuditEntry,
-    Scalar,
     VerifyReport,
     canonical_json,
     clean_config,
-    digest_array,
     digest_arrays,
     entry_hash_of,
-    make_receipt,
-    receipt_problem,
-    verify_receipt,
 )
-from common.audit_keys import (
+from common.audit.keys import (
     AuditError,
     _signature_ok,
     fingerprint,
-    generate_keypair,
-    load_private_key,
-    load_public_key,
 )
 from common.io import atomic_write_bytes
 
 __all__ = [
-    "CLEAN_STATEMENT", "GENESIS", "NONFINITE_KEY", "RECEIPT_KEYS", "RECOVERY", "TEACHER_OUTPUTS",
-    "ArrayDigest", "AuditEntry", "AuditError", "AuditLog", "Scalar", "VerifyReport",
-    "canonical_json", "clean_config", "digest_array", "digest_arrays", "entry_hash_of",
-    "fingerprint", "generate_keypair", "load_private_key", "load_public_key", "make_receipt",
-    "read_entries", "receipt_problem", "recoveries", "summarise_entries", "summarise_log",
-    "teacher_output_names", "verify_log", "verify_receipt",
+    "CLEAN_STATEMENT", "GENESIS", "RECOVERY", "TEACHER_OUTPUTS", "AuditLog", "array_kind",
+    "by_kind", "names_text", "read_entries", "recoveries", "released", "summarise_entries",
+    "summarise_log", "teacher_output_names", "verify_log",
 ]
 
 GENESIS = "0" * 64
@@ -353,7 +339,7 @@ def summarise_log(path: Path,
                   allowed: Mapping[str, frozenset[str]] = TEACHER_OUTPUTS) -> dict[str, Any]:
     """Bytes per (msg_type, direction), refusals, and the egress statement for a site log.
 
-    No DP accounting here: :func:`common.audit_report.site_report` adds it."""
+    No DP accounting here: :func:`common.audit.report.site_report` adds it."""
     return summarise_entries(list(read_entries(path)), allowed)
 
 

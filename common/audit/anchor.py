@@ -31,8 +31,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common.audit import GENESIS, AuditEntry, AuditLog, read_entries, verify_log
-from common.audit_keys import AuditError, fingerprint
+from common.audit.entries import AuditEntry
+from common.audit.keys import AuditError, fingerprint
+from common.audit.log import GENESIS, AuditLog, read_entries, verify_log
 from common.io import atomic_write_bytes
 
 HEAD_FIELDS = ("head_seq", "head_hash", "head_signer", "head_pub", "head_sig")

@@ -1,7 +1,8 @@
 """Term-by-term diagnostics of the KD objective: how hard each weighted term pulls the student.
 
-Used by ``bench/bench_kd_terms.py`` (numbers in docs/BENCHMARKS.md) and by the scale tests in
-tests/common/test_kd_terms.py. Not on the training path.
+Used by ``bench/bench_kd_terms.py`` (numbers in docs/BENCHMARKS.md) and
+tests/bench/test_kd_diagnostics.py; :func:`disc_batch` also feeds tests/common/test_kd_terms.py.
+Not on the training path (bench code: the product never imports it).
 """
 
 from __future__ import annotations

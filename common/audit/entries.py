@@ -1,8 +1,7 @@
 """One exchange-log entry: its models, canonical hashing, array digests, the cleaning of its
 scalar config, and the receipt a site returns to prove it logged (and signed) exactly a reply.
 
-Part of the audit log; :mod:`common.audit` (the log, its chain and verification) re-exports
-every public name.
+Part of the audit log; :mod:`common.audit.log` holds the log, its chain and verification.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.audit_keys import _signature_ok, fingerprint
+from common.audit.keys import _signature_ok, fingerprint
 from common.config import StrictModel
 
 Scalar = str | int | float | bool | None

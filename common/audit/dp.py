@@ -1,7 +1,7 @@
 """Differential-privacy maths: Gaussian-mechanism accounting, release sensitivity.
 
-This module holds the DP maths only; the exchange log lives in :mod:`common.audit` and
-:mod:`common.audit_report` combines the two. Per-run (epsilon, delta) accounting of the noise a
+This module holds the DP maths only; the exchange log lives in :mod:`common.audit.log` and
+:mod:`common.audit.report` combines the two. Per-run (epsilon, delta) accounting of the noise a
 site added to what it sent is read from the site's exchange-log entries: each ``sent`` query
 reply logs its codec (``noise_sigma``, ``noise_on``), its slice count ``n`` and every array's
 shape. Every noised slice counts as one Gaussian release with noise multiplier
@@ -41,14 +41,16 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from common.teacher_fields import AT_FIELDS, SCALAR_FIELDS
+
 if TYPE_CHECKING:
-    from common.audit import ArrayDigest, AuditEntry
+    from common.audit.entries import ArrayDigest, AuditEntry
 
 DP_DELTA = 1e-5  # delta of the whole run's (epsilon, delta)
 ACCOUNTANT = "RDP (dp-accounting RdpAccountant, Gaussian mechanism)"
 _PROB_KEYS = ("logits", "logits_ds", "probs_u8")  # one of them carries the class outputs
-_MAP_KEYS = ("at_early", "at_deep")
-_COS_KEYS = ("rc_early", "rc_deep")
+_MAP_KEYS = AT_FIELDS
+_COS_KEYS = SCALAR_FIELDS
 
 #: One group of releases: (noise std sigma, L2 sensitivity Delta, number of slices).
 Release = tuple[float, float, int]

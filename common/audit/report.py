@@ -1,10 +1,12 @@
 """What ``site-node audit`` and ``coordinator audit`` report: the log summary plus DP accounting.
 
-:mod:`common.audit` (the signed log) and :mod:`common.dp` (the privacy maths) do not import each
-other; this module combines them. A report is the dict of :func:`common.audit.summarise_log`
+:mod:`common.audit.log` (the signed log) and :mod:`common.audit.dp` (the privacy maths) do not
+import each other; this module combines them. A report is the dict of
+:func:`common.audit.log.summarise_log`
 (``entries``, ``bytes``, ``refused``, ``refused_by_type``, ``violations``, ``statement``) with
-``dp`` (:func:`common.dp.dp_accounting`, one row per noised run) appended; :func:`render_html`
-turns a verification result and a report into a standalone page.
+``dp`` (:func:`common.audit.dp.dp_accounting`, one row per noised run) appended;
+:func:`common.audit.html.render_html` turns a verification result and a report into a
+standalone page.
 """
 
 from __future__ import annotations
@@ -15,19 +17,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from common.audit import (
-    TEACHER_OUTPUTS,
-    AuditEntry,
-    AuditError,
-    VerifyReport,
-    read_entries,
-    summarise_entries,
-)
-from common.audit_html import render_html
-from common.dp import dp_accounting
+from common.audit.dp import dp_accounting
+from common.audit.entries import AuditEntry, VerifyReport
+from common.audit.keys import AuditError
+from common.audit.log import TEACHER_OUTPUTS, read_entries, summarise_entries
 
 __all__ = ["Report", "audit_passed", "coordinator_report", "dp_statement", "final_statement",
-           "render_html", "site_report"]
+           "site_report"]
 
 Report = Callable[[Path], dict[str, Any]]
 

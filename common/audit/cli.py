@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from common.audit_report import Report
+    from common.audit.report import Report
 
 
 def add_audit_args(p: argparse.ArgumentParser) -> None:
@@ -34,13 +34,15 @@ def run_audit(args: argparse.Namespace, summarise: Report | None = None) -> int:
     """Verify chain and signatures; print a summary and the statement; exit status 0 only when
     the log verifies, no egress violation is found, signatures were checked (or waived with
     ``--no-signatures``) and, with ``--peer-log``, the other side's log holds every signed head
-    of it recorded here (:func:`common.audit_anchor.check_anchors`); otherwise 1, with the
-    statement withheld (:func:`common.audit_report.final_statement`).
+    of it recorded here (:func:`common.audit.anchor.check_anchors`); otherwise 1, with the
+    statement withheld (:func:`common.audit.report.final_statement`).
 
-    ``summarise`` builds the summary (default :func:`common.audit_report.site_report`;
-    ``coordinator audit`` passes :func:`common.audit_report.coordinator_report`)."""
-    from common.audit import AuditError, load_public_key, verify_log
-    from common.audit_report import audit_passed, final_statement, render_html, site_report
+    ``summarise`` builds the summary (default :func:`common.audit.report.site_report`;
+    ``coordinator audit`` passes :func:`common.audit.report.coordinator_report`)."""
+    from common.audit.html import render_html
+    from common.audit.keys import AuditError, load_public_key
+    from common.audit.log import verify_log
+    from common.audit.report import audit_passed, final_statement, site_report
     from common.io import atomic_write_bytes
 
     log = Path(args.log)
@@ -51,7 +53,7 @@ def run_audit(args: argparse.Namespace, summarise: Report | None = None) -> int:
     report = verify_log(log, pub, expected_head=args.head)
     summary = (summarise or site_report)(log)
     if getattr(args, "peer_log", None) is not None:
-        from common.audit_anchor import check_anchors
+        from common.audit.anchor import check_anchors
 
         peer_pub = load_public_key(args.peer_pub) if getattr(args, "peer_pub", None) else None
         summary["anchors"] = check_anchors(log, Path(args.peer_log), peer_pub)

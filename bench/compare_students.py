@@ -1,0 +1,69 @@
+"""Paired Dice of student rows trained in separate experiment folders on the same sites.
+
+Each ``--run NAME=OUT/runs/ROW`` names one student row folder holding ``seed<s>/result.json``
+(``coordinator distill`` with ``repeats``); every row is compared with the first, paired on
+seed and test case, with the repo's own statistics (:func:`common.stats.compare_paired`). Used
+when the rows could not share one config (e.g. runs made before per-row ``student`` overrides).
+
+    python -m bench.compare_students --run enet=/tmp/pq/enet/runs/multi_inverse_dice_loss \
+        --run lraspp=/tmp/pq/lraspp/runs/multi_inverse_dice_loss --out bench/results/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.io import atomic_write_json
+from common.stats import align_scores, compare_paired
+
+
+def seed_case_dice(row: Path) -> dict[str, dict[str, float]]:
+    """``{seed: {site/case: dice}}`` of one student row folder."""
+    out: dict[str, dict[str, float]] = {}
+    for res in sorted(row.glob("seed*/result.json")):
+        r = json.loads(res.read_text())
+        out[res.parent.name] = {f"{site}/{case}": float(s["dice"])
+                                for site, cases in r["cases"].items()
+                                for case, s in cases.items() if s.get("dice") is not None}
+    if not out:
+        raise SystemExit(f"{row}: no seed*/result.json")
+    return out
+
+
+def summary(name: str, scores: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Mean Dice over cases per seed, then their mean and sample sd."""
+    per_seed = [float(np.mean(list(v.values()))) for v in scores.values()]
+    return {"row": name, "seeds": len(per_seed), "mean_dice": float(np.mean(per_seed)),
+            "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="append", required=True, metavar="NAME=ROW_FOLDER")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    rows = [(n, Path(p)) for n, p in (r.split("=", 1) for r in args.run)]
+    scores = {n: seed_case_dice(p) for n, p in rows}
+    ref = rows[0][0]
+    table = []
+    for name, _ in rows:
+        entry = summary(name, scores[name])
+        if name != ref:
+            a, b, seeds, cases = align_scores(scores[name], scores[ref])
+            c = compare_paired(a, b)
+            entry["vs_" + ref] = {"mean_diff": c.mean_diff, "ci": [c.ci_low, c.ci_high],
+                                  "p_wilcoxon": c.p_value, "significant": c.significant(),
+                                  "seeds": len(seeds), "cases": len(cases)}
+        table.append(entry)
+        print(json.dumps(entry))
+    atomic_write_json(args.out, {"reference": ref, "rows": table})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

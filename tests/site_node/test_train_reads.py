@@ -1,0 +1,90 @@
+"""``site-node train`` reads each image and each label file exactly once (nnU-Net's order:
+fingerprint -> plan -> every case prepared from the file the fingerprint read), with the numbers
+of the former read-three-times path unchanged."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+import common.data.nifti as nifti
+from site_node.cli import main as site_main
+
+#: What this run gave when preparation read every training image three times (fingerprint,
+#: card statistics, preparation) and every training label twice: the reads changed, not these.
+BEFORE_METRICS = [("0", "1.55641", "0.06529"), ("1", "1.55893", "0.06529")]
+BEFORE_CARD = {"val_dice": 0.06528622315551505, "best_epoch": 0,
+               "dice_mean": 0.07749307228531924, "hd95_mean": 35.19035203533508}
+BEFORE_FINGERPRINT = {"cases": {"test": 2, "train": 8, "val": 2}, "modality": "MRI",
+                      "train_slices": 128, "intensity_mean": 401.05896759033203,
+                      "intensity_p99_5_mean": 556.3238906860352,
+                      "intensity_std_mean": 60.295849323272705}
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[Path]:
+    """Count :func:`common.data.nifti.read_nifti` calls per path, also through every module
+    that imported the function by name (so no caller can read around the count)."""
+    original, counts = nifti.read_nifti, Counter[Path]()
+
+    def counting(path: Path | str, *args: object, **kwargs: object) -> nifti.NiftiFile:
+        counts[Path(path)] += 1
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "") or ""
+        if name.split(".")[0] in ("common", "site_node") and \
+                getattr(module, "read_nifti", None) is original:
+            monkeypatch.setattr(module, "read_nifti", counting)
+    return counts
+
+
+def test_train_reads_each_file_once_with_unchanged_numbers(
+        tiny_sites: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, out = tiny_sites["site_a"], tmp_path / "run"
+    config = tmp_path / "teacher.toml"
+    config.write_text(tomli_w.dumps({
+        "model": "tiny_unet", "size": 64, "epochs": 2, "batch_size": 8, "patience": 20,
+        "device": "cpu", "skip_empty_fraction": 0.6, "max_steps_per_epoch": 3,
+        "optim": {"max_lr": 0.005, "base_lr": 1e-5, "step_size_up": 100}}))
+    counts = _count_reads(monkeypatch)
+    assert site_main(["train", "--data", str(data), "--out", str(out),
+                      "--config", str(config)]) == 0
+    files = sorted(data.glob("imagesTr/*.nii*")) + sorted(data.glob("labelsTr/*.nii*"))
+    assert len(files) == 24
+    assert dict(counts) == {f: 1 for f in files}
+
+    with (out / "metrics.csv").open() as fh:
+        rows = [(r["epoch"], r["train_loss"], r["val_dice"]) for r in csv.DictReader(fh)]
+    assert rows == BEFORE_METRICS
+    card = json.loads((out / "teacher.json").read_text())
+    assert card["best_epoch"] == BEFORE_CARD["best_epoch"]
+    assert card["val_dice"] == pytest.approx(BEFORE_CARD["val_dice"], rel=1e-6)
+    assert card["test"]["dice_mean"] == pytest.approx(BEFORE_CARD["dice_mean"], rel=1e-6)
+    assert card["test"]["hd95_mean"] == pytest.approx(BEFORE_CARD["hd95_mean"], rel=1e-6)
+    fp = card["data_fingerprint"]
+    assert {k: fp[k] for k in ("cases", "modality", "train_slices")} == \
+        {k: BEFORE_FINGERPRINT[k] for k in ("cases", "modality", "train_slices")}
+    for key in ("intensity_mean", "intensity_p99_5_mean", "intensity_std_mean"):
+        assert fp[key] == pytest.approx(BEFORE_FINGERPRINT[key], rel=1e-9), key
+    assert len(list((out / "overlays").glob("*.png"))) == 2  # both test cases, from kept files
+
+
+def test_read_once_keeps_until_taken(tiny_sites: dict[str, Path],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keep`` reads once and keeps; ``take`` hands the kept file out and forgets it; a file
+    never kept is read by ``take`` (and not kept)."""
+    counts = _count_reads(monkeypatch)
+    image = sorted(tiny_sites["site_a"].glob("imagesTr/*.nii*"))[0]
+    files = nifti.ReadOnce()
+    first = files.keep(image, first_channel=True)
+    assert files.keep(image, first_channel=True) is first and len(files) == 1
+    assert files.take(image, first_channel=True) is first and len(files) == 0
+    assert counts[image] == 1
+    assert files.take(image, first_channel=True) is not first and len(files) == 0
+    assert counts[image] == 2
