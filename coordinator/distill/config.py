@@ -97,7 +97,10 @@ ROW_SHARED_KD = ("at_form", "at_p", "feature_taps", "teacher_field")
 class StudentTrainConfig(StrictModel):
     """Student optimisation (Adam + CyclicLR as the paper), sizes and runtime switches."""
 
-    model: str = "enet"
+    # The default student: torchvision's LR-ASPP MobileNetV3-Large, the fastest deployed student
+    # within 0.01 Dice of ENet on the benchmark's prostate scenario (docs/BENCHMARKS.md,
+    # "Which student"); the paper's ENet, ESPNet and MobileNetV2 stay one name away.
+    model: str = "lraspp_mobilenet_v3_large"
     size: int = Field(default=64, ge=16, le=1024)
     epochs: int = Field(default=20, ge=1, le=100_000)
     batch_size: int = Field(default=16, ge=1, le=4096)

@@ -232,9 +232,10 @@ def test_federated_rows_train_and_are_scored_with_their_own_student(
                        scorer=sites.scorer(cfg, proxy))  # type: ignore[arg-type]
     runs = [StudentRun(f"multi_{w.label}", [0], w) for w in cfg.runs.weightings]
     rows = train_rows(runs, cfg, sites, data, tmp_path)
-    assert fitted == [("enet", 0.3), ("espnet", 0.0)]
-    assert scored == ["enet", "espnet"]
-    assert [r["student"] for r in rows] == ["enet", "espnet"]
+    DEFAULT = "lraspp_mobilenet_v3_large"  # [student] model by default
+    assert fitted == [(DEFAULT, 0.3), ("espnet", 0.0)]
+    assert scored == [DEFAULT, "espnet"]
+    assert [r["student"] for r in rows] == [DEFAULT, "espnet"]
     assert [r["run"] for r in rows] == ["multi_equal", "multi_b"]
 
 
