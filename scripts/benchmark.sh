@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper-style benchmark tables: per scenario, synthetic sites with one private teacher each,
-# then multi-teacher distillation of an ENet student on a public proxy set, against the no-KD,
+# then multi-teacher distillation of the student on a public proxy set, against the no-KD,
 # other-weighting and peer rows (paired statistics and a verdict at the top of results.md).
 #
 #   bash scripts/benchmark.sh [--scenario prostate|prostate_stress|spleen|prostate_ablations|all]
