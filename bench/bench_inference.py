@@ -39,17 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.io import atomic_write_json
-from common.models import build_model
-from common.models.complexity import count_flops
-from common.models.roles import STUDENTS, TEACHERS
-from common.runtimes import (
+from common.inference.runtimes import (
     argmax_agreement,
     ort_runner,
     ort_session,
     timings,
     torch_runner,
 )
+from common.io import atomic_write_json
+from common.models import build_model
+from common.models.complexity import count_flops
+from common.models.roles import STUDENTS, TEACHERS
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.export import export_onnx, exportable
 from coordinator.quantize import quantize_student
@@ -215,9 +215,9 @@ def _test_volumes(demo: Path, size: int, plan: Any) -> list[Any]:
 def accuracy(ckpt: Path, demo: Path, size: int, runtimes: list[str]) -> dict[str, Any]:
     """Agreement with eager fp32 on the proxy slices and native-resolution test Dice of each
     runtime of the trained student ``ckpt``; the teachers' own test Dice as reference."""
-    from common.evaluate import score_native
+    from common.inference.evaluate import score_native
+    from common.inference.predict import softmax
     from common.models.checkpoint import load_model
-    from common.predict import softmax
 
     model, info = load_model(ckpt)
     proxy = load_proxy(demo / "data" / "proxy", size)

@@ -24,7 +24,7 @@ import torch
 from common.config import load_config
 from common.data.slices import Volume
 from common.data.test_split import load_test_split
-from common.evaluate import predict_probs, score_native
+from common.inference.evaluate import predict_probs, score_native
 from common.io import json_safe
 from common.metrics import score_volume, summarise
 from common.models.checkpoint import load_model

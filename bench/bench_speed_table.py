@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from bench.bench_inference import Builder, Runner, random_proxy
+from common.inference.runtimes import argmax_agreement, torch_runner
 from common.io import atomic_write_json
 from common.models import build_model, count_params
 from common.models.complexity import count_flops
-from common.runtimes import argmax_agreement, torch_runner
 from coordinator.aoti import compile_aoti
 from coordinator.distill.proxy import ProxySet, load_proxy
 from coordinator.export import export_pt2
@@ -55,7 +55,7 @@ class TableBuilder(Builder):
     def runner(self, runtime: str, threads: int, size: int) -> tuple[Runner, float]:
         if runtime != "aoti":
             return super().runner(runtime, threads, size)
-        from common.runtimes import load_aoti
+        from common.inference.runtimes import load_aoti
 
         torch.set_num_threads(threads)
         pkg = self.cache / f"{self.name}_{size}.aoti.pt2"

@@ -3,7 +3,7 @@
 :func:`compile_aoti` loads ``student.pt2`` (:func:`torch.export.export`, dynamic batch),
 compiles it with :func:`torch._inductor.aoti_compile_and_package` into
 ``student.aoti.pt2`` (a shared library of generated C++ kernels and the weights, loaded by
-:func:`common.runtimes.load_aoti`; no Python model code at run time) and checks its output
+:func:`common.inference.runtimes.load_aoti`; no Python model code at run time) and checks its output
 against the eager fp32 model within :data:`TOLERANCE`.
 
 Portability: inductor compiles for ``-march=native`` by default, i.e. for the exporting CPU;
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from common.runtimes import load_aoti
+from common.inference.runtimes import load_aoti
 
 log = logging.getLogger(__name__)
 

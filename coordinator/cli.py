@@ -141,8 +141,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``coordinator`` argument parser."""
     from common.cli_help import CliParser
+    from common.inference.cli import add_predict_commands
     from common.logs import add_verbosity_everywhere
-    from common.predict_cli import add_predict_commands
     from coordinator.federated_cli import add_export_parser, add_federated_args
 
     parser = CliParser(prog="coordinator", description=DESCRIPTION)

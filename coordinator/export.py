@@ -14,7 +14,8 @@ run of an experiment and exports it to ``<out>/export/``.
 
 Each file carries the student's preprocessing plan (:class:`common.data.plan.Plan` as JSON) so
 that ``coordinator predict`` needs no other file: ONNX ``metadata_props`` key
-:data:`common.predict.PLAN_KEY`, the ``.pt2`` extra file :data:`common.predict.PLAN_EXTRA_FILE`,
+:data:`common.inference.predict.PLAN_KEY`, the ``.pt2`` extra file
+:data:`common.inference.predict.PLAN_EXTRA_FILE`,
 the ``student.pt`` key ``plan`` and ``model_card.json["plan"]``.
 """
 
@@ -35,11 +36,11 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from common.inference.predict import PLAN_EXTRA_FILE, PLAN_KEY
+from common.inference.runtimes import FILES, fastest, runtime_report
 from common.io import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from common.models.base import SegModel, count_params
 from common.models.checkpoint import model_state
-from common.predict import PLAN_EXTRA_FILE, PLAN_KEY
-from common.runtimes import FILES, fastest, runtime_report
 from coordinator.aoti import TARGET, compile_aoti
 from coordinator.distill.proxy import ProxySet
 from coordinator.quantize import quantize_student
@@ -84,8 +85,8 @@ def _is_plain_unpool(u: nn.MaxUnpool2d) -> bool:
 def exportable(model: SegModel, fold: bool = True) -> SegModel:
     """A deep copy of ``model`` in eval mode with every non-traceable module replaced by an
     equivalent and (``fold``) every Conv+BatchNorm pair folded into the conv
-    (:func:`common.runtimes.fold_conv_bn`, checked to keep the output within 1e-4)."""
-    from common.runtimes import fold_conv_bn
+    (:func:`common.inference.runtimes.fold_conv_bn`, checked to keep the output within 1e-4)."""
+    from common.inference.runtimes import fold_conv_bn
 
     out = copy.deepcopy(model).eval()
     for mod in list(out.modules()):
@@ -106,7 +107,7 @@ def export_pt2(model: SegModel, x: torch.Tensor, path: Path,
                extra_files: dict[str, str] | None = None) -> float:
     """:func:`torch.export.export` ``model.forward`` (dynamic batch) on ``x`` (batch >= 2), save
     to ``path`` with ``extra_files`` (e.g. the plan); return max |reloaded - eager|."""
-    from common.runtimes import load_pt2
+    from common.inference.runtimes import load_pt2
 
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad(), warnings.catch_warnings():
@@ -163,7 +164,8 @@ def export_student(model: SegModel, out_dir: Path, size: int, card: dict,
                    aoti_target: str | None = TARGET) -> dict[str, Path]:
     """Write, verify and time the student's runtimes and ``model_card.json`` in ``out_dir``.
 
-    Files (:data:`common.runtimes.FILES`): ``student.pt2`` (torch.export), ``student.onnx``
+    Files (:data:`common.inference.runtimes.FILES`): ``student.pt2`` (torch.export),
+    ``student.onnx``
     (fp32), ``student.pt`` (the state dict, for the ``eager`` runtime; only with ``spec`` =
     ``{"model_name", "model_kwargs"}``) and ``student.int8.onnx`` (only with ``proxy``: static
     int8 calibrated on the coordinator's proxy slices, :func:`coordinator.quantize.

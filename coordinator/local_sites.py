@@ -18,7 +18,7 @@ from common.data.plan import Plan
 from common.data.slices import Volume
 from common.data.teacher_card import TeacherCard
 from common.data.test_split import load_test_split, site_plan
-from common.evaluate import evaluate_volumes
+from common.inference.evaluate import evaluate_volumes
 from common.kd.plan_bridge import bridged_teacher_outputs
 from common.metrics import summarise
 from common.models.checkpoint import load_model

@@ -111,7 +111,7 @@ def quantize_student(fp32: Path, out: Path, proxy: ProxySet) -> dict[str, Any]:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from common.runtimes import argmax_agreement, ort_runner, ort_session
+    from common.inference.runtimes import argmax_agreement, ort_runner, ort_session
 
     reader = ProxyCalibrationReader(proxy, onnx.load(str(fp32)).graph.input[0].name)
     with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():

@@ -195,7 +195,7 @@ def handle_evaluate(node: NodeSettings, cfg: EvalConfig, state: dict[str, Any],
     summaries, and each case's scores where the site's policy (``policy``, default the node's
     ``policy-path``) lets them leave (``replies.evaluate.case_metric_keys``)."""
     from common.data.test_split import load_test_split
-    from common.evaluate import evaluate_volumes, save_case_overlays
+    from common.inference.evaluate import evaluate_volumes, save_case_overlays
     from common.metrics import summarise
     from common.models import build_model
     from common.training import select_device

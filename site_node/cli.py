@@ -7,7 +7,7 @@ node has done), ``make-phantom`` (synthetic data), ``check`` (data fingerprint),
 the coordinator's audit key),
 ``teacher list|use`` (which teacher version serves), ``audit`` (verify
 the signed exchange log), ``policy show`` (the egress allowlist), ``predict`` / ``evaluate``
-(segment a folder of NIfTI with the teacher; score predictions, :mod:`common.predict_cli`).
+(segment a folder of NIfTI with the teacher; score predictions, :mod:`common.inference.cli`).
 Errors in the input
 data are printed as one line naming the file, with exit status 2; an unknown subcommand is
 refused with the valid ones and a "did you mean"; Ctrl-C is one line and exit 130
@@ -220,8 +220,8 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``site-node`` argument parser."""
     from common.cli_help import CliParser
+    from common.inference.cli import add_predict_commands
     from common.logs import add_verbosity_everywhere
-    from common.predict_cli import add_predict_commands
     from site_node.dicom_import import add_import_command
     from site_node.teacher_versions import serving_dir
 

@@ -152,7 +152,7 @@ def private_slices(data: Path, teacher: Path) -> np.ndarray:
     from common.data.layout import discover_dataset
     from common.data.slices import load_volumes
     from common.data.split import load_split
-    from common.predict import teacher_plan
+    from common.inference.predict import teacher_plan
 
     plan = teacher_plan(teacher)
     split = load_split(teacher / "split.json")

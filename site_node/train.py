@@ -33,7 +33,7 @@ from common.data.split import (
     train_only_split,
 )
 from common.data.teacher_card import TeacherCard, TeacherInput
-from common.evaluate import evaluate_volumes, mean_dice, save_case_overlays
+from common.inference.evaluate import evaluate_volumes, mean_dice, save_case_overlays
 from common.io import atomic_write_json
 from common.kd.losses import SegLoss
 from common.metrics import summarise

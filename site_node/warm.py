@@ -43,7 +43,8 @@ HEADER = struct.Struct("!I")
 #: What the server imports before it forks (the handlers import these lazily).
 PRELOAD = ("flwr.supernode.cli.flwr_clientapp", "flwr.supernode.runtime.run_clientapp",
            "site_node.pinned_app", "site_node.app", "numpy", "torch", "common.models",
-           "common.models.checkpoint", "common.evaluate", "common.metrics", "common.training",
+           "common.models.checkpoint", "common.inference.evaluate", "common.metrics",
+           "common.training",
            "common.data.test_split", "common.kd.plan_bridge", "common.compress",
            "site_node.fedavg", "site_node.train")
 Target = Callable[[list[str]], Any]  # runs one ClientApp with this argv (no program name)

@@ -55,8 +55,8 @@ class TeacherCard(BaseModel):
 
     ``val_dice``, ``best_epoch`` and ``test`` are ``None`` (JSON null) when the site had no
     held-out cases (``small_site = "train_on_all"``; then ``held_out_score`` is false and
-    ``note`` says why). ``test`` is :func:`common.evaluate.summarise` of the held-out 3D scores
-    (``dice_mean``, ``n``, ...). Unknown keys are kept (and written back).
+    ``note`` says why). ``test`` is :func:`common.inference.evaluate.summarise` of the held-out
+    3D scores (``dice_mean``, ``n``, ...). Unknown keys are kept (and written back).
     """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())

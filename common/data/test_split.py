@@ -7,7 +7,7 @@ site's test split) and the site node (which scores a student on its private test
 Which grid: a model is scored on test cases prepared with *its own* plan (the grid it was trained
 on): a teacher with the plan in its ``teacher.json``, a student with the proxy set's plan (sent
 in the ``evaluate`` request). The target label always stays the site's own (its teacher's plan),
-and the scores themselves are taken on each case's original grid (:mod:`common.evaluate`).
+and the scores themselves are taken on each case's original grid (:mod:`common.inference.evaluate`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ With ``small_site = "train_on_all"`` at every site no student row has a held-out
 proxy set is the coordinator's own public data and carries labels (phantoms, MSD-style public
 sets), so each student row is then scored on it instead: every proxy case reloaded from
 ``cfg.proxy`` in the student's plan (``ProxySet.plan``) and scored like a site's test case (3D
-Dice / VOE / HD95 on the case's original grid, :func:`common.evaluate.evaluate_volumes`). The
+Dice / VOE / HD95 on the case's original grid,
+:func:`common.inference.evaluate.evaluate_volumes`). The
 student was trained on those very scans, so these scores are **optimistic**: they rank rows,
 they do not estimate generalisation. The report says so on its first lines
 (:mod:`coordinator.distill.report`).
@@ -20,8 +21,8 @@ import torch
 from common.data.layout import discover_dataset
 from common.data.plan import Plan
 from common.data.slices import load_volumes
-from common.evaluate import evaluate_volumes
-from common.evaluate_folder import case_scores_json
+from common.inference.evaluate import evaluate_volumes
+from common.inference.evaluate_folder import case_scores_json
 from common.metrics import SegScores, summarise
 from common.models.base import SegModel
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from common.data.augment import build_augment, reseed_worker
 from common.data.slices import Volume
-from common.evaluate import evaluate_volumes, save_case_overlays
+from common.inference.evaluate import evaluate_volumes, save_case_overlays
 from common.io import atomic_write_json
 from common.kd.fusion import build_weighting
 from common.kd.learned import LearnedWeighting, describe, is_trainable
@@ -235,7 +235,7 @@ def _site_scores(model: SegModel, data: DistillData, dev: torch.device, out: Pat
     and the per-case scores ``{site: {case: {dice, voe, hd95}}}`` (paired comparisons), keyed
     ``case000``, ``case001``... in the test split's order, as a federated site reports them
     (never the file names)."""
-    from common.evaluate_folder import case_scores_json
+    from common.inference.evaluate_folder import case_scores_json
 
     res, cases = {}, {}
     for site, vols in data.site_tests.items():

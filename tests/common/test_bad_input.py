@@ -400,7 +400,7 @@ def test_cli_overrides_are_validated(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_predict_refuses_non_utf8_image_names(tmp_path: Path) -> None:
     import os
 
-    from common.predict import list_images
+    from common.inference.predict import list_images
 
     images = tmp_path / "in"
     save_nifti(images / "ok.nii.gz", np.ones((2, 4, 4)), (1.0, 1.0, 1.0))

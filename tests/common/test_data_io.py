@@ -278,7 +278,7 @@ def test_both_headers_are_checked_before_any_voxel_is_read(tmp_path: Path) -> No
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20  # reading the claimed label would allocate >= 864 MB
-    from common.evaluate_folder import CasePair, score_pair
+    from common.inference.evaluate_folder import CasePair, score_pair
 
     with pytest.raises(DataError, match=r"vs \(1200, 1200, 600\)"):
         score_pair(CasePair("c", image, label), [1])

@@ -14,8 +14,8 @@ from common.data.dicom_seg import read_seg
 from common.data.errors import DataError
 from common.data.nifti import read_nifti, save_nifti
 from common.data.plan import Plan
-from common.predict import Predictor, batched
-from common.predict_dicom import predict_any
+from common.inference.dicom_seg import predict_any
+from common.inference.predict import Predictor, batched
 from tests.common._dicom_data import write_series
 
 SHAPE = (20, 14, 5)  # (columns, rows, slices): wider than the 16 px canvas

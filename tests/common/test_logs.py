@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Modules whose print() calls are a command's answer (tables, verdicts, a --dry-run command,
 # one-line user errors); everything else logs.
 CLI_OUTPUT_MODULES = {
-    "common/cli_errors.py", "common/audit/cli.py", "common/predict_cli.py",
+    "common/cli_errors.py", "common/audit/cli.py", "common/inference/cli.py",
     "site_node/cli.py", "site_node/run.py", "site_node/status.py",
     "site_node/teacher_versions.py",  # the answers of `site-node teacher list|use`
     "site_node/keys.py",  # the answers of `site-node keys init|show` (public paths, fingerprints)

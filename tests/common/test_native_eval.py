@@ -16,7 +16,7 @@ from common.data.layout import discover_dataset
 from common.data.native import prepare_image, prepare_label_whole, save_native_mask, to_native
 from common.data.plan import plan_from_fingerprint
 from common.data.slices import Volume, load_volumes
-from common.evaluate import evaluate_volumes
+from common.inference.evaluate import evaluate_volumes
 from tests.common._nifti_cases import GEOMETRIES, write_dataset
 
 KINDS = {"01": None, "0255": None, "multi": "spleen"}

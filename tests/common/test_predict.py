@@ -1,5 +1,6 @@
 """Predict a folder of NIfTI images onto each image's own grid, and score a folder of
-predictions with the training code's metrics (common/predict.py, common/evaluate_folder.py)."""
+predictions with the training code's metrics (common/inference/predict.py,
+common/inference/evaluate_folder.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.common._predict_data import CASES, affine, tiny_model, write_dataset,
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Dataset, fitted tiny model, its teacher folder, and its predictions."""
-    from common.predict import load_teacher, predict_folder
+    from common.inference.predict import load_teacher, predict_folder
 
     root = tmp_path_factory.mktemp("predict")
     ds = write_dataset(root / "ds")
@@ -55,8 +56,8 @@ def test_evaluate_reproduces_the_training_evaluation(setup: dict) -> None:
     from common.data.layout import discover_dataset
     from common.data.plan import Plan
     from common.data.slices import load_volumes
-    from common.evaluate import evaluate_volumes
-    from common.evaluate_folder import evaluate_folder
+    from common.inference.evaluate import evaluate_volumes
+    from common.inference.evaluate_folder import evaluate_folder
     from tests.common._predict_data import PLAN, SIZE
 
     vols = load_volumes(discover_dataset(setup["ds"]), None, SIZE, plan=Plan.model_validate(PLAN))
@@ -81,7 +82,7 @@ def _box_pair(folder: Path, shift: int) -> None:
 
 
 def test_evaluate_folder_by_hand(tmp_path: Path) -> None:
-    from common.evaluate_folder import evaluate_folder, write_evaluation
+    from common.inference.evaluate_folder import evaluate_folder, write_evaluation
 
     _box_pair(tmp_path, 0)
     _box_pair(tmp_path, 1)
@@ -101,7 +102,7 @@ def test_evaluate_folder_by_hand(tmp_path: Path) -> None:
 
 
 def test_undefined_hd95_is_null_in_strict_json(tmp_path: Path) -> None:
-    from common.evaluate_folder import evaluate_folder, write_evaluation
+    from common.inference.evaluate_folder import evaluate_folder, write_evaluation
 
     _box_pair(tmp_path, 0)
     empty = tmp_path / "pred" / "box0.nii.gz"
@@ -116,7 +117,7 @@ def test_undefined_hd95_is_null_in_strict_json(tmp_path: Path) -> None:
 
 
 def test_prediction_without_label_is_one_line_naming_it(tmp_path: Path) -> None:
-    from common.evaluate_folder import evaluate_folder
+    from common.inference.evaluate_folder import evaluate_folder
 
     _box_pair(tmp_path, 0)
     (tmp_path / "labels" / "box0.nii.gz").rename(tmp_path / "labels" / "other.nii.gz")
@@ -125,7 +126,7 @@ def test_prediction_without_label_is_one_line_naming_it(tmp_path: Path) -> None:
 
 
 def test_multi_label_files_need_the_training_label_choice(tmp_path: Path) -> None:
-    from common.evaluate_folder import evaluate_folder
+    from common.inference.evaluate_folder import evaluate_folder
 
     _box_pair(tmp_path, 0)
     path = tmp_path / "labels" / "box0.nii.gz"
@@ -143,7 +144,7 @@ def test_multi_label_files_need_the_training_label_choice(tmp_path: Path) -> Non
 
 
 def test_list_images_skips_labels_and_extra_channels(tmp_path: Path) -> None:
-    from common.predict import case_name, list_images
+    from common.inference.predict import case_name, list_images
 
     for name in ("Case00.nii.gz", "Case00_segmentation.nii.gz", "x_0000.nii.gz",
                  "x_0001.nii.gz", "y.nii", "notes.txt"):
@@ -161,7 +162,7 @@ def _empty(tmp_path: Path) -> Path:
 
 
 def test_teacher_without_plan_uses_the_legacy_default(tmp_path: Path) -> None:
-    from common.predict import PredictError, teacher_plan
+    from common.inference.predict import PredictError, teacher_plan
 
     (tmp_path / "teacher.json").write_text(json.dumps({"input": {"size": 48}}))
     plan = teacher_plan(tmp_path)
@@ -174,7 +175,7 @@ def test_teacher_without_plan_uses_the_legacy_default(tmp_path: Path) -> None:
 def test_prostate_layout_pairs_with_the_segmentation_not_the_image(tmp_path: Path) -> None:
     """In ``CaseNN.nii.gz`` + ``CaseNN_segmentation.nii.gz`` folders the image shares the
     prediction's name: the label is the ``_segmentation`` file."""
-    from common.evaluate_folder import pair_folders
+    from common.inference.evaluate_folder import pair_folders
 
     for folder, names in (("data", ("Case00.nii.gz", "Case00_segmentation.nii.gz")),
                           ("pred", ("Case00.nii.gz",))):

@@ -13,15 +13,15 @@ import pytest
 
 from common.data.nifti import read_nifti, save_nifti
 from common.data.plan import Plan
-from common.evaluate import radiological
-from common.predict import warn_agreement, warn_modality
+from common.inference.evaluate import radiological
+from common.inference.predict import warn_agreement, warn_modality
 
 
 def test_int8_below_the_agreement_gate_warns(tmp_path: Path,
                                              caplog: pytest.LogCaptureFixture) -> None:
     card = {"runtimes": {"onnx-int8": {"agreement": 0.888}, "onnx": {"agreement": 0.9999}}}
     (tmp_path / "model_card.json").write_text(json.dumps(card))
-    with caplog.at_level(logging.WARNING, logger="common.predict"):
+    with caplog.at_level(logging.WARNING, logger="common.inference.predict"):
         warn_agreement(tmp_path, "onnx")
         assert not caplog.records
         warn_agreement(tmp_path, "onnx-int8")
@@ -41,7 +41,7 @@ def test_modality_mismatch_warns(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     lo, hi = values
     vol = np.linspace(lo, hi, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)
     save_nifti(tmp_path / "x.nii.gz", vol, (3.0, 1.0, 1.0))
-    with caplog.at_level(logging.WARNING, logger="common.predict"):
+    with caplog.at_level(logging.WARNING, logger="common.inference.predict"):
         warn_modality(Plan(size=8, norm=norm), read_nifti(tmp_path / "x.nii.gz"))  # type: ignore[arg-type]
     messages = [r.getMessage() for r in caplog.records]
     assert (warns is None and not messages) or (warns is not None and warns in messages[0])

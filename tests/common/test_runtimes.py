@@ -1,4 +1,4 @@
-"""Conv+BN folding, agreement, timing and runtime choice of :mod:`common.runtimes`."""
+"""Conv+BN folding, agreement, timing and runtime choice of :mod:`common.inference.runtimes`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.runtimes import argmax_agreement, fastest, fold_conv_bn, pooled_dice, timings
+from common.inference.runtimes import argmax_agreement, fastest, fold_conv_bn, pooled_dice, timings
 
 
 def _conv_bn() -> nn.Sequential:

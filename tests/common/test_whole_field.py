@@ -16,8 +16,8 @@ from common.data.nifti import read_nifti, save_nifti
 from common.data.plan import Plan
 from common.data.slices import load_volume
 from common.data.window import window_probs
+from common.inference.predict import Predictor, batched, predict_folder
 from common.metrics import dice
-from common.predict import Predictor, batched, predict_folder
 
 SHAPE = (3, 70, 90)  # (z, y, x): 70 x 90 px in-plane, more than twice a 32 px canvas
 SPACING = (3.0, 0.5, 0.8)  # anisotropic in-plane and through-plane
@@ -76,7 +76,7 @@ def test_overlays_are_drawn_on_the_scan_grid(tmp_path: Path) -> None:
 
 
 def test_site_scoring_covers_the_whole_field(tmp_path: Path) -> None:
-    from common.evaluate import evaluate_volumes
+    from common.inference.evaluate import evaluate_volumes
 
     image, label, truth = _scan(tmp_path)
     plan = Plan(size=32, spacing=(0.5, 0.8), norm="mri", labels=[1])
@@ -86,7 +86,7 @@ def test_site_scoring_covers_the_whole_field(tmp_path: Path) -> None:
     scores, preds = evaluate_volumes(Oracle(), [vol], torch.device("cpu"))
     assert scores["scan"].dice == pytest.approx(1.0)  # the corners are on no 32 px crop
     np.testing.assert_array_equal(preds["scan"], truth.transpose(2, 1, 0))  # file (x, y, z)
-    from common.evaluate import save_case_overlays
+    from common.inference.evaluate import save_case_overlays
 
     (png,) = save_case_overlays([vol], preds, tmp_path / "overlays")
     assert png.name == "overlay_scan_z001.png"  # the largest ground-truth slice

@@ -74,7 +74,7 @@ def test_portable_target_options() -> None:
 
 def test_loader_refuses_a_cpu_without_the_target(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from common import runtimes
+    from common.inference import runtimes
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
     with pytest.raises(RuntimeError, match="compiled for x86-64-v3, which this CPU"):
@@ -85,8 +85,8 @@ def test_loader_refuses_a_cpu_without_the_target(tmp_path: Path,
 
 
 def test_aoti_file_is_its_own_runtime() -> None:
-    from common.predict import runtime_of
-    from common.runtimes import FILES
+    from common.inference.predict import runtime_of
+    from common.inference.runtimes import FILES
 
     assert runtime_of(Path(FILES["aoti"])) == "aoti" and runtime_of(Path("a.pt2")) == "pt2"
 
@@ -96,7 +96,7 @@ def test_aoti_package_exports_and_predicts(tmp_path: Path) -> None:
     """~30-70 s on 2 cores: one C++ compilation of a two-conv graph at 32 px."""
     import nibabel as nib
 
-    from common import predict
+    from common.inference import predict
     from coordinator.aoti import cxx_compiler
     from coordinator.export import export_student
     from tests.common._predict_data import PLAN, SIZE, write_dataset

@@ -40,7 +40,7 @@ def test_every_export_file_carries_the_plan(exported: dict) -> None:
     import torch
 
     from common.data.plan import Plan
-    from common.predict import PLAN_EXTRA_FILE, PLAN_KEY
+    from common.inference.predict import PLAN_EXTRA_FILE, PLAN_KEY
 
     paths, want = exported["paths"], Plan.model_validate(PLAN)
     props = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
@@ -83,7 +83,7 @@ def test_export_masks_equal_the_eager_model_and_evaluate_matches(exported: dict)
     from common.data.layout import discover_dataset
     from common.data.plan import Plan
     from common.data.slices import load_volumes
-    from common.evaluate import evaluate_volumes
+    from common.inference.evaluate import evaluate_volumes
     from coordinator.cli import main
 
     root, ds = exported["root"], exported["ds"]
@@ -102,7 +102,7 @@ def test_export_masks_equal_the_eager_model_and_evaluate_matches(exported: dict)
 
 
 def test_named_runtime_and_file_win(exported: dict) -> None:
-    from common import predict
+    from common.inference import predict
 
     paths = exported["paths"]
     folder = paths["onnx"].parent
@@ -118,7 +118,7 @@ def test_auto_picks_the_fastest_runtime_the_card_measured(
         exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from common import predict
+    from common.inference import predict
 
     folder = tmp_path / "export"
     shutil.copytree(exported["paths"]["onnx"].parent, folder)
@@ -185,7 +185,7 @@ def test_auto_skips_an_aoti_package_this_cpu_cannot_run(tmp_path: Path,
     ``auto`` falls back to the next measured runtime instead of failing at load."""
     import torch
 
-    from common import predict
+    from common.inference import predict
 
     files = {"aoti": tmp_path / "student.aoti.pt2", "pt2": tmp_path / "student.pt2"}
     for f in files.values():

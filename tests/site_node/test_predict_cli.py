@@ -19,7 +19,7 @@ def test_predict_then_evaluate_reproduce_the_training_numbers(
     from common.data.layout import discover_dataset
     from common.data.plan import Plan
     from common.data.slices import load_volumes
-    from common.evaluate import evaluate_volumes
+    from common.inference.evaluate import evaluate_volumes
     from site_node.cli import main
 
     ds = write_dataset(tmp_path / "ds")

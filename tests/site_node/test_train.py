@@ -57,7 +57,7 @@ def test_teacher_loses_dice_on_other_site_style(tiny_sites: dict, tmp_path: Path
     from common.data.layout import discover_dataset
     from common.data.slices import load_volumes
     from common.data.split import load_split
-    from common.evaluate import evaluate_volumes, mean_dice
+    from common.inference.evaluate import evaluate_volumes, mean_dice
 
     run_training(tiny_sites["site_a"], tiny_teacher_config(epochs=15), tmp_path / "a")
     model, _ = load_model(tmp_path / "a" / "best.pt")

@@ -6,9 +6,9 @@ prepared ``(D, S, S)`` volume to ``(D, K, S, S)`` softmax probabilities. It come
 * a teacher run folder (:func:`load_teacher`: ``best.pt`` + the plan in ``teacher.json``), or
 * an exported student (:func:`load_export`): runtime ``eager`` (``student.pt``), ``pt2``
   (``student.pt2``, torch.export), ``onnx`` (``student.onnx``) or ``onnx-int8``
-  (``student.int8.onnx``) through :mod:`common.runtimes`; ``auto`` picks the fastest the model
-  card measured (:func:`pick_runtime`); legacy ``student.ts`` (TorchScript) still loads. The
-  export carries its plan: ONNX ``metadata_props[PLAN_KEY]``, the ``.pt2`` extra file
+  (``student.int8.onnx``) through :mod:`common.inference.runtimes`; ``auto`` picks the fastest
+  the model card measured (:func:`pick_runtime`); legacy ``student.ts`` (TorchScript) still
+  loads. The export carries its plan: ONNX ``metadata_props[PLAN_KEY]``, the ``.pt2`` extra file
   :data:`PLAN_EXTRA_FILE`, ``student.pt["plan"]``, and ``model_card.json["plan"]`` beside them.
 
 :func:`predict_folder` prepares each image with the plan (:func:`common.data.native.prepare_image`),
@@ -111,7 +111,7 @@ def card_plan(export: Path) -> Plan | None:
 # ----------------------------------------------------------------------------- loaders
 def load_teacher(folder: Path | str, device: str = "auto", batch_size: int = 16) -> Predictor:
     """A teacher run folder (``best.pt``, ``teacher.json``) as a predictor."""
-    from common.evaluate import predict_probs
+    from common.inference.evaluate import predict_probs
     from common.models.checkpoint import load_model
     from common.training import select_device
 
@@ -138,9 +138,9 @@ def runtime_of(path: Path) -> str:
 
 
 def export_files(path: Path) -> dict[str, Path]:
-    """Runtime -> file of an export: a folder (the :data:`common.runtimes.FILES` names, and a
-    legacy ``student.ts``) or one file (itself, plus the student files beside it)."""
-    from common.runtimes import FILES
+    """Runtime -> file of an export: a folder (the :data:`common.inference.runtimes.FILES`
+    names, and a legacy ``student.ts``) or one file (itself, plus the student files beside it)."""
+    from common.inference.runtimes import FILES
 
     folder = path if path.is_dir() else path.parent
     names = {**FILES, "torchscript": "student.ts"}
@@ -177,7 +177,7 @@ def pick_runtime(path: Path, files: dict[str, Path]) -> str:
     card measured (agreement with fp32 >= 99.5 %), else onnx > pt2 > eager > torchscript.
     ONNX runtimes are skipped when onnxruntime is not installed, an AOTInductor package when
     this CPU lacks the instructions it was compiled for (it falls back, never fails)."""
-    from common.runtimes import aoti_runs_here, aoti_target, fastest
+    from common.inference.runtimes import aoti_runs_here, aoti_target, fastest
 
     usable = [r for r in files if onnxruntime_available() or not r.startswith("onnx")]
     if "aoti" in usable and not aoti_runs_here(aoti_target(files["aoti"])):
@@ -222,8 +222,9 @@ def load_export(path: Path | str, runtime: str = "auto", batch_size: int = 16) -
 
 def warn_agreement(path: Path, runtime: str) -> None:
     """Warn when the model card measured ``runtime`` below the fp32 agreement gate
-    (:data:`common.runtimes.MIN_AGREEMENT`): ``auto`` never picks it, a forced one says so."""
-    from common.runtimes import MIN_AGREEMENT
+    (:data:`common.inference.runtimes.MIN_AGREEMENT`): ``auto`` never picks it, a forced one
+    says so."""
+    from common.inference.runtimes import MIN_AGREEMENT
 
     row = card_of(path).get("runtimes", {}).get(runtime, {})
     agree = row.get("agreement") if isinstance(row, dict) else None
@@ -242,7 +243,7 @@ def _need_plan(plan: Plan | None, path: Path, where: str) -> Plan:
 
 def _onnx_predictor(path: Path, batch_size: int) -> Predictor:
     try:
-        from common.runtimes import ort_runner, ort_session
+        from common.inference.runtimes import ort_runner, ort_session
 
         sess = ort_session(path)
     except ImportError:
@@ -256,7 +257,7 @@ def _onnx_predictor(path: Path, batch_size: int) -> Predictor:
 
 
 def _pt2_predictor(path: Path, batch_size: int) -> Predictor:
-    from common.runtimes import load_pt2, torch_runner
+    from common.inference.runtimes import load_pt2, torch_runner
 
     extra = {PLAN_EXTRA_FILE: ""}
     try:
@@ -272,7 +273,7 @@ def _pt2_predictor(path: Path, batch_size: int) -> Predictor:
 
 def _aoti_predictor(path: Path, batch_size: int) -> Predictor:
     """An AOTInductor package (``student.aoti.pt2``); its plan is in the model card beside it."""
-    from common.runtimes import load_runner
+    from common.inference.runtimes import load_runner
 
     try:
         run = load_runner("aoti", path)
@@ -286,8 +287,8 @@ def _aoti_predictor(path: Path, batch_size: int) -> Predictor:
 def _eager_predictor(path: Path, batch_size: int) -> Predictor:
     import torch
 
+    from common.inference.runtimes import fold_conv_bn, torch_runner
     from common.models.checkpoint import CheckpointError, load_model
-    from common.runtimes import fold_conv_bn, torch_runner
 
     try:
         model, ckpt = load_model(path)
@@ -396,9 +397,9 @@ def warn_modality(plan: Plan, f: Any) -> None:
 
 def save_prediction_overlay(f: Any, mask: np.ndarray, folder: Path, name: str) -> Path:
     """Radiological overlay (prediction in red, legend) of the slice with the largest predicted
-    area, on the scan's own grid (:func:`common.evaluate.save_radiological_overlay`)."""
+    area, on the scan's own grid (:func:`common.inference.evaluate.save_radiological_overlay`)."""
     from common.data.nifti import to_canonical_zyx
-    from common.evaluate import save_radiological_overlay
+    from common.inference.evaluate import save_radiological_overlay
 
     image, spacing = f.canonical_zyx()
     pred = to_canonical_zyx(mask, f.ornt)
@@ -411,7 +412,7 @@ def predict_folder(pred: Predictor, in_dir: Path | str, out_dir: Path | str,
                    overlays: bool = False) -> list[Path]:
     """Segment every image of ``in_dir`` into ``out_dir/<case>.nii.gz`` (overlays in
     ``out_dir/overlays/``); returns the written mask paths. DICOM input and DICOM-SEG output:
-    :mod:`common.predict_dicom`."""
+    :mod:`common.inference.dicom_seg`."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     images = list_images(in_dir)
     log.info("predicting %d images from %s with %s", len(images), in_dir, pred.source)

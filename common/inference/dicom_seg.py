@@ -1,7 +1,7 @@
 """``predict`` on DICOM: read image series directly, write NIfTI or DICOM-SEG.
 
 :func:`predict_any` is what both roles' ``predict`` commands call: a folder holding NIfTI goes
-to :func:`common.predict.predict_folder`; a folder holding DICOM (and no NIfTI), or any
+to :func:`common.inference.predict.predict_folder`; a folder holding DICOM (and no NIfTI), or any
 ``--format dicom-seg`` request, to :func:`predict_dicom`, which reads every complete image
 series (:mod:`common.data.dicom` geometry), segments it over its whole field of view and writes
 ``series_NNN.nii.gz`` on the series' grid or ``series_NNN.seg.dcm``: a DICOM-SEG referencing the
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.errors import data_error
-from common.predict import Predictor, predict_case, predict_folder, warn_modality
+from common.inference.predict import Predictor, predict_case, predict_folder, warn_modality
 
 log = logging.getLogger(__name__)
 FORMATS = ("nifti", "dicom-seg")
@@ -24,7 +24,8 @@ FORMATS = ("nifti", "dicom-seg")
 
 def predict_any(pred: Predictor, in_dir: Path | str, out_dir: Path | str,
                 overlays: bool = False, fmt: str = "nifti") -> list[Path]:
-    """NIfTI folder -> :func:`~common.predict.predict_folder`; DICOM -> :func:`predict_dicom`."""
+    """NIfTI folder -> :func:`~common.inference.predict.predict_folder`; DICOM ->
+    :func:`predict_dicom`."""
     from common.data.dicom import has_dicom
 
     in_dir, out_dir = Path(in_dir), Path(out_dir)

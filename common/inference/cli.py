@@ -1,11 +1,11 @@
 """``predict`` and ``evaluate`` subcommands shared by ``site-node`` and ``coordinator``.
 
 ``site-node predict --model TEACHER_DIR --in DIR --out DIR [--overlays] [--format dicom-seg]``
-segments NIfTI or DICOM (:mod:`common.predict_dicom`) with a
+segments NIfTI or DICOM (:mod:`common.inference.dicom_seg`) with a
 teacher run folder; ``coordinator predict --model EXPORT ...`` with an exported student (the
 fastest runtime its model card measured; ``--runtime eager|pt2|onnx|onnx-int8`` forces one).
 ``... evaluate --pred DIR --labels DIR [--out DIR] [--label NAME|VALUE]`` scores predictions on
-the native grid (:mod:`common.evaluate_folder`).
+the native grid (:mod:`common.inference.evaluate_folder`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def _cmd_predict_teacher(args: argparse.Namespace) -> int:
     from common.data.errors import refuse_inside
-    from common.predict import load_teacher
-    from common.predict_dicom import predict_any
+    from common.inference.dicom_seg import predict_any
+    from common.inference.predict import load_teacher
 
     refuse_inside(args.out, args.inp)  # masks never go into the image folder
     model = args.resolve_model(args.model) if args.resolve_model else args.model
@@ -35,8 +35,8 @@ def _cmd_predict_teacher(args: argparse.Namespace) -> int:
 
 def _cmd_predict_export(args: argparse.Namespace) -> int:
     from common.data.errors import refuse_inside
-    from common.predict import load_export
-    from common.predict_dicom import predict_any
+    from common.inference.dicom_seg import predict_any
+    from common.inference.predict import load_export
 
     refuse_inside(args.out, args.inp)
     pred = load_export(args.model, runtime=args.runtime)
@@ -47,7 +47,11 @@ def _cmd_predict_export(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from common.data.errors import refuse_inside
-    from common.evaluate_folder import evaluate_folder, evaluation_markdown, write_evaluation
+    from common.inference.evaluate_folder import (
+        evaluate_folder,
+        evaluation_markdown,
+        write_evaluation,
+    )
 
     out = args.out or args.pred
     refuse_inside(out, args.labels)  # the label folder is data: never written to
