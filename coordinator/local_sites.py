@@ -11,6 +11,7 @@ that need the sites' training data (``local_only``, ``pooled``, FedAvg) run here
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from typing import Literal
 
@@ -89,16 +90,22 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
 
 def teacher_rows(cfg: ExperimentConfig) -> list[dict]:
     """Each teacher scored on every site's test set (top block of the paper's Table 3), the
-    test cases prepared with that teacher's own plan (the grid it was trained on)."""
+    test cases prepared with that teacher's own plan (the grid it was trained on). Logs each
+    (teacher, test set) pair as it finishes, with an ETA."""
     dev = select_device(cfg.student.device)
-    rows = []
+    rows: list[dict] = []
+    t0, n = time.perf_counter(), len(cfg.sites) ** 2
     for site in cfg.sites:
         model, _ = load_model(site.teacher_dir / "best.pt", dev)
         plan = site_plan(site.teacher_dir)
-        tests = {s.name: load_site_test(s, cfg.student.size, plan) for s in cfg.sites}
-        scores = {name: summarise(evaluate_volumes(model.to(dev), vols, dev)[0])
-                  for name, vols in tests.items()}
-        mean = sum(s["dice_mean"] for s in scores.values()) / len(scores)
+        scores: dict[str, dict] = {}
+        for s in cfg.sites:
+            vols = load_site_test(s, cfg.student.size, plan)
+            scores[s.name] = summarise(evaluate_volumes(model.to(dev), vols, dev)[0])
+            done, took = len(rows) * len(cfg.sites) + len(scores), time.perf_counter() - t0
+            log.info("[distill] teacher rows: %s on %s's test set (%d/%d, %.0f s, ETA %.0f s)",
+                     site.name, s.name, done, n, took, took / done * (n - done))
+        mean = sum(v["dice_mean"] for v in scores.values()) / len(scores)
         rows.append({"run": f"teacher_{site.name}", "teachers": [site.name], "weighting": None,
                      "sites": scores, "mean_dice": mean,
                      "arch": _arch(site)})

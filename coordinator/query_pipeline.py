@@ -98,9 +98,12 @@ def _push(grid: Grid, st: _State, make: Callable[[int, int], Message],
 
 def _pull(grid: Grid, st: _State, accept: Callable[[int, int, Message], bool],
           clock: Callable[[], float]) -> int:
-    """Pull replies of every message in flight; returns how many arrived."""
+    """Pull replies of every message in flight; returns how many arrived. Replies are taken
+    in the order the sites made them (``created_at``): the SuperLink returns a batch in no
+    set order, and a site's replies carry its signed log heads, which must not go backwards."""
     got = 0
-    for m in grid.pull_messages(list(st.flying)):
+    pulled = grid.pull_messages(list(st.flying))
+    for m in sorted(pulled, key=lambda m: getattr(m.metadata, "created_at", 0.0)):
         key = st.flying.pop(m.metadata.reply_to_message_id, None)
         if key is None:
             continue

@@ -18,7 +18,7 @@
 # Full: 72 cases per site (54 test), 5 seeds, every row: several hours per scenario on 2 cores
 # (not yet run end to end; the teachers alone are about 12 epochs x 13 training cases x 3 sites).
 # --quick: 12 cases per site (6 test), 4-epoch teachers, 1 seed, 4 rows, 6 epochs: a pipeline
-# check (all three: about 20 min CPU, one thread), written to benchmark_out/<scenario>_quick.
+# check (all three: about 11 min on 2 idle cores), written to benchmark_out/<scenario>_quick.
 # Results: benchmark_out/<scenario>[_quick]/distill/results.md (+ .csv, .png). Re-running skips
 # finished steps (data, teachers, and each finished student row); a data folder made with other
 # settings stops the run (exit 2) instead of being reused.

@@ -218,3 +218,23 @@ def test_a_dead_site_is_dropped_on_the_superlinks_error_reply(
     assert sorted(out) == ["site_2"] and roster.names == {2: "site_2"}
     assert roster.dropped == {3: "error reply: 5 Error: Node Unavailable"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site_2-abababababababab"]
+
+
+def test_replies_pulled_together_are_taken_in_the_order_the_site_made_them() -> None:
+    """Two replies of one site pulled in one batch, listed newest first (the SuperLink keeps no
+    order): they are accepted oldest first, so the site's signed log heads never go back."""
+    made = {"m0": 2.0, "m1": 1.0}  # the site answered job 1 before job 0
+
+    class BatchGrid:
+        def push_messages(self, msgs: list[Any]) -> list[str]:
+            return [f"m{m.content}" for m in msgs]
+
+        def pull_messages(self, ids: list[str]) -> list[Any]:
+            return [SimpleNamespace(metadata=SimpleNamespace(
+                src_node_id=1, reply_to_message_id=i, created_at=made[i]), content=i,
+                has_error=lambda: False) for i in sorted(ids)]
+
+    got: list[int] = []
+    run_windowed(BatchGrid(), [1], 2, _msg, lambda n, j, m: got.append(j) or True,  # type: ignore[arg-type]
+                 lambda n, why: None, window=2, timeout=10.0, poll=0.0, sleep=lambda s: None)
+    assert got == [1, 0]
