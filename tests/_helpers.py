@@ -6,6 +6,7 @@ Import them as ``from tests._helpers import ...``; nothing here trains or touche
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,3 +141,25 @@ class PushPullGrid:
     def pull_messages(self, ids: Any) -> list[Any]:
         store = self.__dict__.setdefault("_ready", {})
         return [store.pop(i) for i in list(ids) if i in store]
+
+
+def count_nifti_reads(monkeypatch: Any) -> Counter[Path]:
+    """Count :func:`common.data.nifti.read_nifti` calls per path, also through every module of
+    ``common``, ``site_node`` and ``coordinator`` that imported the function by name (so no
+    caller can read around the count); ``monkeypatch`` undoes it after the test."""
+    import sys
+
+    import common.data.nifti as nifti
+
+    original, counts = nifti.read_nifti, Counter[Path]()
+
+    def counting(path: Path | str, *args: object, **kwargs: object) -> nifti.NiftiFile:
+        counts[Path(path)] += 1
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "") or ""
+        if name.split(".")[0] in ("common", "site_node", "coordinator") and \
+                getattr(module, "read_nifti", None) is original:
+            monkeypatch.setattr(module, "read_nifti", counting)
+    return counts

@@ -134,12 +134,7 @@ def save_overlay(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lo, hi = np.percentile(image, [1, 99])
-    rgb = np.repeat(np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)[..., None], 3, axis=2)
-    inter = gt.astype(bool) & pred.astype(bool)
-    rgb[inter] = 0.6 * rgb[inter] + 0.4 * np.array([1.0, 1.0, 0.0])
-    rgb[_contour(gt)] = [0.0, 1.0, 0.0]
-    rgb[_contour(pred)] = [1.0, 0.0, 0.0]
+    rgb = overlay_rgb(image, gt, pred)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(rgb)
     ax.set_title(title, fontsize=9)
@@ -147,6 +142,18 @@ def save_overlay(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def overlay_rgb(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """``(S, S, 3)`` RGB of a ``(S, S)`` slice (1-99 % window) with the ground-truth contour
+    green, the prediction's red and their intersection tinted yellow (binary ``gt``, ``pred``)."""
+    lo, hi = np.percentile(image, [1, 99])
+    rgb = np.repeat(np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)[..., None], 3, axis=2)
+    inter = gt.astype(bool) & pred.astype(bool)
+    rgb[inter] = 0.6 * rgb[inter] + 0.4 * np.array([1.0, 1.0, 0.0])
+    rgb[_contour(gt)] = [0.0, 1.0, 0.0]
+    rgb[_contour(pred)] = [1.0, 0.0, 0.0]
+    return rgb
 
 
 def radiological(slice_yx: np.ndarray) -> np.ndarray:
@@ -177,12 +184,7 @@ def save_radiological_overlay(image: np.ndarray, pred: np.ndarray, spacing: tupl
     z = int(ref.reshape(ref.shape[0], -1).sum(1).argmax())
     gt_z = np.zeros_like(pred[z]) if gt is None else gt[z]
     img, p, g = (radiological(a) for a in (image[z], pred[z], gt_z))
-    lo, hi = np.percentile(img, [1, 99])
-    rgb = np.repeat(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)[..., None], 3, axis=2)
-    inter = g.astype(bool) & p.astype(bool)
-    rgb[inter] = 0.6 * rgb[inter] + 0.4 * np.array([1.0, 1.0, 0.0])
-    rgb[_contour(g)] = [0.0, 1.0, 0.0]
-    rgb[_contour(p)] = [1.0, 0.0, 0.0]
+    rgb = overlay_rgb(img, g, p)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(rgb, aspect=float(spacing[1]) / float(spacing[2]), interpolation="nearest")
     score = "" if gt is None else f", 3D Dice {dice(pred > 0, gt > 0):.3f}"

@@ -4,15 +4,13 @@ the file the fingerprint read), with the proxy arrays unchanged from the read-tw
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import common.data.nifti as nifti
 from common.data.phantom import make_proxy
+from tests._helpers import count_nifti_reads
 
 #: sha256 of ``images``, ``masks`` and ``extents`` bytes (in that order) and ``ProxySet.digest``
 #: of this proxy as the former path (every file read twice) loaded it, by canvas size: 32 crops
@@ -23,23 +21,6 @@ BEFORE = {
     None: ("6cf1554e2c7a0b2ae500e687e67c3e3e148323bdce63d852c85e694b9131de9d",
            "be0493cfa66ed39d611b80fceea048e49232c29050c8a9f7a6247ebab45f5fd8"),
 }
-
-
-def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[Path]:
-    """Count :func:`common.data.nifti.read_nifti` calls per path, also through every module
-    that imported the function by name (so no caller can read around the count)."""
-    original, counts = nifti.read_nifti, Counter[Path]()
-
-    def counting(path: Path | str, *args: object, **kwargs: object) -> nifti.NiftiFile:
-        counts[Path(path)] += 1
-        return original(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    for module in list(sys.modules.values()):
-        name = getattr(module, "__name__", "") or ""
-        if name.split(".")[0] in ("common", "coordinator") and \
-                getattr(module, "read_nifti", None) is original:
-            monkeypatch.setattr(module, "read_nifti", counting)
-    return counts
 
 
 def _arrays_digest(images: np.ndarray, masks: np.ndarray, extents: np.ndarray | None) -> str:
@@ -58,7 +39,7 @@ def test_proxy_loading_reads_each_file_once_with_unchanged_arrays(
     root = make_proxy(tmp_path / "proxy", n_cases=3, seed=500, shape=(8, 48, 48))
     files = sorted(root.glob("imagesTr/*.nii*")) + sorted(root.glob("labelsTr/*.nii*"))
     assert len(files) == 6
-    counts = _count_reads(monkeypatch)
+    counts = count_nifti_reads(monkeypatch)
     disk = load_proxy_on_disk(root, size, None, tmp_path / "spill")
     assert dict(counts) == {f: 1 for f in files}
     assert disk.images.shape == (24, 1, 32 if size else 64, 32 if size else 64)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import tomli_w
 
 import common.data.nifti as nifti
 from site_node.cli import main as site_main
+from tests._helpers import count_nifti_reads
 
 #: What this run gave when preparation read every training image three times (fingerprint,
 #: card statistics, preparation) and every training label twice: the reads changed, not these.
@@ -27,23 +26,6 @@ BEFORE_FINGERPRINT = {"cases": {"test": 2, "train": 8, "val": 2}, "modality": "M
                       "intensity_std_mean": 60.295849323272705}
 
 
-def _count_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[Path]:
-    """Count :func:`common.data.nifti.read_nifti` calls per path, also through every module
-    that imported the function by name (so no caller can read around the count)."""
-    original, counts = nifti.read_nifti, Counter[Path]()
-
-    def counting(path: Path | str, *args: object, **kwargs: object) -> nifti.NiftiFile:
-        counts[Path(path)] += 1
-        return original(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    for module in list(sys.modules.values()):
-        name = getattr(module, "__name__", "") or ""
-        if name.split(".")[0] in ("common", "site_node") and \
-                getattr(module, "read_nifti", None) is original:
-            monkeypatch.setattr(module, "read_nifti", counting)
-    return counts
-
-
 def test_train_reads_each_file_once_with_unchanged_numbers(
         tiny_sites: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, out = tiny_sites["site_a"], tmp_path / "run"
@@ -52,7 +34,7 @@ def test_train_reads_each_file_once_with_unchanged_numbers(
         "model": "tiny_unet", "size": 64, "epochs": 2, "batch_size": 8, "patience": 20,
         "device": "cpu", "skip_empty_fraction": 0.6, "max_steps_per_epoch": 3,
         "optim": {"max_lr": 0.005, "base_lr": 1e-5, "step_size_up": 100}}))
-    counts = _count_reads(monkeypatch)
+    counts = count_nifti_reads(monkeypatch)
     assert site_main(["train", "--data", str(data), "--out", str(out),
                       "--config", str(config)]) == 0
     files = sorted(data.glob("imagesTr/*.nii*")) + sorted(data.glob("labelsTr/*.nii*"))
@@ -79,7 +61,7 @@ def test_read_once_keeps_until_taken(tiny_sites: dict[str, Path],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``keep`` reads once and keeps; ``take`` hands the kept file out and forgets it; a file
     never kept is read by ``take`` (and not kept)."""
-    counts = _count_reads(monkeypatch)
+    counts = count_nifti_reads(monkeypatch)
     image = sorted(tiny_sites["site_a"].glob("imagesTr/*.nii*"))[0]
     files = nifti.ReadOnce()
     first = files.keep(image, first_channel=True)
