@@ -71,6 +71,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         cfg = cfg.model_copy(update={"student": validated_copy(
             cfg.student, {"epochs": args.epochs}, "--epochs")})
+    if args.rows:
+        from coordinator.distill.rows import restrict_rows
+
+        cfg = restrict_rows(cfg, [r.strip() for r in args.rows.split(",") if r.strip()])
     if not args.local:
         from common.lock import probe_out_folder
         from coordinator.federated_cli import main_federated
@@ -169,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", action="store_true", help="paper sizes (384px, 100 epochs)")
     p.add_argument("--out", type=Path, help="override the config's output folder")
     p.add_argument("--epochs", type=int, help="override student epochs")
+    p.add_argument("--rows", metavar="ROW[,ROW...]", help="run only these rows of the config "
+                   "(student_only, single, a weighting label, local_only, pooled, fedavg, "
+                   "fedprox, fedbn; the default row is always kept)")
     add_federated_args(p)
     p.set_defaults(func=_cmd_distill)
     add_export_parser(sub)

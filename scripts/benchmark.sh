@@ -4,7 +4,7 @@
 # other-weighting and peer rows (paired statistics and a verdict at the top of results.md).
 #
 #   bash scripts/benchmark.sh [--scenario prostate|prostate_stress|spleen|prostate_ablations|all]
-#                             [--quick]
+#                             [--quick] [--rows ROW[,ROW...]]
 #
 # Scenarios (configs/benchmark/<scenario>.toml; teachers configs/benchmark/teacher.toml):
 #   prostate         realistic prostate T2 scanners P1, P2, P3 (bias, noise, resolution, slice
@@ -19,6 +19,9 @@
 # (not yet run end to end; the teachers alone are about 12 epochs x 13 training cases x 3 sites).
 # --quick: 12 cases per site (6 test), 4-epoch teachers, 1 seed, 4 rows, 6 epochs: a pipeline
 # check (all three: about 11 min on 2 idle cores), written to benchmark_out/<scenario>_quick.
+# --rows: only these rows of the config (coordinator distill --rows: student_only, single, a
+# weighting label such as equal or hinton_kd, local_only, pooled, fedavg, fedprox, fedbn; the
+# default row is always kept); a later run without it adds the rest and reuses finished runs.
 # Results: benchmark_out/<scenario>[_quick]/distill/results.md (+ .csv, .png). Re-running skips
 # finished steps (data, teachers, and each finished student row); a data folder made with other
 # settings stops the run (exit 2) instead of being reused.
@@ -28,11 +31,13 @@ cd "$(dirname "$0")/.."
 usage() { sed -n '6,7p' "$0" | sed 's/^# *//' >&2; exit 2; }
 scenario=prostate
 quick=0
+rows=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --scenario) [ $# -ge 2 ] || usage; scenario=$2; shift 2 ;;
     --quick) quick=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rows) [ $# -ge 2 ] || usage; rows=(--rows "$2"); shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "benchmark.sh: unknown argument '$1'" >&2; usage ;;
   esac
 done
@@ -100,7 +105,7 @@ run_scenario() {
     fi
   done
   echo "== [$name$tag] $((SECONDS - t0)) s: distilling the students ($cfg)"
-  coordinator distill --local --config "$cfg"
+  coordinator distill --local --config "$cfg" "${rows[@]}"
   echo "== [$name$tag] done in $((SECONDS - t0)) s: $out/distill/results.md"
 }
 

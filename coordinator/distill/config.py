@@ -266,6 +266,9 @@ class RunsConfig(StrictModel):
     fedbn: FedBNSpec | None = None  # [runs.fedbn] enables the FedBN row
     query_chunk_size: int = Field(default=128, ge=1, le=100_000, description="proxy slices "
                                   "per query message when --local counts MT-KD's bytes")
+    left_out: list[str] = Field(default_factory=list, max_length=1000, description="rows of "
+                                "the config this run leaves out (set by distill --rows; named "
+                                "in the report)")
 
     @model_validator(mode="after")
     def _unique_rows(self) -> RunsConfig:

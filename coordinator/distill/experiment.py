@@ -112,6 +112,14 @@ def train_rows(runs: list[StudentRun], cfg: ExperimentConfig, sites: Sites,
     return rows
 
 
+def _left_out(cfg: ExperimentConfig) -> list[str]:
+    """The report's note on the rows ``--rows`` left out (:mod:`coordinator.distill.rows`)."""
+    if not cfg.runs.left_out:
+        return []
+    return [f"{', '.join(cfg.runs.left_out)} (left out with --rows; a later run without it "
+            "adds them and reuses every finished run)"]
+
+
 def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[dict]:
     phase = _Phases(sites.status.phases)
     out = cfg.out
@@ -141,6 +149,6 @@ def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[dict]:
     phase.done("peers")
     write_rows(out, rows)
     write_results(rows, cfg, out, time.perf_counter() - t0, status=sites.status,
-                  not_run=sites.not_run(cfg))
+                  not_run=sites.not_run(cfg) + _left_out(cfg))
     phase.done("report")
     return rows
