@@ -5,7 +5,8 @@ in-process FedAvg loop (``coordinator.baselines.fedavg``) both call :func:`local
 FedAvg row is trained identically in both. The update: the student's segmentation loss
 (``dice_weight * Dice + lovasz_weight * Lovasz``, the no-KD student rows' loss, with the same
 padding rule: ``padding = "exclude"`` leaves the plan's canvas padding and augmentation padding
-out of it), its joint augmentation, Adam (fresh state each round) whose learning rate follows
+out of it), its joint augmentation, and the trainers' one optimiser
+(:class:`~common.training.OptimSpec`): Adam (fresh state each round) whose learning rate follows
 torch's triangular ``CyclicLR`` continued over the site's local steps (``step0`` = steps of
 earlier rounds). FedProx adds the proximal term ``mu/2 * ||w - w_global||^2`` over the trainable
 parameters (:func:`proximal_term`; ``proximal_mu = 0`` skips it: the FedAvg update, bit for bit).
@@ -13,7 +14,6 @@ parameters (:func:`proximal_term`; ``proximal_mu = 0`` skips it: the FedAvg upda
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +32,7 @@ from common.data.native import extent_mask
 from common.data.slices import SliceDataset, Volume
 from common.kd.losses import SegLoss
 from common.models import build_model
+from common.training import OptimSpec, adam
 
 _KW = {"in_channels": 1, "num_classes": 2}
 
@@ -54,12 +55,11 @@ class LocalSpec:
     padding: str = "exclude"  # [kd] padding: "exclude" masks padding out of the loss
     proximal_mu: float = 0.0  # FedProx's mu (Flower's "proximal-mu"); 0: FedAvg
 
-
-def cyclic_lr(step: int, base: float, top: float, half: int) -> float:
-    """torch's triangular CyclicLR at ``step``: ``base`` -> ``top`` over ``half`` steps, back."""
-    cycle = math.floor(1 + step / (2 * half))
-    x = abs(step / half - 2 * cycle + 1)
-    return base + (top - base) * max(0.0, 1.0 - x)
+    @property
+    def optim(self) -> OptimSpec:
+        """The optimiser of the student rows (:class:`common.training.OptimSpec`)."""
+        return OptimSpec(max_lr=self.max_lr, base_lr=self.base_lr,
+                         step_size_up=self.step_size_up, weight_decay=self.weight_decay)
 
 
 class _Slices(Dataset):
@@ -149,7 +149,8 @@ def local_update(state: dict[str, torch.Tensor], images: np.ndarray, masks: np.n
     torch.manual_seed(spec.seed * 100_003 + spec.server_round)
     model = build_model(spec.model, **_KW).to(device)
     model.load_state_dict(state)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.max_lr, weight_decay=spec.weight_decay)
+    optim = spec.optim
+    opt = adam(list(model.parameters()), optim)
     crops = whole_field_crops(volumes, len(images), spec.seed)
     loss_fn, loader = SegLoss(spec.dice_weight, spec.lovasz_weight), _loader(
         images, masks, spec, augment, extents, crops)
@@ -164,7 +165,7 @@ def local_update(state: dict[str, torch.Tensor], images: np.ndarray, masks: np.n
             crops.set_epoch((spec.server_round - 1) * spec.local_epochs + epoch)
         for x, y, valid in loader:
             for g in opt.param_groups:
-                g["lr"] = cyclic_lr(step, spec.base_lr, spec.max_lr, spec.step_size_up)
+                g["lr"] = optim.lr_at(step)
             loss = loss_fn(model(x.to(device)).float(), y.to(device),
                            valid.to(device) if masked else None)
             opt.zero_grad(set_to_none=True)

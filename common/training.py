@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -245,7 +246,10 @@ class Stateful(Protocol):
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """Adam + CyclicLR (paper 4.3): lr cycles between ``base_lr`` and ``max_lr``."""
+    """The one optimiser of every trainer: Adam + CyclicLR (paper 4.3), lr cycling between
+    ``base_lr`` and ``max_lr`` over ``2 * step_size_up`` steps. A resumable loop drives it
+    with torch's scheduler (:func:`make_optimiser`); a FedAvg/FedProx round, which starts
+    fresh at a given global step, reads the rate from :meth:`lr_at`."""
 
     max_lr: float
     base_lr: float
@@ -253,14 +257,26 @@ class OptimSpec:
     weight_decay: float = 0.0
     mode: str = "triangular"
 
+    def lr_at(self, step: int) -> float:
+        """torch's triangular CyclicLR at ``step`` (0-based): ``base_lr`` -> ``max_lr`` over
+        ``step_size_up`` steps, then back (``mode = "triangular"`` only)."""
+        half = self.step_size_up
+        cycle = math.floor(1 + step / (2 * half))
+        x = abs(step / half - 2 * cycle + 1)
+        return self.base_lr + (self.max_lr - self.base_lr) * max(0.0, 1.0 - x)
+
+
+def adam(params: Sequence[torch.nn.Parameter], spec: OptimSpec) -> torch.optim.Adam:
+    """Adam with default betas, ``lr = spec.max_lr`` and ``spec.weight_decay``."""
+    return torch.optim.Adam(params, lr=spec.max_lr, weight_decay=spec.weight_decay)
+
 
 def make_optimiser(
     model: torch.nn.Module, spec: OptimSpec, extra: Sequence[torch.nn.Parameter] = ()
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.CyclicLR]:
-    """Adam (default betas, ``lr=max_lr``) and a per-step CyclicLR without momentum cycling;
-    ``extra`` parameters (e.g. a learned teacher weighting) join the model's, after them."""
-    params = [*model.parameters(), *extra]
-    opt = torch.optim.Adam(params, lr=spec.max_lr, weight_decay=spec.weight_decay)
+    """:func:`adam` and a per-step CyclicLR without momentum cycling; ``extra`` parameters
+    (e.g. a learned teacher weighting) join the model's, after them."""
+    opt = adam([*model.parameters(), *extra], spec)
     sched = torch.optim.lr_scheduler.CyclicLR(
         opt, base_lr=spec.base_lr, max_lr=spec.max_lr, step_size_up=spec.step_size_up,
         mode=spec.mode, cycle_momentum=False,  # type: ignore[arg-type]

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from common.data.augment import build_augment, reseed_worker
 from common.data.errors import data_error, refuse_inside
-from common.data.fingerprint import plan_for_dataset
+from common.data.fingerprint import Fingerprint, compute_fingerprint, plan_for_dataset
 from common.data.layout import DatasetInfo, discover_dataset
-from common.data.nifti import NiftiFile, Reader, ReadOnce, read_nifti
+from common.data.nifti import NiftiFile, ReadOnce
 from common.data.plan import Plan
 from common.data.slices import SliceDataset, Volume, load_volumes
 from common.data.split import (
@@ -79,10 +78,10 @@ def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData
     """Discover, split (reusing ``out/split.json`` if present) and load the site's volumes.
 
     nnU-Net's order, each file read once (:class:`~common.data.nifti.ReadOnce`): fingerprint
-    the training cases and plan from it (files kept), the card's :func:`data_fingerprint` from
-    the kept images, then every case prepared from the kept file (train) or its only read
-    (val, test); the images of the first :data:`OVERLAY_CASES` test cases stay kept for the
-    overlays of :func:`run_training`."""
+    the training cases and plan from it (files kept; the card's :func:`data_fingerprint` is
+    made from that fingerprint), then every case prepared from the kept file (train) or its
+    only read (val, test); the images of the first :data:`OVERLAY_CASES` test cases stay kept
+    for the overlays of :func:`run_training`."""
     info = discover_dataset(data_dir)
     split_path = out / "split.json"
     if split_path.exists():
@@ -93,9 +92,9 @@ def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData
     if not (split.val and split.test) and cfg.small_site == "refuse":
         raise data_error(split_path, f"no validation or test case; {_SMALL_HINT}")
     files = ReadOnce()
+    fp = compute_fingerprint(info, cfg.label, split.train, read=files.keep)
     plan = plan_for_dataset(info, cfg.size, cfg.label, split.train, cache=out / "plan.json",
-                            read=files.keep)
-    fingerprint = data_fingerprint(info, split, read=files.keep)
+                            fingerprint=fp)
     shown = {c.image for c in info.cases if c.case_id in set(split.test[:OVERLAY_CASES])}
 
     def read(path: Path | str, allow_empty: bool = False, first_channel: bool = False
@@ -108,8 +107,8 @@ def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData
     if not any(v.whole_label.any() for v in vols["train"]):
         raise data_error(data_dir, f"no training label has a voxel of the target "
                                    f"{plan.label_name or 'foreground'}: nothing to learn")
-    return SiteData(info, split, vols["train"], vols["val"], vols["test"], plan, fingerprint,
-                    files)
+    return SiteData(info, split, vols["train"], vols["val"], vols["test"], plan,
+                    data_fingerprint(fp, split, vols["train"]), files)
 
 
 _SMALL_HINT = (f"a teacher needs at least {MIN_SPLIT_CASES} cases (1 train, 1 validation, "
@@ -129,27 +128,17 @@ def site_split(ids: list[str], cfg: TeacherTrainConfig, data_dir: Path) -> Split
     raise data_error(data_dir, f"only {len(ids)} case(s); {_SMALL_HINT}")
 
 
-def data_fingerprint(info: DatasetInfo, split: Split, read: Reader = read_nifti
+def data_fingerprint(fp: Fingerprint, split: Split, train: list[Volume]
                      ) -> dict[str, Any]:
-    """Counts and raw intensity statistics of the training cases: no pixels, no case ids.
-
-    Per training image (canonical ``(D, H, W)``, read with ``read``): mean, sd and 99.5th
-    percentile of every voxel, then their means over the cases."""
-    train = [c for c in info.cases if c.case_id in set(split.train)]
-    means, stds, p99, slices = [], [], [], 0
-    for ref in train:
-        arr, _ = read(ref.image, first_channel=True).canonical_zyx()
-        means.append(float(arr.mean()))
-        stds.append(float(arr.std()))
-        p99.append(float(np.percentile(arr, 99.5)))
-        slices += int(arr.shape[0])
+    """The card's description of the training data: counts and the dataset fingerprint's
+    intensity statistics of the training cases (percentiles, mean and sd of pooled voxel
+    samples: :class:`~common.data.fingerprint.IntensityStats`, the one intensity statistic
+    the plan is made from); no pixels, no case ids."""
     return {
-        "modality": info.modality,
+        "modality": fp.modality,
         "cases": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-        "train_slices": slices,
-        "intensity_mean": float(np.mean(means)),
-        "intensity_std_mean": float(np.mean(stds)),
-        "intensity_p99_5_mean": float(np.mean(p99)),
+        "train_slices": sum(int(v.image.shape[0]) for v in train),
+        "intensity": fp.intensity.model_dump(),
     }
 
 
@@ -261,7 +250,7 @@ def run_training(data_dir: Path, cfg: TeacherTrainConfig, out: Path, resume: boo
         plan=data.plan,
         **_selection(data, early, cfg),
         test=test,
-        data_fingerprint=data.fingerprint or data_fingerprint(data.info, data.split),
+        data_fingerprint=data.fingerprint,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     card.write(out)

@@ -170,21 +170,23 @@ def load_fingerprint(path: Path) -> Fingerprint:
 
 def plan_for_dataset(info: DatasetInfo, size: int | None = None, label: str | None = None,
                      case_ids: list[str] | None = None, cache: Path | None = None,
-                     fill: bool = False, read: Reader = read_nifti) -> Plan:
+                     fill: bool = False, read: Reader = read_nifti,
+                     fingerprint: Fingerprint | None = None) -> Plan:
     """Fingerprint ``info`` (the ``case_ids``, e.g. the training split) and plan from it.
 
     ``cache``: a ``plan.json`` reused when it exists and matches the requested ``size`` and
     target labels (``--resume`` keeps one plan per run), written otherwise.
     ``size``/``label``: see :func:`plan_from_fingerprint` and
     :func:`common.data.labels.resolve_target`. ``fill``: see :func:`plan_from_fingerprint`
-    (not with ``cache``). ``read``: see :func:`compute_fingerprint`.
+    (not with ``cache``). ``read``: see :func:`compute_fingerprint`. ``fingerprint``: the
+    fingerprint of exactly those cases when the caller already has it (not computed again).
     """
     if cache is not None and cache.is_file():
         cached = Plan.model_validate_json(cache.read_text(encoding="utf-8"))
         values, _ = resolve_target(info.labels, label, info.name)
         if cached.labels == values and size in (None, cached.size):
             return cached
-    fp = compute_fingerprint(info, label, case_ids, read)
+    fp = fingerprint or compute_fingerprint(info, label, case_ids, read)
     plan = plan_from_fingerprint(fp, size=size, fill=fill)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -12,18 +12,20 @@ import pytest
 import tomli_w
 
 import common.data.nifti as nifti
+from common.data.fingerprint import compute_fingerprint
+from common.data.layout import discover_dataset
+from common.data.plan import plan_from_fingerprint
 from site_node.cli import main as site_main
 from tests._helpers import count_nifti_reads
 
 #: What this run gave when preparation read every training image three times (fingerprint,
-#: card statistics, preparation) and every training label twice: the reads changed, not these.
+#: card statistics, preparation) and every training label twice: the reads changed, not these
+#: (the card's intensity statistics are now the fingerprint's, checked below).
 BEFORE_METRICS = [("0", "1.55641", "0.06529"), ("1", "1.55893", "0.06529")]
 BEFORE_CARD = {"val_dice": 0.06528622315551505, "best_epoch": 0,
                "dice_mean": 0.07749307228531924, "hd95_mean": 35.19035203533508}
 BEFORE_FINGERPRINT = {"cases": {"test": 2, "train": 8, "val": 2}, "modality": "MRI",
-                      "train_slices": 128, "intensity_mean": 401.05896759033203,
-                      "intensity_p99_5_mean": 556.3238906860352,
-                      "intensity_std_mean": 60.295849323272705}
+                      "train_slices": 128}
 
 
 def test_train_reads_each_file_once_with_unchanged_numbers(
@@ -52,8 +54,15 @@ def test_train_reads_each_file_once_with_unchanged_numbers(
     fp = card["data_fingerprint"]
     assert {k: fp[k] for k in ("cases", "modality", "train_slices")} == \
         {k: BEFORE_FINGERPRINT[k] for k in ("cases", "modality", "train_slices")}
-    for key in ("intensity_mean", "intensity_p99_5_mean", "intensity_std_mean"):
-        assert fp[key] == pytest.approx(BEFORE_FINGERPRINT[key], rel=1e-9), key
+    # one intensity statistic: the card's is the dataset fingerprint's of the training split,
+    # the fingerprint the plan was made from
+    split = json.loads((out / "split.json").read_text())
+    info = discover_dataset(data)
+    ref = compute_fingerprint(info, None, split["train"])
+    assert fp["intensity"] == ref.intensity.model_dump()
+    assert 300.0 < fp["intensity"]["p50"] < fp["intensity"]["p99_5"]  # raw MRI units (~400)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan == json.loads(plan_from_fingerprint(ref, size=64).model_dump_json())
     assert len(list((out / "overlays").glob("*.png"))) == 2  # both test cases, from kept files
 
 
