@@ -16,13 +16,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import yaml
 
 from common.config import load_config
 from common.io import strict_json_dumps
 from coordinator.distill.config import ExperimentConfig
-from coordinator.distill.results_file import read_rows
+from coordinator.distill.results_file import CaseScores, ResultRow, read_rows
 from coordinator.distill.sites import RunStatus
 
 
@@ -33,7 +34,7 @@ def write_variant(cfg: ExperimentConfig, out: Path, path: Path) -> Path:
     return path
 
 
-def run_local(cfg_path: Path) -> tuple[list[dict], float]:
+def run_local(cfg_path: Path) -> tuple[list[ResultRow], float]:
     """In-process run with the export, as ``coordinator distill --local``; rows, seconds."""
     from coordinator.distill.experiment import run_experiment
     from coordinator.export import export_best_multi
@@ -45,7 +46,7 @@ def run_local(cfg_path: Path) -> tuple[list[dict], float]:
     return rows, time.perf_counter() - t0
 
 
-def run_federated(cfg_path: Path, workdir: Path, n_sites: int) -> tuple[list[dict], float]:
+def run_federated(cfg_path: Path, workdir: Path, n_sites: int) -> tuple[list[ResultRow], float]:
     """The compose topology on 127.0.0.1 (TLS, node auth); rows, seconds."""
     from coordinator.topology.simulate import experiment_out, simulate, sites_from_config
 
@@ -59,10 +60,11 @@ def run_federated(cfg_path: Path, workdir: Path, n_sites: int) -> tuple[list[dic
     return read_rows(out), wall
 
 
-def per_case(rows: list[dict]) -> dict[str, list[float]]:
+def per_case(rows: list[ResultRow]) -> dict[str, list[float]]:
     """``{run/site: [Dice per case, in test-split order]}`` of the student rows."""
     return {f"{r['run']}/{site}": [float(c["dice"]) for c in cases.values()]
-            for r in rows if r.get("cases") for site, cases in r["cases"].items()}
+            for r in rows if r.get("cases")
+            for site, cases in cast(CaseScores, r["cases"]).items()}
 
 
 def main() -> None:

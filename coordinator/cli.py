@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-proxy", help="write a synthetic proxy set mixing all site styles")
     p.add_argument("--out", type=Path, required=True, help="folder to write the proxy set to")
     p.add_argument("--style", default="A,B,C", help="comma-separated phantom styles the cases "
-                   "cycle through (default A,B,C; PX / SX: a prostate / spleen proxy unlike "
-                   "every realistic site style)")
+                   "cycle through (PX / SX: a prostate / spleen proxy unlike every realistic "
+                   "site style)")
     p.add_argument("--preset", choices=["prostate", "spleen"], default="prostate",
                    help="organ and modality of the proxy set")
     p.add_argument("--cases", type=int, default=9, help="number of proxy volumes")

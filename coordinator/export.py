@@ -47,6 +47,7 @@ from coordinator.quantize import quantize_student
 
 if TYPE_CHECKING:
     from coordinator.distill.config import ExperimentConfig
+    from coordinator.distill.results_file import ResultRow
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -253,7 +254,7 @@ def mean_fusion_weights(metrics_csv: Path, sites: list[str]) -> dict[str, float]
     return out
 
 
-def pick_default_multi(rows: list[dict], cfg: ExperimentConfig) -> dict | None:
+def pick_default_multi(rows: list[ResultRow], cfg: ExperimentConfig) -> ResultRow | None:
     """The row of the multi-teacher run with the config's first (default) weighting rule."""
     multi = [r for r in rows if str(r.get("run", "")).startswith("multi_")]
     if cfg.runs.weightings:
@@ -262,7 +263,7 @@ def pick_default_multi(rows: list[dict], cfg: ExperimentConfig) -> dict | None:
     return multi[0] if multi else None
 
 
-def _site_metrics(row: dict) -> dict[str, dict[str, float]]:
+def _site_metrics(row: ResultRow) -> dict[str, dict[str, float]]:
     keys = ("dice_mean", "voe_mean", "hd95_mean", "n")
     return {site: {k: s[k] for k in keys if k in s} for site, s in row.get("sites", {}).items()}
 
@@ -284,7 +285,7 @@ def exchanged_bytes(out: Path) -> dict[str, Any] | None:
     return {"total": total, "by_type": by_type}
 
 
-def result_rows(out: Path) -> list[dict]:
+def result_rows(out: Path) -> list[ResultRow]:
     """Result rows of an experiment folder: ``results.json`` (written by both transports),
     else each run's ``runs/<run>/summary.json`` (mean over seeds) or ``result.json``."""
     import json
@@ -349,7 +350,7 @@ def _proxy_or_none(cfg: ExperimentConfig) -> ProxySet | None:
         return None
 
 
-def export_best_multi(out: Path, rows: list[dict], cfg: ExperimentConfig,
+def export_best_multi(out: Path, rows: list[ResultRow], cfg: ExperimentConfig,
                       bytes_exchanged: int | None = None, aoti: bool = False
                       ) -> dict[str, Path] | None:
     """Export ``<out>/runs/<default multi run>/last.pt`` to ``<out>/export/`` (``aoti``: with

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -51,6 +51,7 @@ from coordinator.baselines.fedavg import (
 from coordinator.baselines.fedbn_scores import fedbn_note
 from coordinator.distill.config import ExperimentConfig, FedAvgSpec, FedBNSpec
 from coordinator.distill.repeats import mean_row, seed_folders
+from coordinator.distill.results_file import ResultRow
 from coordinator.distill.student import DistillData, _model, mean_dice
 from coordinator.query_pipeline import send_receive
 
@@ -69,18 +70,18 @@ EvalRound = Callable[..., tuple[dict[str, dict], dict[str, dict]]]
 
 
 def federated_baselines(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
-                        s: FedSettings, run_id: str, rows: list[dict], score: EvalRound
-                        ) -> list[dict]:
+                        s: FedSettings, run_id: str, rows: list[ResultRow],
+                        score: EvalRound) -> list[ResultRow]:
     """``rows`` with a ``cost`` on every student row, then the FedAvg, FedProx and FedBN rows
     the config enables (``[runs.fedavg]`` ...; none when no site released weights), scored by
     ``score`` (the ServerApp's ``eval_round``); cost tables written to ``cfg.out``."""
-    out = [{**r, "cost": student_cost(r, cfg, data, s.chunk_size)} for r in rows]
+    out: list[ResultRow] = [{**r, "cost": student_cost(r, cfg, data, s.chunk_size)} for r in rows]
     for run, spec in peer_specs(cfg):
         out += fedavg_rows(grid, roster, data, cfg, s, run_id, score, run, spec)
     return out
 
 
-def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, chunk_size: int
+def student_cost(row: ResultRow, cfg: ExperimentConfig, data: DistillData, chunk_size: int
                  ) -> dict[str, Any]:
     """An MT-KD row's cost: the query exchange with its teachers' sites, ``chunk_size``
     proxy slices per message (the run config's); ``nothing`` for the no-KD student."""
@@ -92,7 +93,7 @@ def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, chunk_size
 
 def fedavg_rows(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
                 s: FedSettings, run_id: str, score: EvalRound, run: str = "fedavg",
-                spec: FedAvgSpec | None = None) -> list[dict]:
+                spec: FedAvgSpec | None = None) -> list[ResultRow]:
     """The peer row ``run`` (``spec``, default ``[runs.fedavg]``; mean over seeds), or ``[]``
     when no site ever released weights."""
     spec = spec or cfg.runs.fedavg
@@ -122,7 +123,7 @@ def fedavg_rows(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentCo
 def fedavg_seed(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentConfig,
                 s: FedSettings, run_id: str, seed: int, out: Path, score: EvalRound,
                 run: str = "fedavg", spec: FedAvgSpec | None = None
-                ) -> tuple[dict | None, dict[str, str]]:
+                ) -> tuple[ResultRow | None, dict[str, str]]:
     """One run of the peer ``run`` (``spec``) with ``seed`` over the live sites, scored by the
     ``evaluate`` round (FedBN: each site with its own BatchNorm); writes ``payloads.jsonl`` and
     ``result.json``. ``(row, refused: site -> reason)``, the row ``None`` when no site
@@ -152,7 +153,7 @@ def fedavg_seed(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentCo
         "fedavg_refused": refused, "checkpoint_dir": str(out), **fedbn_note(local_bn)}
     torch.save({"model": state, **fedbn_note(local_bn)}, out / "last.pt")
     atomic_write_json(out / "result.json", row)
-    return row, refused
+    return cast(ResultRow, row), refused
 
 
 def trail_exchange(grid: Grid, roster: Roster, s: FedSettings, refused: dict[str, str]

@@ -49,6 +49,7 @@ from coordinator.fed_query import Roster, exchange, gather_targets, validate_rep
 
 if TYPE_CHECKING:
     from common.models.base import SegModel
+    from coordinator.distill.results_file import ResultRow
     from coordinator.fed_query import QuerySettings
 
 log = logging.getLogger(__name__)
@@ -225,11 +226,12 @@ class GridSites:
 
         return score
 
-    def teacher_rows(self, cfg: ExperimentConfig) -> list[dict]:
+    def teacher_rows(self, cfg: ExperimentConfig) -> list[ResultRow]:
         """None: teacher weights never leave the sites (see :meth:`not_run`)."""
         return []
 
-    def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[dict]) -> list[dict]:
+    def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[ResultRow]
+                  ) -> list[ResultRow]:
         """Costs of the student rows, then the FedAvg, FedProx and FedBN rows over the Grid
         when configured."""
         from coordinator.distill.student import DistillData

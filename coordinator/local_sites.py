@@ -28,6 +28,7 @@ from coordinator.distill.cache import CachedTargets, TeacherCache, build_chunk
 from coordinator.distill.config import ExperimentConfig, SiteSpec
 from coordinator.distill.identity import cache_key, teacher_digest
 from coordinator.distill.proxy import ProxySet
+from coordinator.distill.results_file import ResultRow
 from coordinator.distill.sites import (
     RunStatus,
     Scorer,
@@ -88,12 +89,12 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
     return CachedTargets.stack(parts)
 
 
-def teacher_rows(cfg: ExperimentConfig) -> list[dict]:
+def teacher_rows(cfg: ExperimentConfig) -> list[ResultRow]:
     """Each teacher scored on every site's test set (top block of the paper's Table 3), the
     test cases prepared with that teacher's own plan (the grid it was trained on). Logs each
     (teacher, test set) pair as it finishes, with an ETA."""
     dev = select_device(cfg.student.device)
-    rows: list[dict] = []
+    rows: list[ResultRow] = []
     t0, n = time.perf_counter(), len(cfg.sites) ** 2
     for site in cfg.sites:
         model, _ = load_model(site.teacher_dir / "best.pt", dev)
@@ -158,11 +159,12 @@ class LocalSites:
 
         return score
 
-    def teacher_rows(self, cfg: ExperimentConfig) -> list[dict]:
+    def teacher_rows(self, cfg: ExperimentConfig) -> list[ResultRow]:
         """Every teacher on every site's test set."""
         return teacher_rows(cfg)
 
-    def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[dict]) -> list[dict]:
+    def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[ResultRow]
+                  ) -> list[ResultRow]:
         """Costs, then ``local_only``, ``pooled`` and FedAvg when configured."""
         from coordinator.baselines.rows import baseline_rows
 

@@ -19,6 +19,7 @@ whose ``ok`` is false with the reason when the run or the export failed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -26,6 +27,9 @@ from pydantic import ConfigDict, Field
 
 from coordinator.audit_trail import CoordinatorTrail
 from coordinator.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from coordinator.distill.results_file import ResultRow
 
 __all__ = ["FedSettings", "app", "run_federated"]
 app = ServerApp()
@@ -40,7 +44,7 @@ class FedSettings(RunConfig):
     trail: CoordinatorTrail | None = Field(default=None, exclude=True)
 
 
-def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[dict]:
+def run_federated(grid: Grid, s: FedSettings, run_id: str) -> list[ResultRow]:
     """The whole federated experiment and the export; the result rows (also on disk)."""
     import logging
 

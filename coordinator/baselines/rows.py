@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -37,6 +37,7 @@ from coordinator.distill.config import ExperimentConfig, FedAvgSpec, FedBNSpec
 from coordinator.distill.identity import code_version, digest_of
 from coordinator.distill.proxy import ProxySet
 from coordinator.distill.repeats import mean_row, seed_folders, train_repeats
+from coordinator.distill.results_file import ResultRow
 from coordinator.distill.student import (
     DistillData,
     StudentRun,
@@ -55,20 +56,21 @@ def _dataset(data: DistillData, train: ProxySet) -> DistillData:
     return DistillData(train, None, data.site_names, data.site_tests, None)
 
 
-def _train_seconds(row: dict) -> float:
+def _train_seconds(row: ResultRow) -> float:
     """Training wall time of a row over all its seeds, as recorded when it was trained (a
     rerun that reuses finished runs keeps it), else the measured wall time of this call."""
     return float(row.get("train_seconds") or row.get("wall_seconds") or 0.0)
 
 
-def _timed_cost(row: dict, plog: PayloadLog, sites: list[str], left: str, t0: float) -> dict:
+def _timed_cost(row: ResultRow, plog: PayloadLog, sites: list[str], left: str, t0: float
+                ) -> ResultRow:
     row["wall_seconds"] = time.perf_counter() - t0
     row["cost"] = cost_summary(plog, sites, left, _train_seconds(row), LOCAL)
     return row
 
 
 def local_only_rows(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet]
-                    ) -> list[dict]:
+                    ) -> list[ResultRow]:
     """One student per site on its own training split (scored on every site), then the
     ``local_only`` row: each site's own student on its own test set."""
     rows = {}
@@ -84,11 +86,11 @@ def local_only_rows(cfg: ExperimentConfig, data: DistillData, sets: dict[str, Pr
     return [*rows.values(), agg]
 
 
-def _seed_cases(row: dict) -> dict[str, dict]:
+def _seed_cases(row: ResultRow) -> dict[str, Any]:
     return row.get("seed_cases") or {str(row.get("seed", "-")): row.get("cases", {})}
 
 
-def own_site_row(rows: dict[str, dict]) -> dict:
+def own_site_row(rows: dict[str, ResultRow]) -> ResultRow:
     """``local_only``: site ``s``'s column is the score of ``s``'s own student on ``s``'s test
     set (what each hospital gets without any collaboration); per-case scores kept per seed."""
     sites = {s: r["sites"][s] for s, r in rows.items()}
@@ -106,10 +108,10 @@ def own_site_row(rows: dict[str, dict]) -> dict:
                    seed_mean_dice=seed_dice, mean_dice_sd=statistics.stdev(seed_dice))
     else:
         row.update(seed=next(iter(per_seed)), cases=next(iter(per_seed.values())))
-    return row
+    return cast(ResultRow, row)
 
 
-def pooled_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet]) -> dict:
+def pooled_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet]) -> ResultRow:
     """One student on every site's training split plus the proxy set (a reference only)."""
     t0 = time.perf_counter()
     pool = concat_sets([*sets.values(), data.proxy], data.proxy.plan)
@@ -121,7 +123,7 @@ def pooled_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySe
 
 
 def fedavg_row(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet],
-               run: str = "fedavg", spec: FedAvgSpec | None = None) -> dict:
+               run: str = "fedavg", spec: FedAvgSpec | None = None) -> ResultRow:
     """The FedAvg-family peer ``run`` (``spec``, default ``[runs.fedavg]``: Flower's FedAvg,
     FedProx or FedBN) over the same student, repeated over the experiment's seeds."""
     spec = spec or cfg.runs.fedavg
@@ -148,7 +150,7 @@ def _fingerprint(cfg: ExperimentConfig, sets: dict[str, ProxySet], seed: int,
 
 def fedavg_seed(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxySet],
                 seed: int, out: Path, run: str = "fedavg", spec: FedAvgSpec | None = None
-                ) -> dict:
+                ) -> ResultRow:
     """One run of the peer ``run`` (``spec``) with ``seed``, scored per site (reused when
     ``out/result.json`` holds the same fingerprint); writes ``payloads.jsonl`` and
     ``result.json``. FedBN: each site's BatchNorm state is kept under
@@ -185,7 +187,7 @@ def fedavg_seed(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxyS
               "train_seconds": time.perf_counter() - t0,
               "mean_dice": _mean_scored(sites), **fedbn_note(local_bn)}
     atomic_write_json(done, result)
-    return result
+    return cast(ResultRow, result)
 
 
 def _mean_scored(sites: dict[str, dict]) -> float:
@@ -194,7 +196,7 @@ def _mean_scored(sites: dict[str, dict]) -> float:
     return sum(vals) / max(len(vals), 1)
 
 
-def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, where: str = LOCAL
+def student_cost(row: ResultRow, cfg: ExperimentConfig, data: DistillData, where: str = LOCAL
                  ) -> dict[str, Any]:
     """A student row's cost: the query exchange with its teachers' sites (none for no-KD)."""
     names = data.site_names
@@ -207,10 +209,12 @@ def student_cost(row: dict, cfg: ExperimentConfig, data: DistillData, where: str
     return cost_summary(plog, names, left, _train_seconds(row), where)
 
 
-def baseline_rows(cfg: ExperimentConfig, data: DistillData, rows: list[dict]) -> list[dict]:
+def baseline_rows(cfg: ExperimentConfig, data: DistillData, rows: list[ResultRow]
+                  ) -> list[ResultRow]:
     """``rows`` with a ``cost`` on every student row, then the enabled baseline rows."""
-    out = [r if r["run"].startswith("teacher_") else {**r, "cost": student_cost(r, cfg, data)}
-           for r in rows]
+    out: list[ResultRow] = [
+        r if r["run"].startswith("teacher_") else {**r, "cost": student_cost(r, cfg, data)}
+        for r in rows]
     r = cfg.runs
     if not (r.local_only or r.pooled or peer_specs(cfg)):
         return out

@@ -25,7 +25,7 @@ from coordinator.distill.memory import guard_experiment
 from coordinator.distill.proxy import canvas_note
 from coordinator.distill.repeats import train_repeats
 from coordinator.distill.report import write_results
-from coordinator.distill.results_file import write_rows
+from coordinator.distill.results_file import ResultRow, write_rows
 from coordinator.distill.sites import Sites
 from coordinator.distill.student import DistillData, StudentRun
 from coordinator.distill.teacher_check import check_teachers, plan_line
@@ -33,7 +33,7 @@ from coordinator.distill.teacher_check import check_teachers, plan_line
 log = logging.getLogger(__name__)
 
 #: Called with the result rows once the report is written (the export of the default student).
-Finish = Callable[[list[dict]], object]
+Finish = Callable[[list[ResultRow]], object]
 
 
 def plan_runs(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
@@ -48,7 +48,7 @@ def plan_runs(cfg: ExperimentConfig, names: list[str]) -> list[StudentRun]:
 
 
 def run_experiment(cfg: ExperimentConfig, sites: Sites, finish: Finish | None = None
-                   ) -> list[dict]:
+                   ) -> list[ResultRow]:
     """The whole experiment over ``sites``; the result rows (also on disk).
 
     ``run_status.json`` says how it ended: ``ok`` only when the report was written and
@@ -58,7 +58,7 @@ def run_experiment(cfg: ExperimentConfig, sites: Sites, finish: Finish | None = 
         return _run(cfg, sites, finish)
 
 
-def _run(cfg: ExperimentConfig, sites: Sites, finish: Finish | None) -> list[dict]:
+def _run(cfg: ExperimentConfig, sites: Sites, finish: Finish | None) -> list[ResultRow]:
     t0, status = time.perf_counter(), sites.status
     status.ok, status.reason = False, ""
     try:
@@ -93,12 +93,12 @@ class _Phases:
 
 
 def train_rows(runs: list[StudentRun], cfg: ExperimentConfig, sites: Sites,
-               data: DistillData, out: Path) -> list[dict]:
+               data: DistillData, out: Path) -> list[ResultRow]:
     """Train and score every run (its repeats included) with its row's config
     (:func:`~coordinator.distill.config.row_config`); a row with its own student model is
     scored by a scorer made for that model (a federated site rebuilds the student by name)."""
     scorers = {cfg.student.model: data.scorer}
-    rows = []
+    rows: list[ResultRow] = []
     for k, run in enumerate(runs):
         log.info("[distill] run %s (%d/%d)", run.name, k + 1, len(runs))
         t_run = time.perf_counter()
@@ -120,7 +120,7 @@ def _left_out(cfg: ExperimentConfig) -> list[str]:
             "adds them and reuses every finished run)"]
 
 
-def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[dict]:
+def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[ResultRow]:
     phase = _Phases(sites.status.phases)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)

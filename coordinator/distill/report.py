@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from common.stats import ALPHA, PairedComparison, align_scores, compare_paired
 from coordinator.distill.config import ExperimentConfig
+from coordinator.distill.results_file import ResultRow
 from coordinator.distill.verdict import verdict_markdown
 
 if TYPE_CHECKING:
@@ -24,14 +25,14 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
-def _sd_cells(row: dict) -> list[str]:
+def _sd_cells(row: ResultRow) -> list[str]:
     """``[sd, n seeds]`` of a row averaged over seeds, ``["-", "1"]`` otherwise."""
     if "mean_dice_sd" not in row:
         return ["-", "1"]
     return [f"{row['mean_dice_sd']:.3f}", str(len(row["seeds"]))]
 
 
-def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def table_rows(rows: list[ResultRow]) -> tuple[list[str], list[list[str]]]:
     """Header and body: one row per run, Dice/VOE/HD95 per site, Dice/VOE/HD95 on the
     labelled proxy when some row was scored there (no site test case; ``-`` for rows that were
     not), then mean Dice over sites (and its sd over seeds when some rows were repeated)."""
@@ -83,7 +84,7 @@ def status_note(status: RunStatus | None, not_run: list[str]) -> str:
     return "\n".join(f"> {line}" for line in lines) + "\n\n"
 
 
-def no_test_cases(rows: list[dict]) -> bool:
+def no_test_cases(rows: list[ResultRow]) -> bool:
     """Whether no student row has a defined Dice at any site (no held-out case anywhere, e.g.
     every site trained its teacher on all its cases: ``small_site = "train_on_all"``)."""
     students = [r for r in rows if not str(r["run"]).startswith("teacher_")]
@@ -92,7 +93,7 @@ def no_test_cases(rows: list[dict]) -> bool:
                 for m in r["sites"].values()) for r in students)
 
 
-def evaluation(rows: list[dict]) -> str:
+def evaluation(rows: list[ResultRow]) -> str:
     """Which evaluation the table holds: ``"sites"`` (held-out test cases at the sites),
     ``"proxy"`` (none anywhere; student rows scored on the labelled proxy) or ``"none"``."""
     if not no_test_cases(rows):
@@ -100,7 +101,7 @@ def evaluation(rows: list[dict]) -> str:
     return "proxy" if any(r.get("proxy") for r in rows) else "none"
 
 
-def evaluation_line(rows: list[dict]) -> str:
+def evaluation_line(rows: list[ResultRow]) -> str:
     """The report's first line after the title: which evaluation the numbers come from."""
     from coordinator.distill.proxy_score import PROXY_NOTE
 
@@ -123,7 +124,7 @@ NO_TEST_NOTE = ("**No held-out test case at any site** (e.g. every site trained 
                 "saw (`coordinator predict` + `coordinator evaluate`).")
 
 
-def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: float,
+def write_results(rows: list[ResultRow], cfg: ExperimentConfig, out: Path, seconds: float,
                   status: RunStatus | None = None, not_run: list[str] | None = None) -> None:
     """Write ``results.csv``, ``results.md`` and ``results.png`` into ``out``."""
     header, body = table_rows(rows)
@@ -158,7 +159,7 @@ def write_results(rows: list[dict], cfg: ExperimentConfig, out: Path, seconds: f
     log.info("results:\n%s", to_markdown(header, body))
 
 
-def plot_results(rows: list[dict], path: Path, title: str) -> None:
+def plot_results(rows: list[ResultRow], path: Path, title: str) -> None:
     """Horizontal bar chart of mean Dice per run (teachers grey, students blue/orange)."""
     import matplotlib
 
@@ -166,7 +167,7 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = [r["run"] for r in rows]
-    vals = [r["mean_dice"] for r in rows]
+    vals = [cast(float, r["mean_dice"]) for r in rows]
     errs = [r.get("mean_dice_sd", 0.0) for r in rows]
     colors = ["0.6" if n.startswith("teacher") else
               ("tab:orange" if n == "student_only" else "tab:blue") for n in names]
@@ -187,15 +188,15 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
 Comparison = tuple[str, str, PairedComparison]  # (default run, other run, a=default - b=other)
 
 
-def case_dice(row: dict) -> dict[str, dict[str, float]]:
+def case_dice(row: ResultRow) -> dict[str, dict[str, float]]:
     """``{seed: {"site/case": Dice}}`` of a student row (``{}`` without per-case scores)."""
-    per_seed = row.get("seed_cases") or (
+    per_seed: dict[str, Any] = row.get("seed_cases") or (
         {str(row.get("seed", "-")): row["cases"]} if row.get("cases") else {})
     return {seed: {f"{site}/{case}": float(v["dice"]) for site, cases in sites.items()
                    for case, v in cases.items()} for seed, sites in per_seed.items()}
 
 
-def default_run(rows: list[dict], cfg: ExperimentConfig) -> str | None:
+def default_run(rows: list[ResultRow], cfg: ExperimentConfig) -> str | None:
     """The default multi-teacher run (first weighting rule), else the first ``multi_`` row."""
     names = [str(r["run"]) for r in rows]
     if cfg.runs.weightings and f"multi_{cfg.runs.weightings[0].label}" in names:
@@ -203,13 +204,13 @@ def default_run(rows: list[dict], cfg: ExperimentConfig) -> str | None:
     return next((n for n in names if n.startswith("multi_")), None)
 
 
-def default_rule(rows: list[dict], cfg: ExperimentConfig) -> str | None:
+def default_rule(rows: list[ResultRow], cfg: ExperimentConfig) -> str | None:
     """The weighting rule name of :func:`default_run` (``None`` when it is no config row)."""
     name = default_run(rows, cfg)
     return next((w.name for w in cfg.runs.weightings if f"multi_{w.label}" == name), None)
 
 
-def compare_students(rows: list[dict], cfg: ExperimentConfig,
+def compare_students(rows: list[ResultRow], cfg: ExperimentConfig,
                      test: str = PAIRED_TEST) -> list[Comparison]:
     """The default student against every other student row (no-KD, single teachers, other
     weightings), paired per seed and test case on Dice; rows without per-case scores (e.g.
@@ -293,7 +294,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.3f} MB" if n else "0"
 
 
-def cost_table(rows: list[dict], numeric: bool = False) -> tuple[list[str], list[list[str]]]:
+def cost_table(rows: list[ResultRow], numeric: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and body of the cost table: one line per row that has a ``cost`` (teacher rows
     have none): per site bytes sent (left the site) / received, messages, what left, wall s.
     ``numeric``: exact byte counts (CSV) instead of MB."""
@@ -314,7 +315,7 @@ def cost_table(rows: list[dict], numeric: bool = False) -> tuple[list[str], list
     return header, body
 
 
-def costs_markdown(rows: list[dict]) -> str:
+def costs_markdown(rows: list[ResultRow]) -> str:
     """The ``## Cost`` section of results.md (empty when no row has a cost)."""
     header, body = cost_table(rows)
     if not body:
@@ -331,7 +332,7 @@ def costs_markdown(rows: list[dict]) -> str:
     return intro + to_markdown(header, body)
 
 
-def versus_fedavg(rows: list[dict], cfg: ExperimentConfig) -> str:
+def versus_fedavg(rows: list[ResultRow], cfg: ExperimentConfig) -> str:
     """One line: the default student's mean Dice and bytes (left the sites) as fractions of
     the ``fedavg`` row's (empty without both rows)."""
     by = {str(r["run"]): r for r in rows}
@@ -339,16 +340,17 @@ def versus_fedavg(rows: list[dict], cfg: ExperimentConfig) -> str:
     if name is None or "fedavg" not in by or not by[name].get("cost"):
         return ""
     a, f = by[name], by["fedavg"]
+    dice_a, dice_f = cast(float, a["mean_dice"]), cast(float, f["mean_dice"])
     sent_a, sent_f = a["cost"]["bytes_sent"], f["cost"]["bytes_sent"]
     frac = f"{sent_a / sent_f:.3g}" if sent_f else "n/a"
-    return (f"\n`{name}` vs `fedavg`: mean Dice {a['mean_dice']:.3f} vs {f['mean_dice']:.3f} "
-            f"({a['mean_dice'] / f['mean_dice']:.3f} of FedAvg's, Δ "
-            f"{a['mean_dice'] - f['mean_dice']:+.3f}); bytes that left the sites {sent_a} vs "
+    return (f"\n`{name}` vs `fedavg`: mean Dice {dice_a:.3f} vs {dice_f:.3f} "
+            f"({dice_a / dice_f:.3f} of FedAvg's, Δ "
+            f"{dice_a - dice_f:+.3f}); bytes that left the sites {sent_a} vs "
             f"{sent_f} ({frac} of FedAvg's); what left: {a['cost']['left_site']} vs "
             f"{f['cost']['left_site']}.\n")
 
 
-def write_costs_csv(rows: list[dict], path: Path) -> None:
+def write_costs_csv(rows: list[ResultRow], path: Path) -> None:
     """``costs.csv``: the cost table with exact byte counts."""
     header, body = cost_table(rows, numeric=True)
     with path.open("w", newline="") as fh:
@@ -357,7 +359,7 @@ def write_costs_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(body)
 
 
-def dice_ci(row: dict) -> tuple[float, float]:
+def dice_ci(row: ResultRow) -> tuple[float, float]:
     """``(minus, plus)`` half-widths of a 95 % bootstrap CI (seeds x cases) of the row's
     per-case mean Dice; ``(0, 0)`` without per-case scores."""
     from common.stats import bootstrap_ci
@@ -371,7 +373,7 @@ def dice_ci(row: dict) -> tuple[float, float]:
     return max(m - lo, 0.0), max(hi - m, 0.0)
 
 
-def plot_tradeoff(rows: list[dict], path: Path, title: str) -> None:
+def plot_tradeoff(rows: list[ResultRow], path: Path, title: str) -> None:
     """Mean Dice (95 % CI) against bytes that left the sites (log x; 0 B drawn at 1 B), one
     point per costed row, the marker its privacy class."""
     import matplotlib
@@ -386,7 +388,7 @@ def plot_tradeoff(rows: list[dict], path: Path, title: str) -> None:
         x = max(int(r["cost"]["bytes_sent"]), 1)
         lo, hi = dice_ci(r)
         marker, color = PRIVACY_MARKERS.get(left, ("D", "k"))
-        ax.errorbar([x], [r["mean_dice"]], yerr=[[lo], [hi]], fmt=marker, color=color,
+        ax.errorbar([x], [cast(float, r["mean_dice"])], yerr=[[lo], [hi]], fmt=marker, color=color,
                     capsize=3, label=None if left in seen else left, markersize=8)
         ax.annotate(r["run"], (x, r["mean_dice"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")

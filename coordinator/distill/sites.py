@@ -29,6 +29,7 @@ from common.models.base import SegModel
 from coordinator.distill.cache import Targets
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.proxy import ProxySet
+from coordinator.distill.results_file import ResultRow
 
 STATUS_FILE = "run_status.json"
 STATUS_VERSION = 1
@@ -144,11 +145,12 @@ class Sites(Protocol):
         """How a trained student is scored on every live site's held-out test cases."""
         ...
 
-    def teacher_rows(self, cfg: ExperimentConfig) -> list[dict]:
+    def teacher_rows(self, cfg: ExperimentConfig) -> list[ResultRow]:
         """The teachers' own rows of the table (empty where the transport cannot make them)."""
         ...
 
-    def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[dict]) -> list[dict]:
+    def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[ResultRow]
+                  ) -> list[ResultRow]:
         """``rows`` with their cost, then the peer baselines this transport can run."""
         ...
 

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from coordinator.distill.config import ExperimentConfig, KDConfig, WeightingSpec
 from coordinator.distill.dataset import DistillDataset, batch_targets
 from coordinator.distill.identity import claim_run_folder, run_fingerprint
 from coordinator.distill.proxy import ProxySet
+from coordinator.distill.results_file import ResultRow
 
 if TYPE_CHECKING:
     from coordinator.distill.sites import Scorer
@@ -247,7 +248,8 @@ def _site_scores(model: SegModel, data: DistillData, dev: torch.device, out: Pat
     return res, cases
 
 
-def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path) -> dict:
+def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
+                  ) -> ResultRow:
     """Train ``run`` for ``cfg.student.epochs`` (resuming from ``out/last.pt``), then score it.
 
     ``out`` is reused or resumed only for the same teacher set, proxy, config and code
@@ -271,7 +273,7 @@ def train_student(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out
               "mean_dice": mean_dice(sites)}
     result.update(_proxy_scores(name, model, data, cfg, dev, sites))
     atomic_write_json(done, result)
-    return result
+    return cast(ResultRow, result)
 
 
 def _proxy_scores(name: str, model: SegModel, data: DistillData, cfg: ExperimentConfig,
@@ -336,9 +338,9 @@ def _fit(run: StudentRun, data: DistillData, cfg: ExperimentConfig, out: Path
     return model, clock[0]
 
 
-def _load_result(path: Path) -> dict:
-    """A finished run's ``result.json``; per-site metrics written as null (undefined, e.g.
-    HD95 with an empty prediction) come back as NaN, as they were before writing."""
+def _load_result(path: Path) -> ResultRow:
+    """A finished run's ``result.json``; per-site metrics and the mean Dice written as null
+    (undefined, e.g. HD95 with an empty prediction) come back as NaN, as before writing."""
     import json
 
     res = dict(json.loads(path.read_text()))
@@ -346,4 +348,6 @@ def _load_result(path: Path) -> dict:
                     for site, m in res.get("sites", {}).items()}
     if res.get("proxy"):
         res["proxy"] = {k: float("nan") if v is None else v for k, v in res["proxy"].items()}
-    return res
+    if "mean_dice" in res and res["mean_dice"] is None:
+        res["mean_dice"] = float("nan")  # no site scored: NaN, as before writing
+    return cast(ResultRow, res)

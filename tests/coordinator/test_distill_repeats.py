@@ -29,6 +29,21 @@ def test_mean_row_by_hand(tmp_path: Path) -> None:
     assert row["train_seconds"] == 4.0 and row["checkpoint_dir"] == str(tmp_path)
 
 
+def test_a_reused_seed_without_a_score_averages_as_nan(tmp_path: Path) -> None:
+    """A seed whose sites scored nothing wrote ``mean_dice`` as null; reused, it reads back as
+    NaN (not None), so the mean over seeds skips it instead of failing."""
+    from coordinator.distill.student import _load_result
+
+    empty = {**_row(0.0, 0.0, 1.0), "mean_dice": float("nan")}
+    empty["sites"] = {"a": {"dice_mean": float("nan")}, "b": {"dice_mean": float("nan")}}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(empty).replace("NaN", "null"))
+    back = _load_result(path)
+    assert back["mean_dice"] != back["mean_dice"]  # NaN
+    row = mean_row([_row(0.8, 0.6, 3.0), back], [0, 1], tmp_path)
+    assert row["mean_dice"] == pytest.approx(0.7)  # the scored seed only
+
+
 def test_repeated_experiment_writes_seed_folders_and_sd_column(
         tiny_sites: dict, tiny_teachers: dict, tmp_path: Path) -> None:
     from coordinator.distill import experiment

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.distill.results_file import RESULTS_VERSION, ResultsError, read_rows, write_rows
+from coordinator.distill.results_file import (
+    RESULTS_VERSION,
+    ResultRow,
+    ResultsError,
+    read_rows,
+    write_rows,
+)
 
 
 def _rows() -> list[dict]:
@@ -52,3 +58,15 @@ def test_a_row_without_a_run_name_is_not_written(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_rows(tmp_path, [{"mean_dice": 0.5}])
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_key_the_row_type_does_not_list_rides_along_unchanged(tmp_path: Path) -> None:
+    row = {"run": "fedavg", "mean_dice": 0.5, "train_seconds": 3,
+           "future_key": {"ratio": 1, "tags": ["a", "b"], "nested": {"x": None}}}
+    assert "future_key" not in ResultRow.__optional_keys__ | ResultRow.__required_keys__
+    write_rows(tmp_path, [row])
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == [row]
+    back = read_rows(tmp_path)
+    assert back == [row]
+    assert type(back[0]["future_key"]["ratio"]) is int
+    assert type(back[0]["train_seconds"]) is int  # unchecked keys are not coerced either
