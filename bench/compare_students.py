@@ -23,15 +23,17 @@ from common.stats import align_scores, compare_paired
 
 
 def seed_case_dice(row: Path) -> dict[str, dict[str, float]]:
-    """``{seed: {site/case: dice}}`` of one student row folder."""
+    """``{"seed<s>": {site/case: dice}}`` of one student row folder (``seed<s>/result.json``
+    per seed, or the one ``result.json`` of a single-seed row)."""
     out: dict[str, dict[str, float]] = {}
-    for res in sorted(row.glob("seed*/result.json")):
+    per_seed = sorted(row.glob("seed*/result.json"))
+    for res in per_seed or sorted(row.glob("result.json")):
         r = json.loads(res.read_text())
-        out[res.parent.name] = {f"{site}/{case}": float(s["dice"])
-                                for site, cases in r["cases"].items()
-                                for case, s in cases.items() if s.get("dice") is not None}
+        key = res.parent.name if per_seed else f"seed{r.get('seed', 0)}"
+        out[key] = {f"{site}/{case}": float(s["dice"]) for site, cases in r["cases"].items()
+                    for case, s in cases.items() if s.get("dice") is not None}
     if not out:
-        raise SystemExit(f"{row}: no seed*/result.json")
+        raise SystemExit(f"{row}: no seed*/result.json or result.json")
     return out
 
 

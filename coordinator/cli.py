@@ -68,6 +68,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         cfg = paper_preset(cfg)
     if args.out is not None:
         cfg = cfg.model_copy(update={"out": args.out.resolve()})
+    if args.proxy is not None:
+        cfg = cfg.model_copy(update={"proxy": args.proxy.resolve()})
     if args.epochs is not None:
         cfg = cfg.model_copy(update={"student": validated_copy(
             cfg.student, {"epochs": args.epochs}, "--epochs")})
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="query teachers in-process")
     p.add_argument("--paper", action="store_true", help="paper sizes (384px, 100 epochs)")
     p.add_argument("--out", type=Path, help="override the config's output folder")
+    p.add_argument("--proxy", type=Path, help="override the config's proxy set folder")
     p.add_argument("--epochs", type=int, help="override student epochs")
     p.add_argument("--rows", metavar="ROW[,ROW...]", help="run only these rows of the config "
                    "(student_only, single, a weighting label, local_only, pooled, fedavg, "

@@ -14,6 +14,10 @@
 #   spleen           spleen CT, Decathlon-like vs Duke-like site, proxy SX unlike both
 #   prostate_ablations  the default student with one setting changed per row (AT/RC/KL terms,
 #                    temperature, fusion tau) on the prostate scenario's data and teachers
+#   prostate_proxy_size  how many proxy cases the student needs: no-KD, the default and equal
+#                    weighting on the first 3 and 6 of the 9 proxy cases (quick: 2 and 4 of 6),
+#                    paired with the same rows on the full proxy (the prostate run's, when it
+#                    has them) by bench/proxy_size.py -> benchmark_out/prostate/proxy_size/
 #   all              prostate, prostate_stress and spleen in turn
 # Full: 72 cases per site (54 test), 5 seeds, every row: several hours per scenario on 2 cores
 # (not yet run end to end; the teachers alone are about 12 epochs x 13 training cases x 3 sites).
@@ -37,15 +41,16 @@ while [ $# -gt 0 ]; do
     --scenario) [ $# -ge 2 ] || usage; scenario=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --rows) [ $# -ge 2 ] || usage; rows=(--rows "$2"); shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "benchmark.sh: unknown argument '$1'" >&2; usage ;;
   esac
 done
 case "$scenario" in
   all) scenarios=(prostate prostate_stress spleen) ;;
-  prostate|prostate_stress|spleen|prostate_ablations) scenarios=("$scenario") ;;
+  prostate|prostate_stress|spleen|prostate_ablations|prostate_proxy_size)
+    scenarios=("$scenario") ;;
   *) echo "benchmark.sh: unknown scenario '$scenario' (prostate, prostate_stress, spleen," \
-       "prostate_ablations, all)" >&2
+       "prostate_ablations, prostate_proxy_size, all)" >&2
      exit 2 ;;
 esac
 
@@ -60,7 +65,7 @@ declare -A SITES=(
 )
 declare -A PRESET=([prostate]=prostate [prostate_stress]=prostate [spleen]=spleen)
 declare -A PROXY=([prostate]=PX [prostate_stress]=A,B,C [spleen]=SX)
-declare -A DATA=([prostate_ablations]=prostate)  # a scenario run on another one's sites
+declare -A DATA=([prostate_ablations]=prostate [prostate_proxy_size]=prostate)  # a scenario run on another one's sites
 if [ "$quick" = 1 ]; then
   tag=_quick cases=12 proxy_cases=6
 else
@@ -105,8 +110,39 @@ run_scenario() {
     fi
   done
   echo "== [$name$tag] $((SECONDS - t0)) s: distilling the students ($cfg)"
-  coordinator distill --local --config "$cfg" "${rows[@]}"
+  if [ "$1" = prostate_proxy_size ]; then
+    proxy_size "$cfg" "$out" "$name"
+  else
+    coordinator distill --local --config "$cfg" "${rows[@]}"
+  fi
   echo "== [$name$tag] done in $((SECONDS - t0)) s: $out/distill/results.md"
+}
+
+# proxy_size CFG OUT NAME: CFG's rows on the first n proxy cases and on the full proxy (the
+# scenario's own run when it holds those rows), then the paired table of bench/proxy_size.py
+proxy_size() {
+  local cfg=$1 out=$2 name=$3 n dir proxy row args=() sizes=(3 6)
+  [ "$quick" = 1 ] && sizes=(2 4)
+  for n in "${sizes[@]}"; do
+    proxy=$out/data/proxy_$n dir=$out/proxy_size/$n
+    make_data "$proxy" "${PRESET[$name]} ${PROXY[$name]} $n" \
+      coordinator -q make-proxy --preset "${PRESET[$name]}" --style "${PROXY[$name]}" \
+      --out "$proxy" --cases "$n"
+    echo "-- first $n proxy cases: $dir"
+    coordinator distill --local --config "$cfg" --proxy "$proxy" --out "$dir" "${rows[@]}"
+    args+=(--size "$n=$dir")
+  done
+  dir=$out/distill
+  for row in student_only multi_inverse_dice_loss multi_equal; do
+    [ -f "$dir/runs/$row/summary.json" ] || [ -f "$dir/runs/$row/result.json" ] || \
+      dir=$out/proxy_size/$proxy_cases
+  done
+  if [ "$dir" != "$out/distill" ]; then
+    echo "-- all $proxy_cases proxy cases: $dir"
+    coordinator distill --local --config "$cfg" --out "$dir" "${rows[@]}"
+  fi
+  python -m bench.proxy_size --full "$proxy_cases=$dir" "${args[@]}" \
+    --out "$out/proxy_size/proxy_size.json"
 }
 
 for s in "${scenarios[@]}"; do

@@ -255,6 +255,9 @@ class RunsConfig(StrictModel):
 
     baseline: bool = True
     single_teacher: bool = True
+    #: each teacher scored on every site's test set (Table 3's top block); off for a run that
+    #: shares another run's teachers and test sets (an ablation, a proxy-size run)
+    teacher_rows: bool = True
     weightings: list[WeightingSpec] = Field(
         default_factory=lambda: [WeightingSpec(name=n) for n in
                                  ("inverse_dice_loss", "equal", "select_best", "paper", "entropy")]

@@ -141,7 +141,7 @@ def _pipeline(cfg: ExperimentConfig, sites: Sites, t0: float) -> list[ResultRow]
     scorer = sites.scorer(cfg, proxy)  # loads the local test sets (sites.site_tests)
     data = DistillData(proxy, targets, names, sites.site_tests, sites.teacher_ids,
                        scorer=scorer)
-    rows = sites.teacher_rows(cfg)
+    rows = sites.teacher_rows(cfg) if cfg.runs.teacher_rows else []
     phase.done("teacher_rows")
     rows += train_rows(plan_runs(cfg, names), cfg, sites, data, out)
     phase.done("students")

@@ -48,7 +48,7 @@ def test_benchmark_script_rejects_an_unknown_scenario() -> None:
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2
     assert ("unknown scenario 'liver' (prostate, prostate_stress, spleen, prostate_ablations, "
-            "all)") in run.stderr
+            "prostate_proxy_size, all)") in run.stderr
 
 
 @pytest.mark.parametrize("quick", ["", "_quick"])
@@ -73,3 +73,22 @@ def test_full_scenarios_hold_the_papers_peers_and_the_students() -> None:
         labels = {w.label for w in cfg.runs.weightings}
         assert {"hinton_kd", "at_only", "amtml_kd", "mtkd_lraspp"} <= labels, name
         assert cfg.runs.single_teacher and cfg.runs.fedprox and cfg.runs.fedbn, name
+
+
+@pytest.mark.parametrize("quick", ["", "_quick"])
+def test_proxy_size_runs_the_prostate_sites_without_teacher_rows(quick: str) -> None:
+    """Same sites, teachers, student and KD settings as the prostate scenario (so its rows are
+    the full-proxy reference), no teacher rows, the no-KD, default and equal rows."""
+    path = BENCH / f"prostate_proxy_size{quick}.toml"
+    cfg = load_config(path, ExperimentConfig).resolve_paths(path.parent.resolve())
+    prostate = load_config(BENCH / f"prostate{quick}.toml", ExperimentConfig).resolve_paths(
+        BENCH.resolve())
+    assert cfg.sites == prostate.sites and cfg.proxy == prostate.proxy
+    assert (cfg.student, cfg.kd, cfg.seed, cfg.repeats) == (
+        prostate.student, prostate.kd, prostate.seed, prostate.repeats)
+    runs = cfg.runs
+    assert runs.baseline and not runs.teacher_rows and not runs.single_teacher
+    assert [w.label for w in runs.weightings] == ["inverse_dice_loss", "equal"]
+    assert [w.identity() for w in runs.weightings] == [
+        w.identity() for w in prostate.runs.weightings if w.label in ("inverse_dice_loss",
+                                                                       "equal")]

@@ -70,15 +70,17 @@ def test_rows_then_full_run_reuses_the_finished_runs(tiny_sites: dict, tiny_teac
         'weightings = [{ name = "inverse_dice_loss" }, { name = "equal" }]'))
     full = load_config(path, ExperimentConfig)
     part = restrict_rows(full, ["inverse_dice_loss"])
+    part = part.model_copy(update={"runs": part.runs.model_copy(update={"teacher_rows": False})})
     experiment.run_experiment(part, LocalSites(part))
     runs = {r["run"] for r in result_rows(full.out)}
     assert "multi_inverse_dice_loss" in runs and "multi_equal" not in runs
+    assert not any(r.startswith("teacher_") for r in runs)  # [runs] teacher_rows = false
     report = (full.out / "results.md").read_text()
     assert "Not run: equal (left out with --rows" in report
     ckpt = full.out / "runs" / "multi_inverse_dice_loss" / "last.pt"
     before = ckpt.stat().st_mtime_ns
     experiment.run_experiment(full, LocalSites(full))
-    assert {"multi_inverse_dice_loss", "multi_equal"} <= {r["run"]
-                                                          for r in result_rows(full.out)}
+    assert {"multi_inverse_dice_loss", "multi_equal", "teacher_site_a"} <= {
+        r["run"] for r in result_rows(full.out)}
     assert ckpt.stat().st_mtime_ns == before  # reused, not retrained
     assert "left out with --rows" not in (full.out / "results.md").read_text()
