@@ -55,6 +55,7 @@ through :func:`teacher_outputs` (plus the windows of rule d's whole field when a
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Literal
 
@@ -73,8 +74,8 @@ from common.teacher_fields import at_sizes
 from common.training import autocast
 
 log = logging.getLogger(__name__)
-__all__ = ["bridged_teacher_outputs", "renormalise", "same_grid", "to_teacher_grid",
-           "whole_field_logits"]
+__all__ = ["bridge_hazards", "bridged_teacher_outputs", "renormalise", "same_grid",
+           "to_teacher_grid", "whole_field_logits"]
 
 
 def same_grid(query: Plan, teacher: Plan) -> bool:
@@ -98,6 +99,47 @@ def renormalise(images: np.ndarray, query: Plan, teacher: Plan) -> np.ndarray:
     (lo, hi), t_mean, t_std = teacher.ct_params()
     hu = images.astype(np.float64) * q_std + q_mean
     return ((np.clip(hu, lo, hi) - t_mean) / max(t_std, 1e-8)).astype(np.float32)
+
+
+def bridge_hazards(query: Plan, teacher: Plan) -> list[str]:
+    """What in the two plans can make a sound teacher answer nothing on the query slices
+    (plan-level, before any slice is sent; each an observed failure mode):
+
+    * **CT in other units**: the teacher's clip window and the query's do not overlap, e.g. a
+      site whose files store HU + 1024 without the rescale intercept (rule a maps the query's
+      HU into the teacher's window: every pixel clips to one value).
+    * **A padding ring**: the teacher's canvas is wider than the query's field, so rule b
+      pads the slice with its minimum, a value of the query volume's darkest voxels that the
+      teacher's own data may never show over so large an area (a teacher with global pooling,
+      e.g. PSPNet, can then predict nothing)."""
+    out = []
+    if query.norm == teacher.norm == "ct":
+        (qlo, qhi), q_mean, _ = query.ct_params()
+        (tlo, thi), t_mean, _ = teacher.ct_params()
+        if qhi < tlo or thi < qlo:
+            out.append(f"CT in other units: the teacher's window [{tlo:.0f}, {thi:.0f}] "
+                       f"(foreground mean {t_mean:.0f}) does not overlap the query's "
+                       f"[{qlo:.0f}, {qhi:.0f}] (mean {q_mean:.0f}); do its files store HU + "
+                       "an offset (no rescale intercept)? Every query pixel clips to one value")
+    if query.spacing is not None and teacher.spacing is not None:
+        field = [query.size * q for q in query.spacing]
+        canvas = [teacher.size * t for t in teacher.spacing]
+        if any(c > 1.05 * f for c, f in zip(canvas, field, strict=True)):
+            out.append(f"padding ring: the teacher's canvas ({canvas[0]:.0f} x {canvas[1]:.0f} "
+                       f"mm) is wider than the query field ({field[0]:.0f} x {field[1]:.0f} mm); "
+                       "the slices are padded with their minimum, which the teacher may not "
+                       "have seen over that area: check its proxy Dice")
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_hazards(query_json: str, teacher_json: str) -> tuple[str, ...]:
+    """Log :func:`bridge_hazards` once per (query plan, teacher plan) pair and process."""
+    found = tuple(bridge_hazards(Plan.model_validate_json(query_json),
+                                 Plan.model_validate_json(teacher_json)))
+    for hazard in found:
+        log.warning("teacher plan vs query plan: %s", hazard)
+    return found
 
 
 def _field_hw(query: Plan, teacher: Plan) -> tuple[int, int]:
@@ -209,6 +251,7 @@ def bridged_teacher_outputs(
                          f"{query.size}")
     if query is None or teacher is None:
         return teacher_outputs(model, images, masks, device, batch_size, at_form, p, taps)
+    _warn_hazards(query.model_dump_json(), teacher.model_dump_json())
     images = renormalise(images, query, teacher)
     if same_grid(query, teacher) or query.spacing is None or teacher.spacing is None:
         return teacher_outputs(model, images, masks, device, batch_size, at_form, p, taps)
