@@ -17,11 +17,6 @@ from common.data.split import Split, load_split, save_split, split_cases
 _LAZY = {
     "load_nifti": "nifti",
     "save_nifti": "nifti",
-    "normalise_volume": "preprocess",
-    "binarise_mask": "preprocess",
-    "resize_slice": "preprocess",
-    "resize_mask": "preprocess",
-    "check_pair": "preprocess",
     "Plan": "plan",
     "default_plan": "plan",
     "plan_from_fingerprint": "plan",

@@ -13,7 +13,6 @@ import torch
 from common.data.errors import DataError
 from common.data.layout import discover_dataset
 from common.data.nifti import load_nifti, save_nifti
-from common.data.preprocess import binarise_mask, check_pair, normalise_volume, resize_mask
 from common.data.slices import SliceDataset, load_volume, load_volumes
 from common.data.split import load_split, save_split, split_cases
 
@@ -181,23 +180,6 @@ def test_shape_and_spacing_mismatch(tmp_path: Path) -> None:
     save_nifti(ref.label, _label(), (2.0, 0.7, 0.75), np.uint8)
     with pytest.raises(DataError, match=r"spacing \(0.7, 0.7, 2.0\) vs \(0.75, 0.7, 2.0\) mm"):
         load_volume(ref, "CT", 8)
-
-
-def test_zscore_and_ct_window() -> None:
-    z = normalise_volume(_vol((4, 16, 16)), "MRI")
-    assert abs(float(z.mean())) < 1e-5 and abs(float(z.std()) - 1.0) < 1e-4
-    ct = normalise_volume(np.array([[[-1000.0, -160.0, 40.0, 240.0, 3000.0]]]), "CT")
-    np.testing.assert_allclose(ct.ravel(), [-1.0, -1.0, 0.0, 1.0, 1.0], atol=1e-6)
-    assert ct.dtype == np.float32
-
-
-def test_binarise_resize_and_check_pair() -> None:
-    lab = binarise_mask(_label())
-    assert lab.dtype == np.uint8 and set(np.unique(lab)) == {0, 1}
-    small = resize_mask(lab[2], 6)
-    assert small.shape == (6, 6) and set(np.unique(small)) <= {0, 1}
-    with pytest.raises(DataError, match="img.nii"):
-        check_pair(np.zeros((2, 3, 3)), np.zeros((2, 3, 4)), "img.nii", "lab.nii")
 
 
 def test_split_properties() -> None:
