@@ -40,7 +40,7 @@ class SiteNode:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Topology:
     """Everything the roles' environments are built from (:func:`role_envs`)."""
 
     workdir: Path
@@ -98,7 +98,7 @@ class Role:
 ONE_SHOT = ("init-certs", "site-keys")
 
 
-def role_envs(plan: Plan) -> list[Role]:
+def role_envs(plan: Topology) -> list[Role]:
     """init-certs, one site-keys per :class:`SiteNode` (each site makes its own key pairs and
     drops only the public halves), superlink, coordinator (registers those public keys) and one
     site per :class:`SiteNode`, in start order, each with the variables docker-compose.yml sets
@@ -114,7 +114,7 @@ def role_envs(plan: Plan) -> list[Role]:
     return roles
 
 
-def init_env(plan: Plan) -> dict[str, str]:
+def init_env(plan: Topology) -> dict[str, str]:
     """Environment of ``init-certs`` (no RESULTS_DIR: nothing to hand over)."""
     return {"CERTS_DIR": str(plan.certs.root), "SITES": ",".join(s.name for s in plan.sites),
             "SUPERLINK_HOSTS": f"localhost,{HOST}", "RESULTS_DIR": "",
@@ -122,13 +122,13 @@ def init_env(plan: Plan) -> dict[str, str]:
             "COORDINATOR_PUB_DIR": str(plan.coordinator_pub.parent)}
 
 
-def site_keys_env(plan: Plan, site: SiteNode) -> dict[str, str]:
+def site_keys_env(plan: Topology, site: SiteNode) -> dict[str, str]:
     """Environment of one ``site-keys`` (``site-node keys init`` in the site's own folder)."""
     return {"SITE_NAME": site.name, "SITE_KEYS": str(plan.site_keys(site.name)),
             "PUBKEYS_OUT": str(plan.pubkeys / site.name)}
 
 
-def superlink_env(plan: Plan) -> dict[str, str]:
+def superlink_env(plan: Topology) -> dict[str, str]:
     """Environment of ``superlink`` (in-memory state, listening on 127.0.0.1 only)."""
     c = plan.certs
     return {"TLS": "on" if plan.tls else "off", "SUPERLINK_BIND_HOST": HOST,
@@ -137,7 +137,7 @@ def superlink_env(plan: Plan) -> dict[str, str]:
             "SUPEREXEC_SECRET": str(c.superexec_secret), "SUPERLINK_DB": IN_MEMORY_DB}
 
 
-def coordinator_env(plan: Plan) -> dict[str, str]:
+def coordinator_env(plan: Topology) -> dict[str, str]:
     """Environment of ``coordinator`` (results stay in the experiment's out folder)."""
     c = plan.certs
     return {"TLS": "on" if plan.tls else "off", "SUPERLINK_HOST": HOST,
@@ -162,7 +162,7 @@ def coordinator_threads() -> str:
     return os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
 
 
-def site_env(plan: Plan, site: SiteNode, port: int) -> dict[str, str]:
+def site_env(plan: Topology, site: SiteNode, port: int) -> dict[str, str]:
     """Environment of one ``site`` (its data and teacher as given; no phantom, no training at
     start: the coordinator's ``train`` message trains a missing teacher; weight release only
     when ``plan.weight_release``)."""

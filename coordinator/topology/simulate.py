@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING
 
 from coordinator.security import INSECURE_WARNING
 from coordinator.topology.env import (
-    Plan,
     Role,
     SiteNode,
+    Topology,
     app_defaults,
     base_env,
     role_envs,
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "Plan", "Processes", "SiteNode", "free_port", "make_plan", "simulate",
+__all__ = ["Outcome", "Topology", "Processes", "SiteNode", "free_port", "make_plan", "simulate",
            "simulate_ray"]
 
 #: ``simulate``'s exit code when a site or the SuperLink failed (or never became healthy).
@@ -102,7 +102,7 @@ def free_port() -> int:
 def make_plan(sites: list[SiteNode], config: Path, workdir: Path, run_config: dict[str, object],
               timeout: float, insecure: bool,
               fleet_port: Callable[[int], int] | None = None,
-              ports: PortAllocator = allocate_ports) -> Plan:
+              ports: PortAllocator = allocate_ports) -> Topology:
     """Ports (all distinct, from ``ports``), the experiment's folders and the extra run config
     (``timeout`` becomes ROUND_TIMEOUT, other keys go to ``WORKDIR/simulate_run_config.toml``)."""
     from common.config import load_config
@@ -113,7 +113,7 @@ def make_plan(sites: list[SiteNode], config: Path, workdir: Path, run_config: di
     extra = {k: v for k, v in run_config.items() if k != "timeout"}
     rc_file = run_config_file(workdir, extra, "simulate_run_config.toml") if extra else None
     port, *node_ports = distinct_ports(1 + len(sites), ports)
-    return Plan(workdir, tuple(sites), config, cfg.out, cfg.proxy, not insecure, port,
+    return Topology(workdir, tuple(sites), config, cfg.out, cfg.proxy, not insecure, port,
                 fleet_port(port) if fleet_port else port, tuple(node_ports),
                 float(run_config.get("timeout", app_defaults()["timeout"])),  # type: ignore[arg-type]
                 timeout, rc_file, os.getuid(), weight_release=weight_release(cfg))
@@ -217,7 +217,7 @@ def _simulate(sites: list[SiteNode], config: Path, workdir: Path, run_config: di
     raise AssertionError("unreachable")  # pragma: no cover (ExitStack does not swallow)
 
 
-def site_watch(procs: Processes, plan: Plan, required: int) -> SiteWatch:
+def site_watch(procs: Processes, plan: Topology, required: int) -> SiteWatch:
     """A :class:`SiteWatch` over the plan's site processes; a site whose port was taken is
     started again on a fresh port (its role environment rebuilt from the plan). Health window:
     :data:`HEALTH_WINDOW`, or the round timeout (how long the ServerApp waits for the sites) if

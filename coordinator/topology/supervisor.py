@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from coordinator.topology.env import ENTRYPOINTS, HOST, ONE_SHOT, Plan, Role, role_envs
+from coordinator.topology.env import ENTRYPOINTS, HOST, ONE_SHOT, Role, Topology, role_envs
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +206,13 @@ def wait_healthy(procs: Processes, role: Role, timeout: float) -> None:
                      f"{procs.log_file(role.name)}")
 
 
-def plan_ports(plan: Plan) -> set[int]:
+def plan_ports(plan: Topology) -> set[int]:
     """Every port a plan's processes listen on or dial."""
     return {plan.superlink_port, plan.dial_port, *plan.node_ports}
 
 
-def start_superlink(procs: Processes, plan: Plan,
-                    redial: Callable[[int], int] | None = None) -> Plan:
+def start_superlink(procs: Processes, plan: Topology,
+                    redial: Callable[[int], int] | None = None) -> Topology:
     """Start the SuperLink and wait until it is healthy; when its port was taken meanwhile
     (:func:`port_clash` in its log) start it again on a fresh port, at most
     :data:`PORT_TRIES` times. ``redial(port)``: the port the sites dial for a SuperLink on
@@ -237,8 +237,8 @@ def start_superlink(procs: Processes, plan: Plan,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def start_topology(procs: Processes, plan: Plan,
-                   redial: Callable[[int], int] | None = None) -> Plan:
+def start_topology(procs: Processes, plan: Topology,
+                   redial: Callable[[int], int] | None = None) -> Topology:
     """init-certs and each site's site-keys (to completion), superlink (healthy, on a fresh
     port if its own was taken), coordinator (healthy: the sites' public keys registered), then
     every site, as docker-compose.yml orders them; the sites' health is watched by the caller

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.topology.env import ENTRYPOINTS, Plan, SiteNode, role_envs
+from coordinator.topology.env import ENTRYPOINTS, SiteNode, Topology, role_envs
 from tests.deploy._load import ROOT, load_script
 
 cc = load_script("check_compose")
@@ -29,9 +29,9 @@ SITE_ONLY_IN_COMPOSE = {"SITE_STYLE", "SITE_SEED", "SITE_CASES", "SITE_MODEL",
                         "SITE_TEACHER_CONFIG"}
 
 
-def _plan(tmp: Path, tls: bool = True) -> Plan:
+def _plan(tmp: Path, tls: bool = True) -> Topology:
     sites = tuple(SiteNode(n, tmp / "data" / n, tmp / "run" / n) for n in ("s1", "s2"))
-    return Plan(tmp / "w", sites, tmp / "exp.toml", tmp / "out", tmp / "proxy", tls, 8000,
+    return Topology(tmp / "w", sites, tmp / "exp.toml", tmp / "out", tmp / "proxy", tls, 8000,
                 8001, (9001, 9002), run_config=tmp / "rc.toml")
 
 
@@ -69,7 +69,7 @@ def test_simulate_and_compose_set_the_same_variables(tmp_path: Path) -> None:
         assert compose - allowed == ours, (service, compose ^ ours)
 
 
-def _named(plan: Plan) -> dict[str, dict[str, str]]:
+def _named(plan: Topology) -> dict[str, dict[str, str]]:
     return {r.name: r.env for r in role_envs(plan)}
 
 
