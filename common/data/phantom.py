@@ -188,7 +188,7 @@ def _ct_case(
     rng: np.random.Generator,
     vox: tuple[float, ...],
 ) -> np.ndarray:
-    """Spleen-like CT in HU: air outside, fat ring, tissue 30..60, organ ~ 45 + 100 * |gap|.
+    """Spleen-like CT in HU: air outside, fat ring, soft tissue at +30..60, organ ~ 45 + 100 |gap|.
 
     CT is calibrated in HU, so a style's contrast sign (an MRI weighting effect) is ignored.
     """
