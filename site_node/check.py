@@ -49,7 +49,12 @@ def main_check(args: argparse.Namespace) -> int:
     """Fingerprint the data folder as training would read it; write it (it stays local); print
     the plan and the sizing of a run."""
     from common.data.errors import data_error, refuse_inside
-    from common.data.fingerprint import compute_fingerprint, format_fingerprint, save_fingerprint
+    from common.data.fingerprint import (
+        compute_fingerprint,
+        ct_units_note,
+        format_fingerprint,
+        save_fingerprint,
+    )
     from common.data.layout import discover_dataset
     from common.data.split import MIN_SPLIT_CASES
 
@@ -58,6 +63,8 @@ def main_check(args: argparse.Namespace) -> int:
     info = discover_dataset(args.data)  # a DICOM folder: one line pointing to import-dicom
     fp = compute_fingerprint(info, label=args.label)
     print(format_fingerprint(fp))
+    if (note := ct_units_note(fp)) is not None:
+        print(f"warning: {note}")
     print(f"wrote {save_fingerprint(fp, out)} (aggregate only; stays on this site)")
     cfg = _train_config(args)
     plan = _plan(fp, cfg)

@@ -18,7 +18,12 @@ from torch.utils.data import DataLoader
 
 from common.data.augment import build_augment, reseed_worker
 from common.data.errors import data_error, refuse_inside
-from common.data.fingerprint import Fingerprint, compute_fingerprint, plan_for_dataset
+from common.data.fingerprint import (
+    Fingerprint,
+    compute_fingerprint,
+    ct_units_note,
+    plan_for_dataset,
+)
 from common.data.layout import DatasetInfo, discover_dataset
 from common.data.nifti import NiftiFile, ReadOnce
 from common.data.plan import Plan
@@ -93,6 +98,8 @@ def prepare_data(data_dir: Path, cfg: TeacherTrainConfig, out: Path) -> SiteData
         raise data_error(split_path, f"no validation or test case; {_SMALL_HINT}")
     files = ReadOnce()
     fp = compute_fingerprint(info, cfg.label, split.train, read=files.keep)
+    if (note := ct_units_note(fp)) is not None:
+        log.warning("%s", note)
     plan = plan_for_dataset(info, cfg.size, cfg.label, split.train, cache=out / "plan.json",
                             fingerprint=fp)
     shown = {c.image for c in info.cases if c.case_id in set(split.test[:OVERLAY_CASES])}

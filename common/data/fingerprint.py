@@ -155,6 +155,23 @@ def compute_fingerprint(info: DatasetInfo, label: str | None = None,
     )
 
 
+def ct_units_note(fp: Fingerprint) -> str | None:
+    """A warning when a CT dataset's values do not look like HU: in HU, air is -1000 and the
+    median voxel of a body scan lies near soft tissue (0..100), so a median above 400 with no
+    value below -50 suggests stored values with an offset (e.g. HU + 1024, a file written
+    without the rescale intercept). A teacher trained on such values answers nothing on
+    HU data (the coordinator's proxy), nor a student scored there."""
+    if fp.modality.upper() != "CT":
+        return None
+    it = fp.intensity
+    if it.p0_5 < -50 or it.p50 <= 400:
+        return None
+    return (f"{fp.dataset}: CT values do not look like HU (median {it.p50:.0f}, 0.5th "
+            f"percentile {it.p0_5:.0f}; in HU air is -1000 and soft tissue 0..100): stored "
+            "values with an offset (HU + 1024?); convert to HU (site-node import-dicom applies "
+            "the rescale) before training")
+
+
 def save_fingerprint(fp: Fingerprint, path: Path) -> Path:
     """Write strict JSON (no NaN / Infinity)."""
     path.parent.mkdir(parents=True, exist_ok=True)

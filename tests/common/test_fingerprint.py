@@ -139,3 +139,20 @@ def test_plan_cache_is_reused_only_for_the_same_size_and_target(tmp_path: Path) 
     assert plan_for_dataset(info, 32, "spleen", cache=cache).size == 32  # size changed: replanned
     assert plan_for_dataset(info, None, "liver", cache=cache).labels == [2]
     assert Plan.model_validate_json(cache.read_text()).labels == [2]
+
+
+@pytest.mark.parametrize("style,offset", [("S1", False), ("S2", True)])
+def test_ct_stored_with_an_offset_is_named(tmp_path: Path, style: str, offset: bool) -> None:
+    """The Duke-like spleen style stores HU + 1024 (windowed): its fingerprint is flagged;
+    the Decathlon-like style (true HU) is not."""
+    from common.data.fingerprint import ct_units_note
+    from common.data.phantom import make_phantom
+
+    root = make_phantom(tmp_path / style, "spleen", style, n_cases=2, seed=3,
+                        shape=(8, 32, 32))
+    fp = compute_fingerprint(discover_dataset(root))
+    note = ct_units_note(fp)
+    assert (note is not None) == offset
+    if offset:
+        assert note is not None and "HU + 1024?" in note and f"median {fp.intensity.p50:.0f}" in note
+        assert fp.intensity.p50 > 800  # what the rule saw: HU + 1024
