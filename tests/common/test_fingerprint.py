@@ -154,5 +154,6 @@ def test_ct_stored_with_an_offset_is_named(tmp_path: Path, style: str, offset: b
     note = ct_units_note(fp)
     assert (note is not None) == offset
     if offset:
-        assert note is not None and "HU + 1024?" in note and f"median {fp.intensity.p50:.0f}" in note
+        assert note is not None and "HU + 1024?" in note
+        assert f"median {fp.intensity.p50:.0f}" in note
         assert fp.intensity.p50 > 800  # what the rule saw: HU + 1024
