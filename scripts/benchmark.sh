@@ -110,12 +110,14 @@ run_scenario() {
     fi
   done
   echo "== [$name$tag] $((SECONDS - t0)) s: distilling the students ($cfg)"
+  local page=$out/distill/results.md
   if [ "$1" = prostate_proxy_size ]; then
     proxy_size "$cfg" "$out" "$name"
+    page=$out/proxy_size/proxy_size.md
   else
     coordinator distill --local --config "$cfg" "${rows[@]}"
   fi
-  echo "== [$name$tag] done in $((SECONDS - t0)) s: $out/distill/results.md"
+  echo "== [$name$tag] done in $((SECONDS - t0)) s: $page"
 }
 
 # proxy_size CFG OUT NAME: CFG's rows on the first n proxy cases and on the full proxy (the
