@@ -122,8 +122,12 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
             "c._cmd_policy_show = slow\n"
             "sys.exit(c.main(['policy', 'show']))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIGINT at its default in the child: a test run started in the background (``cmd &``
+    # without job control) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt; a user's terminal delivers it
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
