@@ -44,6 +44,14 @@ def summary(name: str, scores: dict[str, dict[str, float]]) -> dict[str, Any]:
             "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None}
 
 
+def paired(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``a`` minus ``b``, paired on seed and case: mean, 95 % CI, Wilcoxon p, significant."""
+    x, y, seeds, cases = align_scores(a, b)
+    c = compare_paired(x, y)
+    return {"mean_diff": c.mean_diff, "ci": [c.ci_low, c.ci_high], "p_wilcoxon": c.p_value,
+            "significant": c.significant(), "seeds": len(seeds), "cases": len(cases)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, metavar="NAME=ROW_FOLDER")
@@ -56,11 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, _ in rows:
         entry = summary(name, scores[name])
         if name != ref:
-            a, b, seeds, cases = align_scores(scores[name], scores[ref])
-            c = compare_paired(a, b)
-            entry["vs_" + ref] = {"mean_diff": c.mean_diff, "ci": [c.ci_low, c.ci_high],
-                                  "p_wilcoxon": c.p_value, "significant": c.significant(),
-                                  "seeds": len(seeds), "cases": len(cases)}
+            entry["vs_" + ref] = paired(scores[name], scores[ref])
         table.append(entry)
         print(json.dumps(entry))
     atomic_write_json(args.out, {"reference": ref, "rows": table})

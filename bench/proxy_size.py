@@ -21,19 +21,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.compare_students import seed_case_dice, summary
+from bench.compare_students import paired, seed_case_dice, summary
 from common.io import atomic_write_json
-from common.stats import align_scores, compare_paired
 
 ROWS = ("student_only", "multi_inverse_dice_loss", "multi_equal")
-
-
-def paired(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """``a`` minus ``b``, paired on seed and case: mean, 95 % CI, Wilcoxon p, significant."""
-    x, y, seeds, cases = align_scores(a, b)
-    c = compare_paired(x, y)
-    return {"mean_diff": c.mean_diff, "ci": [c.ci_low, c.ci_high], "p_wilcoxon": c.p_value,
-            "significant": c.significant(), "seeds": len(seeds), "cases": len(cases)}
 
 
 def table(runs: dict[int, Path], full: int, rows: tuple[str, ...]) -> list[dict[str, Any]]:
