@@ -1,8 +1,9 @@
 """Does the canvas padding make a teacher answer nothing? Each scenario teacher on a few cases of
 the proxy and of every site, prepared in the teacher's own plan, scored (pooled 2D Dice over
-the slices) as prepared ("as is": padding = the volume's minimum, the pipeline's rule) and with
-the padding replaced by a fixed value (-1.7: about the darkest value of the teachers' own
-MRI data; 0: the volume's mean after z-scoring). Only the padding changes.
+the slices) as prepared ("as is": the plan's pad value, the pipeline's rule) and with the
+padding replaced by each volume's normalised minimum (the earlier rule), by -1.7 (about the
+darkest value of the teachers' own MRI data) and by 0 (the volume's mean after z-scoring: the
+MRI plan's pad value). Only the padding changes.
 
     python -m bench.teacher_padding --root benchmark_out/prostate --cases 2 \
         --out bench/results/scenarios/prostate_padding.json
@@ -23,22 +24,23 @@ from common.data.slices import Volume, load_volumes
 from common.io import atomic_write_json
 from common.models.checkpoint import load_model
 
-FILLS: dict[str, float | None] = {"as is": None, "pad=-1.7": -1.7, "pad=0": 0.0}
+FILLS: dict[str, float | str | None] = {"as is": None, "pad=min": "min", "pad=-1.7": -1.7,
+                                        "pad=0": 0.0}
 
 
-def padded(vol: Volume, fill: float | None) -> np.ndarray:
+def padded(vol: Volume, fill: float | str | None) -> np.ndarray:
     """``vol.image (D,S,S)`` with the pixels outside its extent set to ``fill`` (None: as
-    prepared)."""
+    prepared; "min": the minimum of the field inside the extent)."""
     x = vol.image.astype(np.float32).copy()
     if fill is not None:
         y0, y1, x0, x1 = (int(v) for v in vol.extent)
         outside = np.ones(x.shape[1:], bool)
         outside[y0:y1, x0:x1] = False
-        x[:, outside] = fill
+        x[:, outside] = x[:, y0:y1, x0:x1].min() if fill == "min" else fill
     return x
 
 
-def dice(model: torch.nn.Module, vols: list[Volume], fill: float | None) -> float:
+def dice(model: torch.nn.Module, vols: list[Volume], fill: float | str | None) -> float:
     """Pooled Dice of ``model``'s argmax over every slice of ``vols``."""
     inter = total = 0
     for v in vols:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import StrictModel
+from common.data.ct_units import STORED_OFFSET, stored_offset
 from common.data.errors import data_error
 from common.data.geometry import axcodes, check_geometry, check_pair_headers
 from common.data.labels import (
@@ -67,6 +68,7 @@ class Fingerprint(StrictModel):
     target_labels: list[int] | None
     target_name: str | None
     target_voxels: int
+    hu_offset_cases: int = 0  # CT cases stored as HU + 1024, read as HU (common.data.ct_units)
 
 
 def _stats(samples: list[np.ndarray]) -> IntensityStats | None:
@@ -87,7 +89,9 @@ def _sample(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 class _Acc:
     """Per-case accumulation (aggregated in :func:`compute_fingerprint`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ct: bool = False) -> None:
+        self.ct = ct  # CT: values read as HU (common.data.ct_units), as normalise reads them
+        self.hu_offset_cases = 0
         self.shapes: list[tuple[int, ...]] = []
         self.spacings: list[tuple[float, ...]] = []
         self.orient: Counter[str] = Counter()
@@ -104,6 +108,9 @@ class _Acc:
             check_pair_headers(ref.image, ref.label)
         image = read(ref.image, first_channel=True)
         vol, spacing = image.canonical_zyx()
+        offset = stored_offset(vol) if self.ct else 0.0
+        self.hu_offset_cases += int(offset > 0)
+        vol = vol - np.float32(offset) if offset else vol
         self.shapes.append(tuple(int(s) for s in vol.shape))
         self.spacings.append(spacing)
         self.orient[axcodes(image.affine)] += 1
@@ -116,7 +123,8 @@ class _Acc:
                                          declared=declared).sum())
         values, counts = np.unique(label.data, return_counts=True)
         self.labels.update({str(int(v)): int(c) for v, c in zip(values, counts, strict=True)})
-        self.fg.append(_sample(image.data[label.data != 0], _SAMPLE_FG, self.rng))
+        fg = image.data[label.data != 0]
+        self.fg.append(_sample(fg - np.float32(offset) if offset else fg, _SAMPLE_FG, self.rng))
 
 
 def _found_name(name: str | None, label_voxels: Counter[str]) -> str | None:
@@ -137,7 +145,7 @@ def compute_fingerprint(info: DatasetInfo, label: str | None = None,
     refs = [c for c in info.cases if case_ids is None or c.case_id in set(case_ids)]
     if not refs:
         raise data_error(info.name, "no cases to fingerprint")
-    acc = _Acc()
+    acc = _Acc(ct=info.modality.upper() == "CT")
     for ref in refs:
         acc.add(ref, targets, union, declared, read)
     shapes, spacings = np.array(acc.shapes), np.array(acc.spacings)
@@ -151,21 +159,26 @@ def compute_fingerprint(info: DatasetInfo, label: str | None = None,
         orientations=dict(acc.orient), intensity=intensity, foreground=_stats(acc.fg),
         labels_declared=dict(info.labels), label_voxels=dict(sorted(acc.labels.items())),
         target_labels=targets, target_name=_found_name(name, acc.labels),
-        target_voxels=acc.target,
+        target_voxels=acc.target, hu_offset_cases=acc.hu_offset_cases,
     )
 
 
 def ct_units_note(fp: Fingerprint) -> str | None:
-    """A warning when a CT dataset's values do not look like HU: in HU, air is -1000 and the
-    median voxel of a body scan lies near soft tissue (0..100), so a median above 400 with no
-    value below -50 suggests stored values with an offset (e.g. HU + 1024, a file written
-    without the rescale intercept). A teacher trained on such values answers nothing on
-    HU data (the coordinator's proxy), nor a student scored there."""
+    """A note on a CT dataset's units: how many cases were stored as HU + 1024 and are read
+    as HU (:mod:`common.data.ct_units`), or a warning when the values, so read, still do not
+    look like HU: in HU, air is -1000 and the median voxel of a body scan lies near soft
+    tissue (0..100), so a median above 400 with no value below -50 suggests another offset. A
+    teacher trained on such values answers nothing on HU data (the coordinator's proxy), nor
+    a student scored there."""
     if fp.modality.upper() != "CT":
         return None
     it = fp.intensity
     if it.p0_5 < -50 or it.p50 <= 400:
-        return None
+        if not fp.hu_offset_cases:
+            return None
+        return (f"{fp.dataset}: {fp.hu_offset_cases} of {fp.n_cases} CT case(s) store HU + "
+                f"{STORED_OFFSET:.0f} (no rescale intercept): read as HU, the files are "
+                "left as they are")
     return (f"{fp.dataset}: CT values do not look like HU (median {it.p50:.0f}, 0.5th "
             f"percentile {it.p0_5:.0f}; in HU air is -1000 and soft tissue 0..100): stored "
             "values with an offset (HU + 1024?); convert to HU (site-node import-dicom applies "

@@ -3,13 +3,13 @@
 Forward (:func:`prepare_image`): read the file, reorient to canonical RAS ``(z, y, x)``,
 normalise (:class:`~common.data.plan.Plan`), resample each axial slice in-plane to the plan's
 spacing (bilinear; aspect ratio kept; depth and slice spacing unchanged), then centre crop /
-pad to ``(size, size)`` (padding with the volume's minimum). A field wider than the canvas is
-also kept whole (:attr:`PreparedCase.whole_image`: padded to at least the canvas, never
-cropped) for sliding-window inference (:mod:`common.data.window`) and for training, which
-draws random ``size x size`` crops of it (:class:`common.data.slices.SliceDataset`). Inverse
-(:func:`to_native`, from either grid): undo the crop / pad (cropped-away pixels become
-background), resample the *probabilities* back to the original in-plane size (bilinear),
-argmax, and return to the file's own orientation.
+pad to ``(size, size)`` (padding: :meth:`~common.data.plan.Plan.pad_value`). A field wider
+than the canvas is also kept whole (:attr:`PreparedCase.whole_image`: padded to at least the
+canvas, never cropped) for sliding-window inference (:mod:`common.data.window`) and for
+training, which draws random ``size x size`` crops of it
+(:class:`common.data.slices.SliceDataset`). Inverse (:func:`to_native`, from either grid): undo
+the crop / pad (cropped-away pixels become background), resample the *probabilities* back to
+the original in-plane size (bilinear), argmax, and return to the file's own orientation.
 A resample whose factor is exactly 1 is skipped, so at the native spacing the round trip is
 exact.
 """
@@ -25,6 +25,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
+from common.data.ct_units import as_hu
 from common.data.errors import data_error
 from common.data.labels import select_target
 from common.data.nifti import (
@@ -93,6 +94,7 @@ def normalise(vol: np.ndarray, plan: Plan) -> np.ndarray:
     v = np.asarray(vol, dtype=np.float32)
     if plan.norm == "ct":
         (lo, hi), mean, std = plan.ct_params()
+        v = as_hu(v)
         return ((np.clip(v, lo, hi) - mean) / max(std, _EPS)).astype(np.float32)
     lo, hi = np.percentile(v, plan.mri_percentiles)
     c = np.clip(v, lo, hi)
@@ -188,7 +190,7 @@ def prepare_loaded(f: NiftiFile, plan: Plan) -> PreparedCase:
     offset = ((plan.size - hw2[0]) // 2, (plan.size - hw2[1]) // 2)
     norm = normalise(vol, plan)
     resampled = resize_stack(norm, hw2, linear=True)
-    fill = float(norm.min())
+    fill = plan.pad_value()
     image = place(resampled, plan.size, offset, fill).astype(np.float32)
     whole, whole_offset = None, offset
     if max(hw2[0], hw2[1]) > plan.size:  # wider than the canvas: keep the whole field too

@@ -10,7 +10,15 @@ Normalisation (``norm``):
   with that volume's mean / sd (MRI has no absolute scale).
 * ``"ct"``: nnU-Net's CT scheme: clip to ``ct_clip`` (0.5 / 99.5 percentiles of the *foreground*
   voxels of the whole training set, from the fingerprint), then ``(x - ct_mean) / ct_std``
-  with the global foreground mean / sd.
+  with the global foreground mean / sd. CT values are read as HU first (a volume stored as
+  HU + 1024 is shifted back: :mod:`common.data.ct_units`).
+
+Padding (:meth:`Plan.pad_value`): where a canvas is wider than a slice's field, the pixels
+outside the field get one value of the normalised scale, independent of the volume: ``0`` for
+MRI (the volume's mean after z-scoring; nnU-Net's convention, and what the augmentation's
+rotations fill with), the normalised lower clip for CT (air). Padding with each volume's own
+minimum instead (its darkest, noisiest tail, -4.5 sd on a wide-field MRI) made a sound PSPNet
+teacher answer nothing on such slices (docs/BENCHMARKS.md, "the padding ring").
 
 The plan is written into ``teacher.json`` (``"plan"``) so that scoring and predicting reuse it.
 """
@@ -65,6 +73,13 @@ class Plan(StrictModel):
         mean = _FALLBACK_CT_MEAN if self.ct_mean is None else self.ct_mean
         std = _FALLBACK_CT_STD if self.ct_std is None else self.ct_std
         return (float(clip[0]), float(clip[1])), float(mean), float(std)
+
+    def pad_value(self) -> float:
+        """The normalised value of canvas padding (module doc): 0 for MRI, air for CT."""
+        if self.norm == "mri":
+            return 0.0
+        (lo, _), mean, std = self.ct_params()
+        return float((lo - mean) / max(std, 1e-8))
 
 
 def default_plan(modality: str, size: int, labels: list[int] | None = None) -> Plan:

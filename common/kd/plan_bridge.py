@@ -15,8 +15,8 @@ a. **Intensities.** MRI -> MRI: kept as is. Both are z-scored per volume after c
    clip / mean / std applied. MRI <-> CT: kept as is with a warning (no meaningful map).
 b. **Geometry.** Each slice is resampled bilinearly to ``round(S * q / t)`` px per axis (the
    same physical field at the teacher's spacing), then centre cropped / padded to ``T``
-   (padding: the slice's minimum, as :func:`common.data.native.prepare_loaded` pads with the
-   volume's minimum). The proxy masks follow with nearest neighbour.
+   (padding: the teacher plan's :meth:`~common.data.plan.Plan.pad_value`, as
+   :func:`common.data.native.prepare_loaded` pads). The proxy masks follow with nearest neighbour.
 c. The teacher runs there (:func:`common.kd.teacher_outputs.teacher_outputs`).
 d. **Logits** are mapped back, never labels: un-crop / un-pad to the resampled field, then
    bilinear resampling of the logits to ``S x S``. Query pixels the teacher never saw (its
@@ -24,7 +24,7 @@ d. **Logits** are mapped back, never labels: un-crop / un-pad to the resampled f
    vector over the pixels the teacher predicted as background (zeros if it predicted none).
    With ``whole_field=True`` (opt-in, see below) and a field wider than ``T`` (the teacher's
    canvas shows only its centre) the logits come from the **whole field** instead:
-   the resampled field, padded to at least ``T`` with the slice's minimum, is covered by
+   the resampled field, padded to at least ``T`` with the teacher's pad value, is covered by
    ``T x T`` windows overlapping by half and the windows' logits are blended with a Gaussian
    importance map (MONAI's sliding window, :func:`common.data.window.window_blend`, as at
    inference); on the pixels the centre tile covers its own logits are kept unchanged (a
@@ -109,9 +109,9 @@ def bridge_hazards(query: Plan, teacher: Plan) -> list[str]:
       site whose files store HU + 1024 without the rescale intercept (rule a maps the query's
       HU into the teacher's window: every pixel clips to one value).
     * **A padding ring**: the teacher's canvas is wider than the query's field, so rule b
-      pads the slice with its minimum, a value of the query volume's darkest voxels that the
-      teacher's own data may never show over so large an area (a teacher with global pooling,
-      e.g. PSPNet, can then predict nothing)."""
+      pads the slice (:meth:`~common.data.plan.Plan.pad_value`), a flat area the teacher's
+      own data may never show (padding with each volume's minimum made a PSPNet teacher
+      predict nothing; with the pad value it still may answer worse: check its proxy Dice)."""
     out = []
     if query.norm == teacher.norm == "ct":
         (qlo, qhi), q_mean, _ = query.ct_params()
@@ -127,8 +127,8 @@ def bridge_hazards(query: Plan, teacher: Plan) -> list[str]:
         if any(c > 1.05 * f for c, f in zip(canvas, field, strict=True)):
             out.append(f"padding ring: the teacher's canvas ({canvas[0]:.0f} x {canvas[1]:.0f} "
                        f"mm) is wider than the query field ({field[0]:.0f} x {field[1]:.0f} mm); "
-                       "the slices are padded with their minimum, which the teacher may not "
-                       "have seen over that area: check its proxy Dice")
+                       "the slices are padded, which the teacher may not have seen over that "
+                       "area: check its proxy Dice")
     return out
 
 
@@ -160,8 +160,7 @@ def to_teacher_grid(images: np.ndarray, masks: np.ndarray, query: Plan, teacher:
     hw = _field_hw(query, teacher)
     off, side = _offset(hw, teacher.size), teacher.size
     img = resize_stack(images[:, 0].astype(np.float32), hw, linear=True)
-    fills = img.reshape(len(img), -1).min(axis=1)
-    out = np.stack([place(s, side, off, float(f)) for s, f in zip(img, fills, strict=True)])
+    out = place(img, side, off, teacher.pad_value())
     msk = place(resize_stack(masks.astype(np.uint8), hw, linear=False), side, off, 0)
     return out[:, None].astype(np.float32), msk.astype(np.uint8)
 
@@ -198,8 +197,7 @@ def whole_field_logits(model: SegModel, images: np.ndarray, query: Plan, teacher
     img = resize_stack(images[:, 0].astype(np.float32), hw, linear=True)
     grid = (max(side, hw[0]), max(side, hw[1]))
     off = ((grid[0] - hw[0]) // 2, (grid[1] - hw[1]) // 2)
-    fills = img.reshape(n, -1).min(axis=1)
-    field = np.stack([place(x, grid, off, float(f)) for x, f in zip(img, fills, strict=True)])
+    field = place(img, grid, off, teacher.pad_value())
     model = model.to(device).eval()
 
     def logits_fn(x: np.ndarray) -> np.ndarray:

@@ -142,9 +142,11 @@ def test_plan_cache_is_reused_only_for_the_same_size_and_target(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("style,offset", [("S1", False), ("S2", True)])
-def test_ct_stored_with_an_offset_is_named(tmp_path: Path, style: str, offset: bool) -> None:
-    """The Duke-like spleen style stores HU + 1024 (windowed): its fingerprint is flagged;
-    the Decathlon-like style (true HU) is not."""
+def test_ct_stored_with_an_offset_is_read_as_hu_and_named(tmp_path: Path, style: str,
+                                                          offset: bool) -> None:
+    """The Duke-like spleen style stores HU + 1024 (windowed): its cases are read as HU (the
+    fingerprint's statistics, hence the plan's window, are in HU like the Decathlon-like
+    style's) and the note says so; the Decathlon-like style (true HU) gets no note."""
     from common.data.fingerprint import ct_units_note
     from common.data.phantom import make_phantom
 
@@ -153,7 +155,23 @@ def test_ct_stored_with_an_offset_is_named(tmp_path: Path, style: str, offset: b
     fp = compute_fingerprint(discover_dataset(root))
     note = ct_units_note(fp)
     assert (note is not None) == offset
+    assert fp.hu_offset_cases == (2 if offset else 0)
+    assert fp.foreground is not None and -50 < fp.foreground.p50 < 200  # soft tissue, in HU
     if offset:
-        assert note is not None and "HU + 1024?" in note
-        assert f"median {fp.intensity.p50:.0f}" in note
-        assert fp.intensity.p50 > 800  # what the rule saw: HU + 1024
+        assert note == (f"{fp.dataset}: 2 of 2 CT case(s) store HU + 1024 (no rescale "
+                        "intercept): read as HU, the files are left as they are")
+
+
+def test_ct_in_another_offset_is_still_warned(tmp_path: Path) -> None:
+    """Values that 1024 does not bring to HU (here HU + 3000) are left and keep the warning."""
+    from common.data.fingerprint import ct_units_note
+    from common.data.phantom import make_phantom
+
+    root = make_phantom(tmp_path / "S1", "spleen", "S1", n_cases=2, seed=3, shape=(8, 32, 32))
+    for img in (root / "imagesTr").iterdir():
+        nii = nib.load(img)
+        nib.save(nib.Nifti1Image(np.asarray(nii.dataobj, np.float32) + 3000.0, nii.affine), img)
+    fp = compute_fingerprint(discover_dataset(root))
+    note = ct_units_note(fp)
+    assert note is not None and "HU + 1024?" in note and fp.hu_offset_cases == 0
+    assert f"median {fp.intensity.p50:.0f}" in note and fp.intensity.p50 > 1500
