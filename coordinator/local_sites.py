@@ -11,7 +11,6 @@ that need the sites' training data (``local_only``, ``pooled``, FedAvg) run here
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 from typing import Literal
 
@@ -19,9 +18,7 @@ from common.data.plan import Plan
 from common.data.slices import Volume
 from common.data.teacher_card import TeacherCard
 from common.data.test_split import load_test_split, site_plan
-from common.inference.evaluate import evaluate_volumes
 from common.kd.plan_bridge import bridged_teacher_outputs
-from common.metrics import summarise
 from common.models.checkpoint import load_model
 from common.training import select_device
 from coordinator.distill.cache import CachedTargets, TeacherCache, build_chunk
@@ -53,12 +50,6 @@ def _card(site: SiteSpec) -> TeacherCard | None:
     return TeacherCard.read(site.teacher_dir, missing_ok=True)
 
 
-def _arch(site: SiteSpec) -> str:
-    """The site teacher's architecture from its card (``?`` when unknown)."""
-    card = _card(site)
-    return str(card.architecture) if card and "architecture" in card.model_fields_set else "?"
-
-
 def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -> CachedTargets:
     """Every site's teacher outputs on the proxy set, from the cache or computed in-process,
     each teacher in its own plan and mapped back to the proxy's (student's) grid."""
@@ -87,30 +78,6 @@ def local_targets(cfg: ExperimentConfig, proxy: ProxySet, cache: TeacherCache) -
         assert t is not None
         parts.append(t)
     return CachedTargets.stack(parts)
-
-
-def teacher_rows(cfg: ExperimentConfig) -> list[ResultRow]:
-    """Each teacher scored on every site's test set (top block of the paper's Table 3), the
-    test cases prepared with that teacher's own plan (the grid it was trained on). Logs each
-    (teacher, test set) pair as it finishes, with an ETA."""
-    dev = select_device(cfg.student.device)
-    rows: list[ResultRow] = []
-    t0, n = time.perf_counter(), len(cfg.sites) ** 2
-    for site in cfg.sites:
-        model, _ = load_model(site.teacher_dir / "best.pt", dev)
-        plan = site_plan(site.teacher_dir)
-        scores: dict[str, dict] = {}
-        for s in cfg.sites:
-            vols = load_site_test(s, cfg.student.size, plan)
-            scores[s.name] = summarise(evaluate_volumes(model.to(dev), vols, dev)[0])
-            done, took = len(rows) * len(cfg.sites) + len(scores), time.perf_counter() - t0
-            log.info("[distill] teacher rows: %s on %s's test set (%d/%d, %.0f s, ETA %.0f s)",
-                     site.name, s.name, done, n, took, took / done * (n - done))
-        mean = sum(v["dice_mean"] for v in scores.values()) / len(scores)
-        rows.append({"run": f"teacher_{site.name}", "teachers": [site.name], "weighting": None,
-                     "sites": scores, "mean_dice": mean,
-                     "arch": _arch(site)})
-    return rows
 
 
 class LocalSites:
@@ -160,7 +127,9 @@ class LocalSites:
         return score
 
     def teacher_rows(self, cfg: ExperimentConfig) -> list[ResultRow]:
-        """Every teacher on every site's test set."""
+        """Every teacher on every site's test set (:mod:`coordinator.teacher_rows`)."""
+        from coordinator.teacher_rows import teacher_rows
+
         return teacher_rows(cfg)
 
     def peer_rows(self, cfg: ExperimentConfig, data: object, rows: list[ResultRow]
