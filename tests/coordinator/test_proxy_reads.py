@@ -14,12 +14,14 @@ from tests._helpers import count_nifti_reads
 
 #: sha256 of ``images``, ``masks`` and ``extents`` bytes (in that order) and ``ProxySet.digest``
 #: of this proxy as the former path (every file read twice) loaded it, by canvas size: 32 crops
-#: the 48 px field (the whole field kept), None plans a 64 px canvas that holds it.
+#: the 48 px field (the whole field kept), None plans a 64 px canvas that holds it. Both hold
+#: canvas padding, so both were re-pinned when padding became the plan's value (0 for MRI)
+#: instead of each volume's minimum; that change touched only the padded pixels.
 BEFORE = {
-    32: ("e03cbf8c30b33c5d81c912e267f1161a9d2884b81c040aae0f822aecbf8adb4c",
-         "a13b41fab81e5287d18b5ecb078092cb33f10e0c4f11ac69a4633b6b3a994fcc"),
-    None: ("6cf1554e2c7a0b2ae500e687e67c3e3e148323bdce63d852c85e694b9131de9d",
-           "be0493cfa66ed39d611b80fceea048e49232c29050c8a9f7a6247ebab45f5fd8"),
+    32: ("93db3c892da193578f5ac36366a4e6f2a3412f0613f55180d02bd5fcefe01ba6",
+         "d689d47dfcae47c8d02ac8c9f10f7604a49d596eaa433593798fd40b28bbcac2"),
+    None: ("eebee98279e569f66305a23cfe07fd00e05129fea4d72edc45b569e605f15121",
+           "469d2b1a3264575264884e452e44a5d68051b00b1d7eb3d910a53195e12a01b6"),
 }
 
 
