@@ -227,6 +227,9 @@ def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.
         with task_identity(SERVER_NODE):
             msgs = _retyped(list(strategy.configure_train(rnd, arrays, conf, grid)))
         replies = exchange(msgs)  # may add records to a request (the coordinator's log head)
+        # in site order, not arrival order: a float sum depends on its order, and the average
+        # must not depend on which site answered first (a federated run equals --local)
+        replies = sorted(replies, key=lambda r: names.get(int(r.metadata.src_node_id), ""))
         for m in msgs:  # measured as sent, after the exchange
             log.add(names[int(m.metadata.dst_node_id)], "received", FEDAVG_MSG_TYPE,
                     f"round-{rnd}", m.content)

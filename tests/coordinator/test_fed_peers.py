@@ -48,15 +48,17 @@ def _init() -> dict[str, torch.Tensor]:
             build_model("tiny_unet", in_channels=1, num_classes=2).state_dict().items()}
 
 
-def _run(tmp: Path, spec: FedAvgSpec, init: dict[str, torch.Tensor] | None = None
+def _run(tmp: Path, spec: FedAvgSpec, init: dict[str, torch.Tensor] | None = None,
+         sizes: tuple[int, ...] = (4, 8), reverse: bool = False
          ) -> tuple[dict[str, torch.Tensor], list[Any], list[Any]]:
-    """``spec.rounds`` over two in-process sites of 4 and 8 slices (batch 4: 1 and 2 batches
-    per epoch); ``(final global state, requests, replies)``."""
+    """``spec.rounds`` over in-process sites of ``sizes`` slices (default 4 and 8; batch 4: 1
+    and 2 batches per epoch), the replies handed back in reverse order when ``reverse`` (as
+    sites that answer in another order); ``(final global state, requests, replies)``."""
     cfg = ExperimentConfig(proxy=tmp, sites=[SiteSpec(name="a", data=tmp, teacher_dir=tmp)],
                            student=StudentTrainConfig(model="tiny_unet", size=32, epochs=1,
                                                       batch_size=4, device="cpu",
                                                       step_size_up=4))
-    clients = [SiteClient(f"s{k}", _set(n, k), tmp / f"s{k}") for k, n in enumerate((4, 8))]
+    clients = [SiteClient(f"s{k}", _set(n, k), tmp / f"s{k}") for k, n in enumerate(sizes)]
     inner = local_exchange(clients, torch.device("cpu"))
     requests, replies = [], []
 
@@ -64,11 +66,21 @@ def _run(tmp: Path, spec: FedAvgSpec, init: dict[str, torch.Tensor] | None = Non
         requests.extend(msgs)
         out = inner(msgs)
         replies.extend(out)
-        return out
+        return out[::-1] if reverse else out
 
-    final = run_fedavg(exchange, {1: "s0", 2: "s1"}, init or _init(), spec,
+    final = run_fedavg(exchange, {k + 1: f"s{k}" for k in range(len(sizes))}, init or _init(), spec,
                        fedavg_config(cfg, "", 0, spec=spec), PayloadLog())
     return final, requests, replies
+
+
+def test_the_average_does_not_depend_on_which_site_answers_first(tmp_path: Path) -> None:
+    """Three sites (a float sum of three depends on its order): replies handed back in reverse
+    give the same global weights bit for bit, as a federation's arrival order must not matter."""
+    sizes = (4, 8, 4)
+    ordered, _, _ = _run(tmp_path / "o", FedAvgSpec(rounds=1), sizes=sizes)
+    reversed_, _, rep = _run(tmp_path / "r", FedAvgSpec(rounds=1), sizes=sizes, reverse=True)
+    assert len(rep) == 3
+    assert all(torch.equal(ordered[k], reversed_[k]) for k in ordered)
 
 
 def test_fedprox_uses_flowers_strategy_and_mu_zero_is_fedavg_bit_for_bit(tmp_path: Path

@@ -194,8 +194,9 @@ def test_federated_run_equals_the_local_run(tiny_sites: dict, tiny_teachers: dic
 def _files(out: Path) -> set[str]:
     """The output files of an experiment folder, without what only one transport has: the
     site-test overlays (patient images: drawn in-process by --local only), the audit trail
-    (federated only) and the caches and per-run checkpoints."""
-    skip = ("audit/", "teacher_cache/", "proxy/", "flwr/")
+    (federated only), the caches (teacher outputs, --local's kept teacher rows) and the
+    per-run checkpoints."""
+    skip = ("audit/", "teacher_cache/", "teacher_rows/", "proxy/", "flwr/")
     return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
             and not str(p.relative_to(out)).startswith(skip) and "/overlays/" not in str(p)
             and p.suffix not in (".pt",)}
