@@ -37,11 +37,11 @@ FOLDER = "teacher_rows"
 
 
 class TeacherRowRecord(StrictModel):
-    """One teacher's row and the key it was computed under."""
+    """One teacher's row (validated as every result row is) and the key it was computed under."""
 
     version: int = RECORD_VERSION
     key: str
-    row: dict
+    row: ResultRow
 
 
 def row_key(cfg: ExperimentConfig, teacher: SiteSpec) -> str:
@@ -69,12 +69,12 @@ def read_row(path: Path, key: str) -> ResultRow | None:
         rec = TeacherRowRecord.model_validate_json(path.read_text(encoding="utf-8"))
     except (ValidationError, OSError, UnicodeDecodeError):
         return None
-    return rec.row if rec.key == key and rec.version == RECORD_VERSION else None  # type: ignore[return-value]
+    return rec.row if rec.key == key and rec.version == RECORD_VERSION else None
 
 
 def write_row(path: Path, key: str, row: ResultRow) -> None:
     """Keep ``row`` at ``path`` under ``key`` (atomically)."""
-    atomic_write_json(path, TeacherRowRecord(key=key, row=dict(row)).model_dump(mode="json"))
+    atomic_write_json(path, TeacherRowRecord(key=key, row=row).model_dump(mode="json"))
 
 
 def _arch(site: SiteSpec) -> str:

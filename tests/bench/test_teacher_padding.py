@@ -19,3 +19,5 @@ def test_padding_replaced_outside_the_field_only(monkeypatch: pytest.MonkeyPatch
     assert np.array_equal(out[:, inside], image[:, inside])
     assert (out[:, ~inside] == -1.5).all()
     assert np.array_equal(padded(vol, None), image) and padded(vol, None) is not image
+    low = padded(vol, "min")  # the earlier rule: the darkest value inside the field
+    assert (low[:, ~inside] == 4.0).all() and np.array_equal(low[:, inside], image[:, inside])
