@@ -36,7 +36,6 @@ Variance inputs, all already measured (nothing is retrained here):
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 from pathlib import Path
@@ -47,6 +46,7 @@ from scipy import stats
 
 from common.stats import align_scores, compare_paired
 from coordinator.distill.report import case_dice
+from coordinator.distill.results_file import ResultRow, read_rows_file
 
 Z95 = 1.959963984540054
 WILCOXON_ARE = 3.0 / math.pi  # signed-rank vs t, normal differences
@@ -79,13 +79,7 @@ def components(diff: np.ndarray) -> dict[str, float]:
             "resid_sd": math.sqrt(ms_res), "seeds": r, "cases": c}
 
 
-def read_results(path: Path) -> dict[str, Any]:
-    """A distillation's ``results.json``, or a results page's gzipped copy (``.json.gz``)."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return json.loads(raw)
-
-
-def kd_pair(base: dict[str, Any], other: dict[str, Any]) -> bool:
+def kd_pair(base: ResultRow, other: ResultRow) -> bool:
     """Whether ``other`` is a row the verdict weighs the default against as a KD setting: the
     no-KD row or another ``multi_`` row, with the default's student (not a peer trained on
     other data, a single teacher, or another student network)."""
@@ -99,7 +93,7 @@ def per_case_sources(paths: list[Path]) -> list[dict[str, Any]]:
     the per-case Dice differences and whether the pair is a KD pair (:func:`kd_pair`)."""
     out = []
     for path in paths:
-        rows = [r for r in read_results(path)["rows"]
+        rows = [r for r in read_rows_file(path)
                 if not str(r["run"]).startswith("teacher_") and case_dice(r)]
         multi = [r for r in rows if str(r["run"]).startswith("multi_")]
         if not multi:

@@ -97,9 +97,17 @@ def write_rows(out: Path, rows: list[ResultRow]) -> Path:
 
 def read_rows(out: Path) -> list[ResultRow]:
     """The rows of ``out/results.json`` as plain dicts (extras kept), checked on the way in."""
-    path = out / FILE
+    return read_rows_file(out / FILE)
+
+
+def read_rows_file(path: Path) -> list[ResultRow]:
+    """The rows of a results file: a ``results.json``, or its gzipped copy (``.json.gz``, as
+    the benchmark pages in ``bench/results/scenarios/`` keep it)."""
+    import gzip
+
     try:
-        raw = json.loads(path.read_text())
+        data = path.read_bytes()
+        raw = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
         if isinstance(raw, dict):
             raw.setdefault("version", RESULTS_VERSION)
         parsed = ResultsFile.model_validate(raw)

@@ -111,7 +111,7 @@ def test_measured_components_from_a_gzipped_results_page(tmp_path) -> None:
     rows = [_row("multi_inverse_dice_loss", base), _row("multi_equal", other),
             _row("multi_mtkd_espnet", other, student="espnet")]
     path = tmp_path / "x_results.json.gz"
-    path.write_bytes(gzip.compress(json.dumps({"version": 2, "rows": rows}).encode()))
+    path.write_bytes(gzip.compress(json.dumps({"version": 1, "rows": rows}).encode()))
     entries = per_case_sources([path])
     assert [e["kd_pair"] for e in entries] == [True, False]
     got = measured(entries)[str(path)]
