@@ -92,3 +92,15 @@ def test_proxy_size_runs_the_prostate_sites_without_teacher_rows(quick: str) -> 
     assert [w.identity() for w in runs.weightings] == [
         w.identity() for w in prostate.runs.weightings if w.label in ("inverse_dice_loss",
                                                                        "equal")]
+
+
+def test_espnet_diagnosis_runs_on_the_spleen_sites_with_only_the_kl_weight_changed() -> None:
+    path = BENCH / "spleen_espnet.toml"
+    cfg = load_config(path, ExperimentConfig).resolve_paths(path.parent.resolve())
+    spleen = load_config(BENCH / "spleen.toml", ExperimentConfig).resolve_paths(BENCH.resolve())
+    assert cfg.sites == spleen.sites and cfg.proxy == spleen.proxy
+    assert cfg.out == ROOT / "benchmark_out" / "spleen" / "espnet"
+    assert (cfg.student.model, cfg.student.epochs, cfg.repeats) == ("espnet", 60, 1)
+    assert cfg.kd == spleen.kd  # the default KD is spleen's
+    betas = [w.kd.get("beta") if w.kd else None for w in cfg.runs.weightings]
+    assert betas == [None, 0.01, 0.0]
