@@ -17,7 +17,8 @@ the row and the two files (exit 2), and writes nothing.
 writes ``results.json`` and the page (``results.md``, ``.csv``, ``.png``, ``comparisons.csv``:
 the verdict and paired comparisons of :func:`coordinator.distill.report.write_results`) into
 ``--out``. Rows keep the order of their first appearance, part by part; a shared row is taken
-from the first part holding it. The page's wall time is the sum of the rows' own wall times.
+from the first part holding it. The page states the rows' training time, summed (a part that
+reused finished runs has no wall time of its own to add).
 (Written here because the check is specific to this project's rows: no library merges them.)
 """
 
@@ -31,6 +32,9 @@ from typing import Any
 from common.config import ConfigError, load_config
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.results_file import ResultRow, ResultsError, read_rows_file, write_rows
+
+TIME_LABEL = ("Merged from parts: training time of the rows (all seeds; scoring and teachers "
+              "not counted)")
 
 
 class MergeError(ValueError):
@@ -87,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out, rows)
-    seconds = sum(float(r.get("wall_seconds") or 0.0) for r in rows)
-    write_results(rows, cfg, args.out, seconds)
+    seconds = sum(float(r.get("train_seconds") or 0.0) for r in rows)
+    write_results(rows, cfg, args.out, seconds, time_label=TIME_LABEL)
     print(f"merged {len(rows)} rows from {len(args.part)} parts: {args.out / 'results.md'}")
     return 0
 

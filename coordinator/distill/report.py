@@ -125,8 +125,10 @@ NO_TEST_NOTE = ("**No held-out test case at any site** (e.g. every site trained 
 
 
 def write_results(rows: list[ResultRow], cfg: ExperimentConfig, out: Path, seconds: float,
-                  status: RunStatus | None = None, not_run: list[str] | None = None) -> None:
-    """Write ``results.csv``, ``results.md`` and ``results.png`` into ``out``."""
+                  status: RunStatus | None = None, not_run: list[str] | None = None,
+                  time_label: str = "Wall time") -> None:
+    """Write ``results.csv``, ``results.md`` and ``results.png`` into ``out``; the page
+    states ``seconds`` after ``time_label``."""
     header, body = table_rows(rows)
     with (out / "results.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -135,7 +137,7 @@ def write_results(rows: list[ResultRow], cfg: ExperimentConfig, out: Path, secon
     intro = (f"# {cfg.name}: student `{cfg.student.model}`, {cfg.student.size}px, "
              f"{cfg.student.epochs} epochs, KD alpha={cfg.kd.alpha} beta={cfg.kd.beta} "
              f"T={cfg.kd.temperature}\n{evaluation_line(rows)}\n\n"  # right under the title
-             f"Wall time {seconds:.0f} s.{_seeds_note(cfg)}\n\n"
+             f"{time_label} {seconds:.0f} s.{_seeds_note(cfg)}\n\n"
              + status_note(status, not_run or []))
     if evaluation(rows) == "none":
         log.warning("no held-out test case at any site: the results table has no scores")

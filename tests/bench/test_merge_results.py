@@ -35,7 +35,7 @@ def _row(run: str, shift: float) -> dict:
         mean = sum(DICE) / 4 + shift + 0.01 * seed
         seeds.append({"run": run, "teachers": ["site_a"], "weighting": run, "seed": seed,
                       "sites": {"site_a": {"dice_mean": mean}}, "mean_dice": mean,
-                      "cases": cases, "wall_seconds": 10.0})
+                      "cases": cases, "train_seconds": 5.0})
     return {**mean_row(seeds, [0, 1], Path("x")), "wall_seconds": 10.0}
 
 
@@ -64,7 +64,8 @@ def test_parts_sharing_the_default_row_merge_into_one_page(tmp_path: Path) -> No
     # the default minus equal, paired on 2 seeds x 4 cases: exactly +0.05 on every pair
     assert "| `multi_inverse_dice_loss` | `multi_equal` | 2 x 4 | +0.050 |" in md
     assert "| `multi_inverse_dice_loss` | `student_only` | 2 x 4 | +0.100 |" in md
-    assert "Wall time 30 s." in md  # the rows' own wall times, summed
+    # the rows' training times (2 seeds x 5 s each), summed over the 3 rows
+    assert "training time of the rows (all seeds; scoring and teachers not counted) 30 s." in md
 
 
 def test_a_shared_row_that_differs_is_refused(tmp_path: Path, capsys) -> None:
