@@ -138,7 +138,7 @@ def fedavg_seed(grid: Grid, roster: Roster, data: DistillData, cfg: ExperimentCo
     state = run_fedavg(trail_exchange(grid, roster, s, refused), dict(roster.names),
                        without_bn(init, cfg.student.model) if local_bn else init, spec,
                        fedavg_config(cfg, plan.model_dump_json() if plan else "", seed, run_id,
-                                     spec), plog)
+                                     spec), plog, desc=f"[distill] {run} seed {seed}: rounds")
     out.mkdir(parents=True, exist_ok=True)
     plog.write(out / "payloads.jsonl")
     if not any(e.direction == "sent" for e in plog.entries):

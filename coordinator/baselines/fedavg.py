@@ -31,6 +31,7 @@ import torch
 from common.data.augment import AugmentConfig
 from common.fedavg_local import LocalSpec, local_update
 from common.fedbn import keep_site_bn, with_site_bn
+from common.training import iterate_progress
 from coordinator.baselines.costs import PayloadLog
 from coordinator.distill.config import ExperimentConfig, FedAvgSpec, FedBNSpec, FedProxSpec
 from coordinator.distill.proxy import ProxySet
@@ -207,14 +208,16 @@ def _retyped(msgs: list[Message]) -> list[Message]:
 
 def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.Tensor],
                spec: FedAvgSpec, config: dict[str, int | float | str | bool], log: PayloadLog,
-               strategy: Strategy | None = None, grid: Any = None) -> dict[str, torch.Tensor]:
+               strategy: Strategy | None = None, grid: Any = None,
+               desc: str = "[distill] fedavg rounds") -> dict[str, torch.Tensor]:
     """``spec.rounds`` rounds of Flower's FedAvg (``strategy``, default :func:`build_strategy`)
     over the sites ``names`` (node id -> site), from the global weights ``init``; every request
     (as the exchange sent it) and every non-error reply payload is logged. Returns the final
     global ``state_dict``. The weights travel packed (one flat array per dtype, the layout in
     the config's ``layout-*`` fields: ``common.protocol.pack_weights``): Flower ships a record
     of hundreds of tensors as ~2 objects each, and its average is element-wise, so averaging
-    the packed arrays is averaging the tensors."""
+    the packed arrays is averaging the tensors. Progress: a bar on a terminal, else a line
+    ``desc: step r/R, elapsed, ETA`` every 30 s (:func:`common.training.iterate_progress`)."""
     from flwr.app import ConfigRecord
 
     from common.protocol import pack_weights, unpack_weights
@@ -222,7 +225,7 @@ def run_fedavg(exchange: Exchange, names: dict[int, str], init: dict[str, torch.
     strategy = strategy or build_strategy(spec, len(names))
     grid = grid or LocalGrid(sorted(names))
     layout, arrays = pack_weights(init)
-    for rnd in range(1, spec.rounds + 1):
+    for rnd in iterate_progress(range(1, spec.rounds + 1), desc):
         conf = ConfigRecord({**config, **layout})  # type: ignore[arg-type]
         with task_identity(SERVER_NODE):
             msgs = _retyped(list(strategy.configure_train(rnd, arrays, conf, grid)))

@@ -174,7 +174,8 @@ def fedavg_seed(cfg: ExperimentConfig, data: DistillData, sets: dict[str, ProxyS
     state = run_fedavg(local_exchange(clients, dev), {k + 1: c.name for k, c in
                                                       enumerate(clients)},
                        without_bn(init, cfg.student.model) if local_bn else init,
-                       spec, fedavg_config(cfg, plan, seed, spec=spec), plog)
+                       spec, fedavg_config(cfg, plan, seed, spec=spec), plog,
+                       desc=f"[distill] {run} seed {seed}: rounds")
     out.mkdir(parents=True, exist_ok=True)
     plog.write(out / "payloads.jsonl")
     if local_bn:

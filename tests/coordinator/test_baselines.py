@@ -5,6 +5,9 @@ tiny ``--local`` run."""
 from __future__ import annotations
 
 import csv
+import io
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +124,21 @@ def test_fedavg_runs_through_flowers_strategy(tmp_path: Path) -> None:
     # each round's request carries the previous global weights
     req = _tensors(stub.configured[1][1][0].content["arrays"], req0)[key].numpy()
     np.testing.assert_allclose(req, _tensors(stub.aggregated[0][2], req0)[key].numpy())
+
+
+def test_fedavg_rounds_log_progress_with_an_eta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import common.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_LOG_S", 0.0)  # a line after every round
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: log lines, no bar
+    caplog.set_level(logging.INFO, logger="common.training")
+    _run(tmp_path, 2, PayloadLog(), None)
+    lines = [r.getMessage() for r in caplog.records if "fedavg rounds" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[0].startswith("[distill] fedavg rounds: step 1/2 (50 %), ")
+    assert lines[1].startswith("[distill] fedavg rounds: step 2/2 (100 %), ")
+    assert lines[1].endswith("ETA 0s")
 
 
 def test_a_stub_strategy_decides_the_weights(tmp_path: Path) -> None:
