@@ -18,7 +18,8 @@ writes ``results.json`` and the page (``results.md``, ``.csv``, ``.png``, ``comp
 the verdict and paired comparisons of :func:`coordinator.distill.report.write_results`) into
 ``--out``. Rows keep the order of their first appearance, part by part; a shared row is taken
 from the first part holding it. The page states the rows' training time, summed (a part that
-reused finished runs has no wall time of its own to add).
+reused finished runs has no wall time of its own to add) and names the config's rows that no
+part holds.
 (Written here because the check is specific to this project's rows: no library merges them.)
 """
 
@@ -32,6 +33,7 @@ from typing import Any
 from common.config import ConfigError, load_config
 from coordinator.distill.config import ExperimentConfig
 from coordinator.distill.results_file import ResultRow, ResultsError, read_rows_file, write_rows
+from coordinator.distill.rows import configured_rows
 
 TIME_LABEL = ("Merged from parts: training time of the rows (all seeds; scoring and teachers "
               "not counted)")
@@ -70,6 +72,19 @@ def merge(parts: list[tuple[str, list[ResultRow]]]) -> list[ResultRow]:
     return [row for _, row in merged.values()]
 
 
+def missing_rows(cfg: ExperimentConfig, rows: list[ResultRow]) -> list[str]:
+    """The config's row names (``coordinator distill --rows`` names) that no merged row
+    carries: ``single`` needs a ``single_*`` row, a weighting label its ``multi_<label>`` row."""
+    runs = {str(r["run"]) for r in rows}
+
+    def present(name: str) -> bool:
+        if name == "single":
+            return any(r.startswith("single_") for r in runs)
+        return name in runs or f"multi_{name}" in runs
+
+    return [n for n in configured_rows(cfg) if not present(n)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Merge the ``--part`` files into ``--out`` (see the module doc); exit 2 on bad input."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -92,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out, rows)
     seconds = sum(float(r.get("train_seconds") or 0.0) for r in rows)
-    write_results(rows, cfg, args.out, seconds, time_label=TIME_LABEL)
+    absent = missing_rows(cfg, rows)
+    write_results(rows, cfg, args.out, seconds, time_label=TIME_LABEL,
+                  not_run=[f"{', '.join(absent)} (in the config, in no part)"] if absent else [])
     print(f"merged {len(rows)} rows from {len(args.part)} parts: {args.out / 'results.md'}")
     return 0
 

@@ -69,14 +69,17 @@ def _seeds_note(cfg: ExperimentConfig) -> str:
 
 def status_note(status: RunStatus | None, not_run: list[str]) -> str:
     """The report's opening lines: how the teachers were reached, the sites that are missing
-    (a run that went on with fewer sites than the config's), and the rows not run."""
-    if status is None:
+    (a run that went on with fewer sites than the config's), and the rows not run (a page
+    merged from parts has no status: only the rows not run)."""
+    if status is None and not not_run:
         return ""
-    how = ("federated: Flower messages to each site's SuperNode; teachers and test data stayed "
-           "at the sites" if status.transport == "federated" else
-           "--local: the site folders were read in-process")
-    lines = [f"Transport: {how}."]
-    if status.missing:
+    lines = []
+    if status is not None:
+        how = ("federated: Flower messages to each site's SuperNode; teachers and test data "
+               "stayed at the sites" if status.transport == "federated" else
+               "--local: the site folders were read in-process")
+        lines.append(f"Transport: {how}.")
+    if status is not None and status.missing:
         lines.append(f"**Missing sites ({len(status.missing)} of {len(status.sites)}): "
                      + "; ".join(f"{n} ({status.sites[n].detail or status.sites[n].state})"
                                  for n in status.missing) + ".** Their columns are absent.")

@@ -101,3 +101,31 @@ def test_unreadable_part_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["--config", str(_cfg(tmp_path)), "--part", str(ok), "--part", str(bad),
                  "--out", str(tmp_path / "m")]) == 2
     assert f"{bad}: not a results file" in capsys.readouterr().err
+
+
+def test_the_page_names_the_config_rows_no_part_holds(tmp_path: Path) -> None:
+    cfg = tmp_path / "peers.toml"
+    cfg.write_text(CONFIG.replace("[runs]\n", "[runs]\nsingle_teacher = true\npooled = true\n")
+                   + "[runs.fedavg]\nrounds = 2\n")
+    default = _row("multi_inverse_dice_loss", 0.1)
+    a = _write(tmp_path / "a.json", [_row("student_only", 0.0), default])
+    b = _write(tmp_path / "b.json", [default, _row("single_site_a", 0.02), _row("fedavg", 0.03)])
+    out = tmp_path / "merged"
+    assert main(["--config", str(cfg), "--part", str(a), "--part", str(b),
+                 "--out", str(out)]) == 0
+    md = (out / "results.md").read_text()
+    # equal and pooled are configured and absent; single (single_site_a) and fedavg are present
+    assert "> Not run: equal, pooled (in the config, in no part).\n" in md
+    assert "Transport" not in md  # a merged page has no transport of its own
+
+
+def test_a_page_with_every_config_row_has_no_not_run_note(tmp_path: Path) -> None:
+    cfg = tmp_path / "all.toml"  # rows: student_only, the default, equal
+    cfg.write_text(CONFIG.replace("[runs]\n", "[runs]\nsingle_teacher = false\n"))
+    default = _row("multi_inverse_dice_loss", 0.1)
+    a = _write(tmp_path / "a.json", [_row("student_only", 0.0), default])
+    b = _write(tmp_path / "b.json", [default, _row("multi_equal", 0.05)])
+    out = tmp_path / "merged"
+    assert main(["--config", str(cfg), "--part", str(a), "--part", str(b),
+                 "--out", str(out)]) == 0
+    assert "Not run" not in (out / "results.md").read_text()
