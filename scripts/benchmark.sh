@@ -20,7 +20,8 @@
 #                    has them) by bench/proxy_size.py -> benchmark_out/prostate/proxy_size/
 #   all              prostate, prostate_stress and spleen in turn
 # Full: 72 cases per site (54 test), 5 seeds, every row: several hours per scenario on 2 cores
-# (not yet run end to end; the teachers alone are about 12 epochs x 13 training cases x 3 sites).
+# (prostate without the other students: 2 h 11 min in two one-thread lanes, docs/BENCHMARKS.md
+# "The benchmark's time"; one lane takes about twice that).
 # --quick: 12 cases per site (6 test), 4-epoch teachers, 1 seed, 4 rows, 6 epochs: a pipeline
 # check (all three: about 11 min on 2 idle cores), written to benchmark_out/<scenario>_quick.
 # --rows: only these rows of the config (coordinator distill --rows: student_only, single, a
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --scenario) [ $# -ge 2 ] || usage; scenario=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --rows) [ $# -ge 2 ] || usage; rows=(--rows "$2"); shift 2 ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "benchmark.sh: unknown argument '$1'" >&2; usage ;;
   esac
 done
