@@ -73,16 +73,16 @@ def status_note(status: RunStatus | None, not_run: list[str]) -> str:
     merged from parts has no status: only the rows not run)."""
     if status is None and not not_run:
         return ""
-    lines = []
+    lines: list[str] = []
     if status is not None:
         how = ("federated: Flower messages to each site's SuperNode; teachers and test data "
                "stayed at the sites" if status.transport == "federated" else
                "--local: the site folders were read in-process")
         lines.append(f"Transport: {how}.")
-    if status is not None and status.missing:
-        lines.append(f"**Missing sites ({len(status.missing)} of {len(status.sites)}): "
-                     + "; ".join(f"{n} ({status.sites[n].detail or status.sites[n].state})"
-                                 for n in status.missing) + ".** Their columns are absent.")
+        if status.missing:
+            lines.append(f"**Missing sites ({len(status.missing)} of {len(status.sites)}): "
+                         + "; ".join(f"{n} ({status.sites[n].detail or status.sites[n].state})"
+                                     for n in status.missing) + ".** Their columns are absent.")
     lines += [f"Not run: {why}." for why in not_run]
     return "\n".join(f"> {line}" for line in lines) + "\n\n"
 
